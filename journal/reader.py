@@ -1,0 +1,326 @@
+"""Reading a journal file back: :class:`Journal`."""
+
+from __future__ import annotations
+
+import hmac
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from journal import codec
+from journal.exc import (
+    JournalCorruptError,
+    JournalIncompleteError,
+    JournalSignatureError,
+)
+from journal.signing import GENESIS, chain_tag, resolve_key
+from journal.storage import (
+    FORMAT_VERSION,
+    KIND_BATCH,
+    KIND_HEADER,
+    KIND_SEAL,
+    RawRecord,
+    decode_json,
+    iter_raw_records,
+    open_readonly,
+)
+
+__all__ = ["Batch", "Journal", "JournalHeader"]
+
+State = Literal["sealed", "incomplete"]
+
+
+@dataclass(frozen=True)
+class JournalHeader:
+    """What a journal says about itself.
+
+    ``meta`` is the creator's data (the ORM layer puts the schema fingerprint and the
+    Alembic revision there), merged with what the seal added.
+    """
+
+    format_version: int
+    journal_id: str
+    created_at: str
+    host: str
+    signed: bool
+    versions: dict[str, str]
+    meta: dict[str, Any] = field(default_factory=dict)
+    sealed_at: str | None = None
+    operation_count: int | None = None
+    digest: str | None = None
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One flush of the recording session: its operations in program order.
+
+    ``first_sequence`` is the sequence number of the first operation; operations are
+    numbered from 1 across the whole journal without gaps.
+    """
+
+    number: int
+    first_sequence: int
+    operations: list[Any]
+
+
+class Journal:
+    """A journal file opened for reading; never modifies the file.
+
+    Opening checks that the file is a journal of a supported format and reads its header
+    and state. :meth:`verify` checks every record's tag (and the seal); :meth:`batches`
+    verifies the whole file before decoding any value.
+
+    >>> with Journal("ops.dbm", key=secret) as j:      # doctest: +SKIP
+    ...     j.verify()
+    ...     for batch in j.batches():
+    ...         ...
+
+    :param key: HMAC key for a signed journal; ``None`` falls back to ``$ORM_JOURNAL_KEY``.
+        A key given for an unsigned journal makes :meth:`verify` refuse it.
+    :raises FileNotFoundError: nothing at ``path``.
+    :raises JournalCorruptError: not a journal, damaged, or an unknown format version.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, key: bytes | str | None = None) -> None:
+        self.path = Path(path)
+        self._key = resolve_key(key)
+        self._conn = open_readonly(self.path)
+        try:
+            first = next(iter_raw_records(self._conn, self.path, limit=1), None)
+            if first is None or first.sequence != 0 or first.kind != KIND_HEADER:
+                raise JournalCorruptError(
+                    f"journal {self.path} has no header record; the file is damaged",
+                    path=self.path,
+                )
+            header = decode_json(first, self.path)
+            last = next(iter_raw_records(self._conn, self.path, descending=True, limit=1))
+            seal = decode_json(last, self.path) if last.kind == KIND_SEAL else None
+            self._header = _make_header(header, seal, self.path)
+            self.state: State = "sealed" if seal is not None else "incomplete"
+        except BaseException:
+            self._conn.close()
+            raise
+        self._verified_with: bytes | None | Literal[False] = False
+
+    @property
+    def header(self) -> JournalHeader:
+        """The header, merged with the seal's data when sealed."""
+        return self._header
+
+    @property
+    def journal_id(self) -> str:
+        return self._header.journal_id
+
+    @property
+    def signed(self) -> bool:
+        """Whether the journal carries HMAC signatures (as its header says)."""
+        return self._header.signed
+
+    @property
+    def sealed(self) -> bool:
+        return self.state == "sealed"
+
+    def verify(self, key: bytes | str | None = None) -> None:
+        """Check the whole journal: every record, the chain, and the seal.
+
+        :param key: overrides the key given to the constructor.
+        :raises JournalSignatureError: signed without a key, unsigned with a key, or a
+            record whose signature does not match (edited, reordered, wrong key).
+        :raises JournalCorruptError: a missing, extra or malformed record; a checksum
+            mismatch in an unsigned journal; a seal that does not match the records.
+        :raises JournalIncompleteError: the journal was never sealed.
+        """
+        signing_key = self._key if key is None else resolve_key(key)
+        self._check_chain(signing_key)
+        if not self.sealed:
+            raise JournalIncompleteError(
+                f"journal {self.path} was never sealed: the recording raised or its process "
+                "died; its batches can be inspected but it cannot be replayed",
+                path=self.path,
+            )
+
+    def batches(self, *, trusted: bool = True) -> Iterator[Batch]:
+        """Yield the batches in order, verifying the whole journal before decoding any value.
+
+        Streams: one batch is decoded at a time. Works on incomplete journals too (they
+        hold every acknowledged batch); use :meth:`verify` to require a seal.
+
+        :param trusted: decode ``dill`` values and import enum classes; with ``False``
+            those stay opaque (:class:`journal.codec.OpaqueValue`, :class:`EnumRef`).
+        """
+        key = self._key
+        if self._verified_with is False or self._verified_with != key:
+            self._check_chain(key)
+        tag = GENESIS
+        sequence = 1
+        current: Batch | None = None
+        for record in iter_raw_records(self._conn, self.path):
+            # Checked again while decoding: the file may have changed since verification.
+            tag = self._check_record(record, record.sequence, tag, key)
+            if record.kind != KIND_BATCH:
+                continue
+            number, operations = self._decode_chunk(record, trusted)
+            if current is not None and current.number != number:
+                yield current
+                current = None
+            if current is None:
+                current = Batch(number, sequence, [])
+            current.operations.extend(operations)
+            sequence += len(operations)
+        if current is not None:
+            yield current
+
+    def operations(self, *, trusted: bool = True) -> Iterator[tuple[int, Any]]:
+        """Yield ``(sequence number, operation)`` for every operation, in order."""
+        for batch in self.batches(trusted=trusted):
+            yield from enumerate(batch.operations, start=batch.first_sequence)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Journal {self.path} id={self.journal_id} {self.state}>"
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _check_chain(self, key: bytes | None) -> None:
+        if self.signed and key is None:
+            raise JournalSignatureError(
+                f"journal {self.path} is signed; give its key (key= / journal_key= or "
+                "$ORM_JOURNAL_KEY) to verify it",
+                path=self.path,
+            )
+        if not self.signed and key is not None:
+            raise JournalSignatureError(
+                f"journal {self.path} is not signed but a key is configured, so a signed "
+                "journal is required; refusing it (unset the key to accept unsigned journals)",
+                path=self.path,
+            )
+        tag = GENESIS
+        expected = 0
+        records = operations = 0
+        seal: RawRecord | None = None
+        digest = GENESIS
+        for record in iter_raw_records(self._conn, self.path):
+            if seal is not None:
+                raise JournalCorruptError(
+                    f"journal {self.path}: record {record.sequence} follows the seal",
+                    path=self.path,
+                )
+            if record.sequence != expected:
+                raise JournalCorruptError(
+                    f"journal {self.path}: record {expected} is missing (next is "
+                    f"{record.sequence}); the file was damaged or edited",
+                    path=self.path,
+                )
+            previous = tag
+            tag = self._check_record(record, expected, tag, key)
+            if (record.kind == KIND_HEADER) != (expected == 0):
+                raise JournalCorruptError(
+                    f"journal {self.path}: record {expected} has an unexpected kind",
+                    path=self.path,
+                )
+            if record.kind == KIND_SEAL:
+                seal = record
+                digest = previous
+            elif record.kind == KIND_BATCH:
+                operations += record.operations
+            elif record.kind != KIND_HEADER:
+                raise JournalCorruptError(
+                    f"journal {self.path}: record {expected} has an unknown kind",
+                    path=self.path,
+                )
+            records += 1
+            expected += 1
+        if expected == 0:
+            raise JournalCorruptError(f"journal {self.path} is empty", path=self.path)
+        if seal is not None:
+            info = decode_json(seal, self.path)
+            if (
+                info.get("records") != records - 1
+                or info.get("operations") != operations
+                or info.get("digest") != digest.hex()
+            ):
+                raise JournalCorruptError(
+                    f"journal {self.path}: the seal does not match the records before it",
+                    path=self.path,
+                )
+        self._verified_with = key
+
+    def _check_record(
+        self, record: RawRecord, sequence: int, previous: bytes, key: bytes | None
+    ) -> bytes:
+        tag = chain_tag(key, previous, sequence, record.signed_part)
+        if not hmac.compare_digest(tag, record.tag):
+            if key is not None:
+                raise JournalSignatureError(
+                    f"journal {self.path}: record {sequence} does not match its signature; "
+                    "the file was modified, records were removed or reordered, or the key "
+                    "is wrong. Do not replay it",
+                    path=self.path,
+                )
+            raise JournalCorruptError(
+                f"journal {self.path}: record {sequence} fails its checksum; the file is "
+                "damaged or was edited",
+                path=self.path,
+            )
+        return tag
+
+    def _decode_chunk(self, record: RawRecord, trusted: bool) -> tuple[int, list[Any]]:
+        try:
+            value = codec.decode(record.body, trusted=trusted)
+        except JournalCorruptError as err:
+            raise JournalCorruptError(
+                f"journal {self.path}: record {record.sequence}: {err}", path=self.path
+            ) from err
+        if (
+            not isinstance(value, list)
+            or len(value) != 2
+            or not isinstance(value[0], int)
+            or not isinstance(value[1], list)
+            or len(value[1]) != record.operations
+        ):
+            raise JournalCorruptError(
+                f"journal {self.path}: record {record.sequence} is not a batch", path=self.path
+            )
+        return value[0], value[1]
+
+
+def _make_header(header: dict[str, Any], seal: dict[str, Any] | None, path: Path) -> JournalHeader:
+    try:
+        version = header["format"]
+        if version != FORMAT_VERSION:
+            raise JournalCorruptError(
+                f"journal {path} has format version {version}; this orm-journal reads "
+                f"version {FORMAT_VERSION}",
+                path=path,
+            )
+        meta = dict(header.get("meta", {}))
+        if seal is not None:
+            meta.update(seal.get("meta", {}))
+        return JournalHeader(
+            format_version=int(version),
+            journal_id=str(header["journal_id"]),
+            created_at=str(header["created_at"]),
+            host=str(header["host"]),
+            signed=bool(header["signed"]),
+            versions=dict(header["versions"]),
+            meta=meta,
+            sealed_at=None if seal is None else str(seal["sealed_at"]),
+            operation_count=None if seal is None else int(seal["operations"]),
+            digest=None if seal is None else str(seal["digest"]),
+        )
+    except (KeyError, TypeError, ValueError) as err:
+        if isinstance(err, JournalCorruptError):
+            raise
+        raise JournalCorruptError(
+            f"journal {path} has a malformed header ({err!r})", path=path
+        ) from err

@@ -1,0 +1,45 @@
+"""The checksum chain that links every record of a journal to the one before it.
+
+Each record carries a 32-byte tag over ``previous tag || sequence number || record``.
+Without a key the tag is a SHA-256 digest (it detects accidental damage); with a key it
+is an HMAC-SHA256 (it also detects deliberate edits). Chaining makes any deletion,
+reordering or truncation of records visible, not only edits inside one record.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+
+__all__ = ["GENESIS", "KEY_ENVIRONMENT_VARIABLE", "TAG_SIZE", "chain_tag", "resolve_key"]
+
+KEY_ENVIRONMENT_VARIABLE = "ORM_JOURNAL_KEY"
+TAG_SIZE = 32
+GENESIS = bytes(TAG_SIZE)
+
+
+def resolve_key(key: bytes | str | None) -> bytes | None:
+    """Return the signing key as bytes: ``key`` if given, else ``$ORM_JOURNAL_KEY``, else None.
+
+    An empty key is refused: it would produce signatures anybody can forge.
+    """
+    if key is None:
+        key = os.environ.get(KEY_ENVIRONMENT_VARIABLE) or None
+        if key is None:
+            return None
+    raw = key.encode("utf-8") if isinstance(key, str) else bytes(key)
+    if not raw:
+        raise ValueError("an empty journal key is not allowed; pass a secret of at least 16 bytes")
+    return raw
+
+
+def chain_tag(key: bytes | None, previous: bytes, sequence: int, record: bytes) -> bytes:
+    """Return the tag of ``record`` at ``sequence``, chained to the ``previous`` tag."""
+    header = previous + sequence.to_bytes(8, "big")
+    if key is None:
+        digest = hashlib.sha256(header)
+    else:
+        digest = hmac.new(key, header, hashlib.sha256)
+    digest.update(record)
+    return digest.digest()

@@ -1,0 +1,552 @@
+"""The journal file on disk: one SQLite file, written through ``sqlitedict``.
+
+Layout (format version 1). The SQLite header carries ``application_id`` = ``ORMJ`` and
+``user_version`` = the format version, so a foreign SQLite file is recognised before any
+record is read. One table, ``records``, maps a zero-padded sequence number to a record::
+
+    record = tag (32 bytes) || kind (1 byte) || operation count (4 bytes, big endian) || body
+
+* record 0, kind ``H``: the header, a JSON object;
+* records 1..n, kind ``B``: a chunk of one batch, ``codec.encode([batch number, operations])``;
+* the last record of a sealed journal, kind ``S``: the seal, a JSON object with the counts
+  and the digest of the chain.
+
+``tag`` chains each record to the one before it (see :mod:`journal.signing`). The operation
+count sits outside the body so that verification never needs to decode a value.
+
+Everything that knows about SQLite, ``sqlitedict`` and file locks lives in this module.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import errno
+import fcntl
+import json
+import os
+import platform
+import queue
+import socket
+import sqlite3
+import struct
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Final
+
+import sqlitedict
+
+from journal import codec
+from journal.exc import (
+    JournalCorruptError,
+    JournalError,
+    JournalLockedError,
+)
+from journal.signing import GENESIS, TAG_SIZE, chain_tag, resolve_key
+
+__all__ = [
+    "APPLICATION_ID",
+    "FORMAT_VERSION",
+    "JournalWriter",
+    "Position",
+    "RawRecord",
+    "iter_raw_records",
+    "open_readonly",
+]
+
+FORMAT_VERSION: Final = 1
+APPLICATION_ID: Final = int.from_bytes(b"ORMJ", "big")
+TABLE: Final = "records"
+KIND_HEADER: Final = b"H"
+KIND_BATCH: Final = b"B"
+KIND_SEAL: Final = b"S"
+_PREFIX = struct.Struct(">cI")
+PREFIX_SIZE: Final = TAG_SIZE + _PREFIX.size
+# A batch is split into records of at most this many operations so that a reader never
+# holds more than one chunk of a very large flush in memory at once.
+CHUNK_OPERATIONS: Final = 1000
+# How long a write may take before the journal is declared broken. Generous, because a
+# batch waits for fsync; finite, because sqlitedict can otherwise wait forever.
+WRITE_TIMEOUT: Final = 60.0
+
+
+def key_for(sequence: int) -> str:
+    """Return the table key of record ``sequence``; zero padding keeps text order numeric."""
+    return f"{sequence:012d}"
+
+
+def library_version() -> str:
+    try:
+        return metadata.version("orm-journal")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+@dataclass(frozen=True)
+class Position:
+    """A point in a journal being written, to rewind to (see :meth:`JournalWriter.rewind`)."""
+
+    records: int
+    operations: int
+    batches: int
+    tag: bytes
+
+
+@dataclass(frozen=True)
+class RawRecord:
+    """One record as stored: verified bytes, not yet decoded."""
+
+    sequence: int
+    tag: bytes
+    kind: bytes
+    operations: int
+    body: bytes
+    signed_part: bytes
+
+
+class JournalWriter:
+    """Create a journal file and append batches to it; see :meth:`create`.
+
+    A writer holds an exclusive lock on the file until :meth:`seal` or :meth:`close`.
+    Every :meth:`append` returns only once its batch is on disk.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        lock_fd: int,
+        store: sqlitedict.SqliteDict,
+        key: bytes | None,
+        journal_id: str,
+    ) -> None:
+        self.path = path
+        self.journal_id = journal_id
+        self._lock_fd = lock_fd
+        self._store = store
+        self._key = key
+        self._records = 0
+        self._operations = 0
+        self._batches = 0
+        self._tag = GENESIS
+        self._broken: str | None = None
+        self._closed = False
+        self._sealed = False
+
+    # -- creation -------------------------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        overwrite: bool = False,
+        key: bytes | str | None = None,
+        versions: Mapping[str, str] | None = None,
+        meta: Mapping[str, Any] | None = None,
+    ) -> JournalWriter:
+        """Create a new journal at ``path`` and write its header durably.
+
+        :param overwrite: replace an existing file; without it an existing file raises
+            ``FileExistsError`` (an unreplayed journal is data).
+        :param key: HMAC key; ``None`` falls back to ``$ORM_JOURNAL_KEY``; no key gives an
+            unsigned journal protected by a plain checksum chain.
+        :param versions: extra component versions for the header (e.g. SQLAlchemy's).
+        :param meta: JSON-compatible data for the header (e.g. a schema fingerprint).
+        :raises JournalLockedError: another writer holds ``path``.
+        """
+        target = Path(path)
+        signing_key = resolve_key(key)
+        lock_fd = _lock(target, overwrite=overwrite)
+        try:
+            store = sqlitedict.SqliteDict(
+                os.fspath(target),
+                tablename=TABLE,
+                flag="c",
+                autocommit=False,
+                journal_mode="WAL",
+                encode=sqlitedict.identity,
+                decode=sqlitedict.identity,
+                outer_stack=False,
+            )
+        except Exception as err:
+            os.close(lock_fd)
+            raise JournalError(
+                f"cannot create journal {target}: {err}; check the directory is writable",
+                path=target,
+            ) from err
+        journal_id = str(uuid.uuid4())
+        writer = cls(target, lock_fd, store, signing_key, journal_id)
+        try:
+            writer._configure()
+            header = {
+                "format": FORMAT_VERSION,
+                "journal_id": journal_id,
+                "created_at": dt.datetime.now(dt.UTC).isoformat(),
+                "host": socket.gethostname(),
+                "signed": signing_key is not None,
+                "versions": {
+                    "orm_journal": library_version(),
+                    "python": platform.python_version(),
+                    "sqlite": sqlite3.sqlite_version,
+                    **dict(versions or {}),
+                },
+                "meta": dict(meta or {}),
+            }
+            writer._write([(KIND_HEADER, 0, _json(header))])
+        except BaseException:
+            writer.close()
+            raise
+        _fsync_directory(target.parent)
+        return writer
+
+    def _configure(self) -> None:
+        # sqlitedict opens its connection with synchronous=OFF; a journal that acknowledges
+        # a batch must have it on disk, so set FULL and read every setting back.
+        self._call(f"PRAGMA application_id = {APPLICATION_ID}")
+        self._call(f"PRAGMA user_version = {FORMAT_VERSION}")
+        self._call("PRAGMA synchronous = FULL")
+        expected = {"journal_mode": "wal", "synchronous": 2, "application_id": APPLICATION_ID}
+        for pragma, value in expected.items():
+            rows = self._call(f"PRAGMA {pragma}")
+            actual = rows[0][0] if rows else None
+            if actual != value:
+                raise JournalError(
+                    f"journal {self.path}: SQLite refused PRAGMA {pragma} = {value} "
+                    f"(reads back {actual!r}); the file system may not support it",
+                    path=self.path,
+                )
+
+    # -- state ----------------------------------------------------------------------------
+
+    @property
+    def operations(self) -> int:
+        """Number of operations appended so far."""
+        return self._operations
+
+    @property
+    def batches(self) -> int:
+        """Number of batches appended so far."""
+        return self._batches
+
+    @property
+    def sealed(self) -> bool:
+        """Whether :meth:`seal` completed."""
+        return self._sealed
+
+    def position(self) -> Position:
+        """Return the current end of the journal, for a later :meth:`rewind`."""
+        return Position(self._records, self._operations, self._batches, self._tag)
+
+    # -- writing --------------------------------------------------------------------------
+
+    def append(self, operations: Sequence[object]) -> int:
+        """Append ``operations`` as one batch, durably and atomically; return the batch number.
+
+        Either the whole batch is on disk when this returns, or an error is raised and
+        none of it is visible to a reader.
+        """
+        self._check_writable()
+        if not operations:
+            return self._batches
+        number = self._batches + 1
+        records = []
+        for start in range(0, len(operations), CHUNK_OPERATIONS):
+            chunk = operations[start : start + CHUNK_OPERATIONS]
+            records.append((KIND_BATCH, len(chunk), codec.encode([number, list(chunk)])))
+        self._write(records)
+        self._batches = number
+        return number
+
+    def rewind(self, position: Position) -> None:
+        """Durably discard every record appended after ``position``.
+
+        Used when the recorded unit of work is rolled back: the chain continues from the
+        record at ``position`` as if nothing had been written since.
+        """
+        self._check_writable()
+        if position.records > self._records:
+            raise ValueError("cannot rewind forward")
+        if position.records == self._records:
+            return
+        self._call("BEGIN IMMEDIATE")
+        self._call(f'DELETE FROM "{TABLE}" WHERE key >= ?', (key_for(position.records),))
+        self._commit()
+        self._records = position.records
+        self._operations = position.operations
+        self._batches = position.batches
+        self._tag = position.tag
+
+    def seal(self, *, meta: Mapping[str, Any] | None = None) -> None:
+        """Write the seal record, fold the write-ahead log into the file and close it.
+
+        :param meta: JSON-compatible data merged into the header's ``meta`` by readers
+            (e.g. the schema fingerprint of the tables the journal touched).
+        """
+        self._check_writable()
+        seal = {
+            "records": self._records,
+            "operations": self._operations,
+            "batches": self._batches,
+            "digest": self._tag.hex(),
+            "sealed_at": dt.datetime.now(dt.UTC).isoformat(),
+            "meta": dict(meta or {}),
+        }
+        self._write([(KIND_SEAL, 0, _json(seal))])
+        # A sealed journal must be one self-contained file that can be copied anywhere.
+        busy, _, _ = self._call("PRAGMA wal_checkpoint(TRUNCATE)")[0]
+        mode = self._call("PRAGMA journal_mode = DELETE")[0][0]
+        if busy or mode != "delete":
+            raise JournalError(
+                f"journal {self.path} is sealed but its write-ahead log could not be folded "
+                "into the file; copy it together with its -wal file",
+                path=self.path,
+            )
+        self.close()
+        self._sealed = True
+
+    def close(self) -> None:
+        """Close without sealing (an unsealed journal is refused by replay); idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._store.close(do_log=False, force=self._broken is not None)
+        except Exception:  # noqa: BLE001 - closing after a failure must not mask it
+            pass
+        finally:
+            os.close(self._lock_fd)
+
+    def __enter__(self) -> JournalWriter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _check_writable(self) -> None:
+        if self._broken is not None:
+            raise JournalError(
+                f"journal {self.path} can no longer be written: {self._broken}; it keeps every "
+                "batch acknowledged before the failure and stays unsealed",
+                path=self.path,
+            )
+        if self._closed:
+            raise JournalError(f"journal {self.path} is closed", path=self.path)
+
+    def _write(self, records: Sequence[tuple[bytes, int, bytes]]) -> None:
+        sequence, tag, items = self._records, self._tag, []
+        for kind, count, body in records:
+            signed_part = _PREFIX.pack(kind, count) + body
+            tag = chain_tag(self._key, tag, sequence, signed_part)
+            items.append((key_for(sequence), sqlite3.Binary(tag + signed_part)))
+            sequence += 1
+        self._call("BEGIN IMMEDIATE")
+        try:
+            self._store.update(items)
+        except Exception as err:
+            self._fail(err)
+        self._commit()
+        self._records = sequence
+        self._tag = tag
+        self._operations += sum(count for _, count, _ in records)
+
+    def _commit(self) -> None:
+        # An explicit COMMIT statement rather than sqlitedict's commit(): a failing
+        # "--commit--" request kills sqlitedict's worker thread and leaves the caller
+        # waiting forever (sqlitedict issue 108); a failing statement is reported.
+        self._call("COMMIT")
+
+    def _call(self, sql: str, args: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+        try:
+            return _roundtrip(self._store, sql, args, WRITE_TIMEOUT)
+        except Exception as err:
+            self._fail(err)
+
+    def _fail(self, err: Exception) -> Any:
+        self._broken = f"{type(err).__name__}: {err}"
+        raise JournalError(
+            f"journal {self.path}: a write failed ({self._broken}); the journal keeps every "
+            "batch acknowledged before and stays unsealed, so replay will refuse it",
+            path=self.path,
+        ) from err
+
+
+def _roundtrip(
+    store: sqlitedict.SqliteDict, sql: str, args: Sequence[object], timeout: float
+) -> list[tuple[Any, ...]]:
+    """Run one statement on sqlitedict's worker thread and wait a bounded time for it.
+
+    Uses ``SqliteMultithread.execute(req, arg, res)`` with our own response queue so the
+    wait can time out and notice a dead worker; ``_RESPONSE_NO_MORE`` is sqlitedict's
+    end-of-response marker (checked on sqlitedict 2.1.0).
+    """
+    worker = store.conn
+    responses: queue.Queue[Any] = queue.Queue()
+    worker.execute(sql, tuple(args), res=responses)
+    deadline = time.monotonic() + timeout
+    rows: list[tuple[Any, ...]] = []
+    while True:
+        try:
+            item = responses.get(timeout=0.05)
+        except queue.Empty:
+            if not worker.is_alive():
+                raise JournalError("the journal's SQLite worker thread stopped") from None
+            if time.monotonic() > deadline:
+                raise JournalError(f"SQLite did not answer within {timeout:.0f} s") from None
+            continue
+        if item == sqlitedict._RESPONSE_NO_MORE:
+            break
+        rows.append(tuple(item))
+    worker.check_raise_error()
+    return rows
+
+
+def _lock(path: Path, *, overwrite: bool) -> int:
+    """Open ``path`` (creating it) and take the writer's lock; return the descriptor."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        existed = False
+    except FileExistsError:
+        if path.is_dir():
+            raise IsADirectoryError(errno.EISDIR, "is a directory, not a journal", str(path))
+        fd = os.open(path, os.O_RDWR)
+        existed = True
+    try:
+        # flock, not fcntl locks: SQLite uses fcntl locks on this same file, and the two
+        # kinds do not interfere; flock is released by the kernel when a writer dies.
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise JournalLockedError(
+            f"journal {path} is being written by another process; wait for it to finish "
+            "or choose another path",
+            path=path,
+        ) from None
+    if existed:
+        if not overwrite:
+            os.close(fd)
+            raise FileExistsError(
+                errno.EEXIST,
+                "a journal (or another file) already exists there; replay or move it, or "
+                "pass overwrite=True to replace it",
+                str(path),
+            )
+        os.ftruncate(fd, 0)
+        # A stale write-ahead log would be replayed into the new file by SQLite.
+        for suffix in ("-wal", "-shm", "-journal"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+    return fd
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _json(value: Mapping[str, Any]) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode("utf-8")
+
+
+# -- reading ------------------------------------------------------------------------------
+
+
+def open_readonly(path: str | os.PathLike[str]) -> sqlite3.Connection:
+    """Open a journal file read-only and check it is a journal of a format we read.
+
+    Reading goes straight to SQLite rather than through sqlitedict: sqlitedict issues
+    ``PRAGMA journal_mode`` on every open, which would rewrite the file being read.
+    """
+    target = Path(path)
+    if not target.exists():
+        raise FileNotFoundError(errno.ENOENT, "no journal file at this path", str(target))
+    if target.is_dir():
+        raise JournalCorruptError(
+            f"{target} is a directory, not a journal file; pass the journal's file path",
+            path=target,
+        )
+    uri = f"{target.resolve().as_uri().replace('file://', 'file:', 1)}?mode=ro"
+    try:
+        conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+    except sqlite3.Error as err:
+        raise JournalCorruptError(
+            f"cannot open journal {target}: {err}", path=target
+        ) from err
+    try:
+        application_id = conn.execute("PRAGMA application_id").fetchone()[0]
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+    except sqlite3.Error as err:
+        conn.close()
+        raise JournalCorruptError(
+            f"{target} is not an orm-journal file ({err})", path=target
+        ) from err
+    if application_id != APPLICATION_ID:
+        conn.close()
+        raise JournalCorruptError(
+            f"{target} is not an orm-journal file (an empty file or another SQLite database)",
+            path=target,
+        )
+    if version != FORMAT_VERSION:
+        conn.close()
+        raise JournalCorruptError(
+            f"{target} has journal format version {version}; this orm-journal reads version "
+            f"{FORMAT_VERSION}: use the orm-journal release that wrote it",
+            path=target,
+        )
+    return conn
+
+
+def iter_raw_records(
+    conn: sqlite3.Connection, path: Path, *, descending: bool = False, limit: int | None = None
+) -> Iterator[RawRecord]:
+    """Yield stored records in sequence order (bytes only; nothing is decoded)."""
+    order = "DESC" if descending else "ASC"
+    sql = f'SELECT key, value FROM "{TABLE}" ORDER BY key {order}'
+    if limit is not None:
+        sql += f" LIMIT {int(limit)}"
+    try:
+        cursor = conn.execute(sql)
+        for key, value in cursor:
+            yield _split(key, value, path)
+    except sqlite3.Error as err:
+        raise JournalCorruptError(
+            f"journal {path} cannot be read: {err}; the file is damaged or not a journal",
+            path=path,
+        ) from err
+
+
+def _split(key: object, value: object, path: Path) -> RawRecord:
+    if not isinstance(key, str) or not key.isdigit() or not isinstance(value, bytes):
+        raise JournalCorruptError(f"journal {path} holds a malformed record {key!r}", path=path)
+    if len(value) < PREFIX_SIZE:
+        raise JournalCorruptError(f"journal {path}: record {int(key)} is truncated", path=path)
+    kind, count = _PREFIX.unpack_from(value, TAG_SIZE)
+    return RawRecord(
+        sequence=int(key),
+        tag=value[:TAG_SIZE],
+        kind=kind,
+        operations=count,
+        body=value[PREFIX_SIZE:],
+        signed_part=value[TAG_SIZE:],
+    )
+
+
+def decode_json(record: RawRecord, path: Path) -> dict[str, Any]:
+    """Decode a header or seal body (plain JSON: nothing executable)."""
+    try:
+        value = json.loads(record.body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise JournalCorruptError(
+            f"journal {path}: record {record.sequence} is not valid JSON", path=path
+        ) from err
+    if not isinstance(value, dict):
+        raise JournalCorruptError(
+            f"journal {path}: record {record.sequence} is not a JSON object", path=path
+        )
+    return value

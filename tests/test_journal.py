@@ -1,0 +1,491 @@
+"""The journal file: create, lock, append, seal, read back, verify (SPEC §4)."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import pytest
+
+from journal import (
+    Journal,
+    JournalCorruptError,
+    JournalError,
+    JournalIncompleteError,
+    JournalLockedError,
+    JournalSignatureError,
+    JournalWriter,
+    OpaqueValue,
+)
+
+KEY = b"k" * 32
+
+
+def operation(i: int) -> dict[str, object]:
+    return {"op": "insert", "table": "asset", "ref": f"new:{i}", "values": {"id": i, "name": f"n{i}"}}
+
+
+def write_journal(path: Path, batches: int = 3, size: int = 5, *, key: bytes | None = None) -> None:
+    with JournalWriter.create(path, key=key) as writer:
+        for b in range(batches):
+            writer.append([operation(b * size + i) for i in range(size)])
+        writer.seal(meta={"schema": {"asset": "abc"}})
+
+
+def raw(path: Path) -> sqlite3.Connection:
+    return sqlite3.connect(path, isolation_level=None)
+
+
+def test_round_trip_header_state_and_batches(tmp_path: Path) -> None:
+    """A sealed journal reads back its header, sealed state and every batch in order."""
+    path = tmp_path / "ops.dbm"
+    write_journal(path)
+    with Journal(path) as journal:
+        assert journal.state == "sealed"
+        assert not journal.signed
+        header = journal.header
+        assert header.format_version == 1
+        assert header.operation_count == 15
+        assert header.meta == {"schema": {"asset": "abc"}}
+        assert {"orm_journal", "python", "sqlite"} <= set(header.versions)
+        journal.verify()
+        batches = list(journal.batches())
+    assert [b.number for b in batches] == [1, 2, 3]
+    assert [b.first_sequence for b in batches] == [1, 6, 11]
+    assert [op["ref"] for b in batches for op in b.operations] == [f"new:{i}" for i in range(15)]
+
+
+def test_large_batch_is_chunked_but_read_as_one(tmp_path: Path) -> None:
+    """A batch larger than one record's chunk comes back as a single batch with gap-free numbers."""
+    path = tmp_path / "big.dbm"
+    with JournalWriter.create(path) as writer:
+        writer.append([operation(i) for i in range(2500)])
+        writer.append([operation(i) for i in range(3)])
+        writer.seal()
+    with Journal(path) as journal:
+        batches = list(journal.batches())
+        sequences = [seq for seq, _ in journal.operations()]
+    assert [len(b.operations) for b in batches] == [2500, 3]
+    assert sequences == list(range(1, 2504))
+
+
+def test_sealed_journal_is_one_self_contained_file(tmp_path: Path) -> None:
+    """After seal no -wal/-shm file remains and a copy elsewhere verifies."""
+    path = tmp_path / "ops.dbm"
+    write_journal(path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ops.dbm"]
+    copy = tmp_path / "elsewhere" / "copy.dbm"
+    copy.parent.mkdir()
+    copy.write_bytes(path.read_bytes())
+    with Journal(copy) as journal:
+        journal.verify()
+
+
+def test_durability_pragmas_are_set_and_read_back(tmp_path: Path) -> None:
+    """The writer runs with WAL and synchronous=FULL, and the file is tagged as a journal."""
+    path = tmp_path / "ops.dbm"
+    writer = JournalWriter.create(path)
+    try:
+        conn = raw(path)
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("PRAGMA application_id").fetchone()[0] == int.from_bytes(b"ORMJ", "big")
+        conn.close()
+    finally:
+        writer.close()
+
+
+def test_reading_never_changes_the_file(tmp_path: Path) -> None:
+    """Opening, verifying and reading a journal leaves its bytes identical."""
+    path = tmp_path / "ops.dbm"
+    write_journal(path)
+    before = path.read_bytes()
+    with Journal(path) as journal:
+        journal.verify()
+        list(journal.batches())
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ops.dbm"]
+
+
+def test_empty_journal_seals_with_zero_operations(tmp_path: Path) -> None:
+    """A journal sealed without batches is valid and has no operations."""
+    path = tmp_path / "empty.dbm"
+    with JournalWriter.create(path) as writer:
+        writer.seal()
+    with Journal(path) as journal:
+        journal.verify()
+        assert journal.header.operation_count == 0
+        assert list(journal.batches()) == []
+
+
+def test_rewind_discards_the_tail(tmp_path: Path) -> None:
+    """Rewinding to a position drops later batches and the chain still verifies."""
+    path = tmp_path / "ops.dbm"
+    with JournalWriter.create(path, key=KEY) as writer:
+        writer.append([operation(0)])
+        mark = writer.position()
+        writer.append([operation(1), operation(2)])
+        writer.rewind(mark)
+        writer.append([operation(3)])
+        writer.seal()
+    with Journal(path, key=KEY) as journal:
+        journal.verify()
+        assert [op["ref"] for _, op in journal.operations()] == ["new:0", "new:3"]
+        assert [b.number for b in journal.batches()] == [1, 2]
+
+
+def test_existing_file_needs_overwrite(tmp_path: Path) -> None:
+    """An existing journal raises FileExistsError and stays intact unless overwrite=True."""
+    path = tmp_path / "ops.dbm"
+    write_journal(path)
+    before = path.read_bytes()
+    with pytest.raises(FileExistsError):
+        JournalWriter.create(path)
+    assert path.read_bytes() == before
+    with JournalWriter.create(path, overwrite=True) as writer:
+        writer.seal()
+    with Journal(path) as journal:
+        assert journal.header.operation_count == 0
+
+
+def test_second_writer_is_locked_out(tmp_path: Path) -> None:
+    """A second writer on the same path gets JournalLockedError at once, even with overwrite."""
+    path = tmp_path / "ops.dbm"
+    script = textwrap.dedent(
+        f"""
+        import sys
+        from journal import JournalWriter
+        w = JournalWriter.create({str(path)!r})
+        print("locked", flush=True)
+        sys.stdin.readline()
+        w.close()
+        """
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "locked"
+        with pytest.raises(JournalLockedError, match="another process"):
+            JournalWriter.create(path, overwrite=True)
+    finally:
+        proc.communicate("\n", timeout=30)
+        proc.stdout.close()
+    assert proc.returncode == 0
+    with Journal(path) as journal:
+        assert journal.state == "incomplete"
+
+
+def test_failing_commit_raises_within_bounded_time(tmp_path: Path) -> None:
+    """A COMMIT that SQLite rejects raises a JournalError instead of hanging, and the writer stops."""
+    path = tmp_path / "ops.dbm"
+    writer = JournalWriter.create(path)
+    writer.append([operation(0)])
+    # A deferred foreign key violation is only detected at COMMIT: a real failing commit.
+    writer._call("PRAGMA foreign_keys = ON")
+    writer._call("CREATE TABLE parent (id INTEGER PRIMARY KEY)")
+    writer._call(
+        "CREATE TABLE child (id INTEGER PRIMARY KEY, "
+        "parent INTEGER REFERENCES parent(id) DEFERRABLE INITIALLY DEFERRED)"
+    )
+    writer._call(
+        "CREATE TEMP TRIGGER orphan AFTER INSERT ON main.records "
+        "BEGIN INSERT INTO child (parent) VALUES (42); END"
+    )
+    outcome: list[BaseException | None] = []
+
+    def commit() -> None:
+        try:
+            writer.append([operation(1)])
+            outcome.append(None)
+        except BaseException as err:  # noqa: BLE001 - handed to the test thread
+            outcome.append(err)
+
+    thread = threading.Thread(target=commit, daemon=True)
+    thread.start()
+    thread.join(timeout=60)
+    assert not thread.is_alive(), "the failing commit hung"
+    assert isinstance(outcome[0], JournalError)
+    assert "FOREIGN KEY" in str(outcome[0])
+    with pytest.raises(JournalError, match="can no longer be written"):
+        writer.append([operation(2)])
+    writer.close()
+    with Journal(path) as journal:
+        assert journal.state == "incomplete"
+        assert [op["ref"] for _, op in journal.operations()] == ["new:0"]
+
+
+# -- the tamper matrix ---------------------------------------------------------------------
+
+
+def flip_byte_in_record(path: Path, needle: bytes) -> None:
+    data = bytearray(path.read_bytes())
+    index = data.index(needle)
+    data[index] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+    ("key", "error"), [(None, JournalCorruptError), (KEY, JournalSignatureError)]
+)
+def test_one_byte_flipped(tmp_path: Path, key: bytes | None, error: type[Exception]) -> None:
+    """A single flipped byte inside a record is detected by the chain."""
+    path = tmp_path / "ops.dbm"
+    write_journal(path, key=key)
+    flip_byte_in_record(path, b"new:7")
+    with Journal(path, key=key) as journal, pytest.raises(error, match="record 2"):
+        journal.verify()
+
+
+@pytest.mark.parametrize(
+    ("key", "error"), [(None, JournalCorruptError), (KEY, JournalCorruptError)]
+)
+def test_record_deleted(tmp_path: Path, key: bytes | None, error: type[Exception]) -> None:
+    """A record removed from the middle is reported as missing."""
+    path = tmp_path / "ops.dbm"
+    write_journal(path, key=key)
+    with raw(path) as conn:
+        conn.execute("DELETE FROM records WHERE key = ?", (f"{2:012d}",))
+    with Journal(path, key=key) as journal, pytest.raises(error, match="record 2 is missing"):
+        journal.verify()
+
+
+@pytest.mark.parametrize(
+    ("key", "error"), [(None, JournalCorruptError), (KEY, JournalSignatureError)]
+)
+def test_two_records_swapped(tmp_path: Path, key: bytes | None, error: type[Exception]) -> None:
+    """Swapping the contents of two records breaks the chain."""
+    path = tmp_path / "ops.dbm"
+    write_journal(path, key=key)
+    conn = raw(path)
+    one, two = (
+        conn.execute("SELECT value FROM records WHERE key = ?", (f"{n:012d}",)).fetchone()[0]
+        for n in (1, 2)
+    )
+    conn.execute("UPDATE records SET value = ? WHERE key = ?", (two, f"{1:012d}"))
+    conn.execute("UPDATE records SET value = ? WHERE key = ?", (one, f"{2:012d}"))
+    conn.close()
+    with Journal(path, key=key) as journal, pytest.raises(error, match="record 1"):
+        journal.verify()
+
+
+def test_tail_records_removed_makes_it_incomplete(tmp_path: Path) -> None:
+    """Removing the seal and the last batch leaves a journal that verify() calls incomplete."""
+    path = tmp_path / "ops.dbm"
+    write_journal(path, key=KEY)
+    with raw(path) as conn:
+        conn.execute("DELETE FROM records WHERE key >= ?", (f"{3:012d}",))
+    with Journal(path, key=KEY) as journal:
+        assert journal.state == "incomplete"
+        with pytest.raises(JournalIncompleteError, match="never sealed"):
+            journal.verify()
+
+
+def test_tail_of_file_truncated(tmp_path: Path) -> None:
+    """A file cut short is reported as corrupt, at open or at verification."""
+    path = tmp_path / "ops.dbm"
+    write_journal(path, batches=40, size=50)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(JournalCorruptError):
+        with Journal(path) as journal:
+            journal.verify()
+
+
+def test_wrong_key(tmp_path: Path) -> None:
+    """A signed journal checked with another key fails on its first record."""
+    path = tmp_path / "ops.dbm"
+    write_journal(path, key=KEY)
+    with Journal(path, key=b"another key") as journal:
+        with pytest.raises(JournalSignatureError, match="record 0"):
+            journal.verify()
+
+
+def test_signed_journal_without_key_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A signed journal cannot be verified or read without its key."""
+    monkeypatch.delenv("ORM_JOURNAL_KEY", raising=False)
+    path = tmp_path / "ops.dbm"
+    write_journal(path, key=KEY)
+    with Journal(path) as journal:
+        assert journal.signed
+        with pytest.raises(JournalSignatureError, match="give its key"):
+            journal.verify()
+        with pytest.raises(JournalSignatureError):
+            next(journal.batches())
+
+
+def test_unsigned_journal_refused_when_a_key_is_configured(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With $ORM_JOURNAL_KEY set, an unsigned journal is refused rather than trusted."""
+    path = tmp_path / "ops.dbm"
+    monkeypatch.delenv("ORM_JOURNAL_KEY", raising=False)
+    write_journal(path)
+    monkeypatch.setenv("ORM_JOURNAL_KEY", "secret from the environment")
+    with Journal(path) as journal, pytest.raises(JournalSignatureError, match="not signed"):
+        journal.verify()
+
+
+def test_key_from_environment_signs_and_verifies(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """$ORM_JOURNAL_KEY is used for signing and verification when no key is passed."""
+    monkeypatch.setenv("ORM_JOURNAL_KEY", "secret from the environment")
+    path = tmp_path / "ops.dbm"
+    write_journal(path)
+    with Journal(path) as journal:
+        assert journal.signed
+        journal.verify()
+    with Journal(path, key=b"other") as journal, pytest.raises(JournalSignatureError):
+        journal.verify()
+
+
+def test_sqlite_file_that_is_not_a_journal(tmp_path: Path) -> None:
+    """Another application's SQLite database is refused as not a journal."""
+    path = tmp_path / "other.db"
+    with raw(path) as conn:
+        conn.execute("CREATE TABLE records (key TEXT PRIMARY KEY, value BLOB)")
+    with pytest.raises(JournalCorruptError, match="not an orm-journal file"):
+        Journal(path)
+
+
+def test_unknown_format_version(tmp_path: Path) -> None:
+    """A journal of a newer format version is refused with the version in the message."""
+    path = tmp_path / "ops.dbm"
+    write_journal(path)
+    with raw(path) as conn:
+        conn.execute("PRAGMA user_version = 99")
+    with pytest.raises(JournalCorruptError, match="format version 99"):
+        Journal(path)
+
+
+def test_empty_file(tmp_path: Path) -> None:
+    """An empty file is refused as not a journal."""
+    path = tmp_path / "empty.dbm"
+    path.write_bytes(b"")
+    with pytest.raises(JournalCorruptError, match="not an orm-journal file"):
+        Journal(path)
+    assert path.read_bytes() == b""
+
+
+def test_random_bytes(tmp_path: Path) -> None:
+    """A file of random bytes is refused as not a journal."""
+    path = tmp_path / "noise.dbm"
+    path.write_bytes(random.Random(7).randbytes(8192))
+    with pytest.raises(JournalCorruptError):
+        Journal(path)
+
+
+def test_directory(tmp_path: Path) -> None:
+    """A directory is refused with a message saying so."""
+    with pytest.raises(JournalCorruptError, match="is a directory"):
+        Journal(tmp_path)
+
+
+def test_missing_path(tmp_path: Path) -> None:
+    """A missing path raises FileNotFoundError and creates nothing."""
+    path = tmp_path / "missing.dbm"
+    with pytest.raises(FileNotFoundError):
+        Journal(path)
+    assert not path.exists()
+
+
+class _CreatesFile:
+    def __init__(self, target: str) -> None:
+        self.target = target
+
+    def __reduce__(self) -> tuple[object, tuple[str, str]]:
+        return (open, (self.target, "w"))
+
+
+@pytest.mark.parametrize("trusted", [True, False])
+def test_tampered_dill_payload_never_runs(tmp_path: Path, trusted: bool) -> None:
+    """A signed journal whose dill payload was swapped for a malicious one is refused unrun."""
+    path = tmp_path / "ops.dbm"
+    victim = tmp_path / "pwned"
+    with JournalWriter.create(path, key=KEY) as writer:
+        writer.append([{"op": "insert", "values": {"blob": {1, 2, 3}}}])
+        writer.seal()
+    # Re-sign nothing: re-encode the batch with an evil payload, keep the old tag.
+    from journal import codec
+
+    conn = raw(path)
+    value = conn.execute("SELECT value FROM records WHERE key = ?", (f"{1:012d}",)).fetchone()[0]
+    evil = codec.encode([1, [{"op": "insert", "values": {"blob": _CreatesFile(str(victim))}}]])
+    conn.execute(
+        "UPDATE records SET value = ? WHERE key = ?", (value[:37] + evil, f"{1:012d}")
+    )
+    conn.close()
+    with Journal(path, key=KEY) as journal:
+        with pytest.raises(JournalSignatureError):
+            journal.verify()
+        with pytest.raises(JournalSignatureError):
+            list(journal.batches(trusted=trusted))
+    assert not victim.exists()
+
+
+def test_untrusted_read_leaves_dill_opaque(tmp_path: Path) -> None:
+    """Reading with trusted=False shows dill values as opaque instead of unpickling them."""
+    path = tmp_path / "ops.dbm"
+    with JournalWriter.create(path) as writer:
+        writer.append([{"value": {1, 2}}])
+        writer.seal()
+    with Journal(path) as journal:
+        [(_, op)] = list(journal.operations(trusted=False))
+        assert isinstance(op["value"], OpaqueValue)
+        [(_, op)] = list(journal.operations())
+        assert op["value"] == {1, 2}
+
+
+# -- crash safety --------------------------------------------------------------------------
+
+APPENDER = textwrap.dedent(
+    """
+    import sys
+    from journal import JournalWriter
+    writer = JournalWriter.create(sys.argv[1])
+    number = 0
+    while True:
+        number = writer.append([{"batch": number + 1, "i": i, "pad": "x" * 200} for i in range(50)])
+        print(number, flush=True)
+    """
+)
+
+
+@pytest.mark.slow
+def test_sigkill_while_appending_keeps_every_acknowledged_batch(tmp_path: Path) -> None:
+    """SIGKILL at random moments: acknowledged batches are all there, whole, and the file is incomplete."""
+    rng = random.Random(20261122)
+    for attempt in range(20):
+        path = tmp_path / f"crash{attempt}.dbm"
+        proc = subprocess.Popen(
+            [sys.executable, "-c", APPENDER, str(path)], stdout=subprocess.PIPE, text=True
+        )
+        assert proc.stdout is not None
+        wanted = rng.randint(1, 30)
+        acknowledged = 0
+        for line in proc.stdout:
+            acknowledged = int(line)
+            if acknowledged >= wanted:
+                break
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        for line in proc.stdout:  # acknowledgements printed before the kill landed
+            acknowledged = int(line)
+        proc.stdout.close()
+        with Journal(path) as journal:
+            assert journal.state == "incomplete"
+            batches = list(journal.batches())
+            with pytest.raises(JournalIncompleteError):
+                journal.verify()
+        numbers = [b.number for b in batches]
+        assert numbers == list(range(1, len(numbers) + 1))
+        assert len(numbers) >= acknowledged
+        for batch in batches:
+            assert [op["batch"] for op in batch.operations] == [batch.number] * 50
