@@ -1,0 +1,385 @@
+"""The value codec of the journal file: a tree of Python values to bytes and back.
+
+Standard SQL values travel as plain msgpack (C speed, no code execution); everything
+else is a msgpack *ext* value whose code says how to read it. The journal file carries
+the format version, so these codes must never change meaning; new kinds get new codes.
+
+==== =========== ==========================================================
+code kind        payload
+==== =========== ==========================================================
+1    big int     signed big-endian two's complement (outside msgpack's 64 bits)
+2    tuple       msgpack array of the items
+3    Decimal     ASCII ``str(d)`` (exact, incl. NaN/sNaN/Infinity/-0/exponent)
+4    datetime    ``>HBBBBBIB`` year .. microsecond, fold; then a time zone tail
+5    date        ``>HBB`` year, month, day
+6    time        ``>BBBIB`` hour, minute, second, microsecond, fold; time zone tail
+7    timedelta   ``>iII`` days, seconds, microseconds
+8    UUID        the 16 bytes
+9    Enum member msgpack array [module, qualname, member name]; a Flag value without
+                 one joins its members' names, then any other bits as a decimal
+                 number, with ``|`` (``""`` is the empty flag)
+10   dill        ``dill.dumps(value, protocol=5)``: every other object
+==== =========== ==========================================================
+
+Time zone tail: empty (naive); ``\\x01`` + ``>q`` offset in microseconds
+(``datetime.timezone``); ``\\x02`` + ``>q`` + UTF-8 name (``timezone`` with an explicit
+name); ``\\x03`` + UTF-8 key (``zoneinfo.ZoneInfo``). Any other tzinfo sends the whole
+value to dill. Subclasses of these types (except enums) also go to dill, so a value
+decodes to an equal value of the same type. One exception, from msgpack's C packer:
+``bytearray`` and ``memoryview`` are stored, and decode, as ``bytes``.
+
+>>> decode(encode({"id": 1, "at": (Decimal("1.10"), None)}))
+{'id': 1, 'at': (Decimal('1.10'), None)}
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import enum
+import functools
+import importlib
+import operator
+import struct
+import sys
+import threading
+import uuid
+from collections.abc import Callable
+from datetime import date, datetime, time, timedelta, timezone, tzinfo
+from decimal import Context, Decimal, InvalidOperation
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import dill
+import msgpack
+
+from journal.exc import JournalCorruptError
+
+__all__ = ["EnumRef", "OpaqueValue", "decode", "encode"]
+
+_BIGINT, _TUPLE, _DECIMAL, _DATETIME, _DATE, _TIME, _TIMEDELTA, _UUID, _ENUM, _DILL = range(1, 11)
+_DILL_PROTOCOL = 5
+_DATETIME_HEAD = struct.Struct(">HBBBBBIB")
+_DATE_HEAD = struct.Struct(">HBB")
+_TIME_HEAD = struct.Struct(">BBBIB")
+_TIMEDELTA_HEAD = struct.Struct(">iII")
+_OFFSET = struct.Struct(">q")
+# Decimal(str, context) ignores the context's precision; the context only decides that a
+# malformed string raises instead of quietly becoming NaN (whatever the caller's default).
+_STRICT_DECIMAL = Context(traps=[InvalidOperation])
+
+
+@dataclasses.dataclass(frozen=True, slots=True, repr=False)
+class OpaqueValue:
+    """A dill value decoded with ``trusted=False``: never unpickled, only measured."""
+
+    size: int
+
+    def __repr__(self) -> str:
+        return f"<opaque dill value, {self.size} bytes>"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class EnumRef:
+    """An enum member decoded with ``trusted=False``: its address, nothing imported."""
+
+    module: str
+    qualname: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.module}.{self.qualname}.{self.name}"
+
+
+class _PackerPool(threading.local):
+    # A Packer is neither thread-safe nor re-entrant (a tuple packs its items while the
+    # outer value is still being packed), but building one per call triples the cost of a
+    # small row: so each thread keeps idle packers and a nested call takes another one.
+    def __init__(self) -> None:
+        self.idle: list[Any] = []
+
+
+_POOL = _PackerPool()
+
+
+def encode(value: object) -> bytes:
+    """Encode a tree of values into bytes that :func:`decode` turns back into it.
+
+    Raises ``TypeError``, naming the type, for a value that not even dill can serialise.
+    """
+    idle = _POOL.idle
+    packer = idle.pop() if idle else _new_packer()
+    try:
+        data: bytes = packer.pack(value)
+    except UnicodeEncodeError:
+        # Lone surrogates (e.g. os.fsdecode of a bad file name) are legal in str but not
+        # in UTF-8; only such rare values pay for the slower error-handling packer.
+        data = _new_packer("surrogatepass").pack(value)
+    finally:
+        idle.append(packer)
+    return data
+
+
+def _new_packer(unicode_errors: str | None = None) -> Any:
+    return msgpack.Packer(
+        default=_default, strict_types=True, use_bin_type=True, unicode_errors=unicode_errors
+    )
+
+
+def _ext(code: int, payload: bytes) -> msgpack.ExtType:
+    # ExtType's own __new__ validates in Python and costs more than the whole rest of a
+    # value's encoding; our codes and payloads are known to be valid.
+    return tuple.__new__(msgpack.ExtType, (code, payload))
+
+
+def _default(value: object) -> msgpack.ExtType:
+    encoder = _ENCODERS.get(type(value))
+    if encoder is not None:
+        return encoder(value)
+    if isinstance(value, enum.Enum):
+        ext = _encode_enum(value)
+        if ext is not None:
+            return ext
+    return _encode_dill(value)
+
+
+def _encode_datetime(v: datetime) -> msgpack.ExtType:
+    tail = _tz_tail(v.tzinfo)
+    if tail is None:
+        return _encode_dill(v)
+    fields = (v.year, v.month, v.day, v.hour, v.minute, v.second, v.microsecond, v.fold)
+    return _ext(_DATETIME, _DATETIME_HEAD.pack(*fields) + tail)
+
+
+def _encode_time(v: time) -> msgpack.ExtType:
+    tail = _tz_tail(v.tzinfo)
+    if tail is None:
+        return _encode_dill(v)
+    return _ext(_TIME, _TIME_HEAD.pack(v.hour, v.minute, v.second, v.microsecond, v.fold) + tail)
+
+
+def _tz_tail(tz: tzinfo | None) -> bytes | None:
+    if tz is None:
+        return b""
+    if type(tz) is timezone:
+        return _fixed_offset_tail(tz.utcoffset(None), tz.tzname(None))
+    if type(tz) is ZoneInfo and tz.key is not None:
+        return b"\x03" + tz.key.encode("utf-8", "surrogatepass")
+    return None
+
+
+@functools.lru_cache(maxsize=256)
+def _fixed_offset_tail(offset: timedelta, name: str) -> bytes:
+    # Cached on (offset, name), not on the tzinfo: timezones compare equal by offset alone.
+    micros = _OFFSET.pack(offset // timedelta(microseconds=1))
+    if name == timezone(offset).tzname(None):
+        return b"\x01" + micros
+    return b"\x02" + micros + name.encode("utf-8", "surrogatepass")
+
+
+# Keyed by (class, member name): IntEnum members hash and compare as their int value, so
+# the members themselves would collide across classes.
+_ENUM_EXTS: dict[tuple[type[enum.Enum], str], msgpack.ExtType] = {}
+
+
+def _encode_enum(member: enum.Enum) -> msgpack.ExtType | None:
+    """The by-name reference to ``member``, or None to send it to dill."""
+    cls = type(member)
+    key = (cls, member._name_)
+    ext = _ENUM_EXTS.get(key)
+    if ext is not None:
+        return ext
+    found: Any = sys.modules.get(cls.__module__)
+    for part in cls.__qualname__.split("."):
+        found = getattr(found, part, None)
+    if found is not cls:
+        # dill cannot rebuild an Enum class by value either: fail while recording, not
+        # at replay time.
+        raise TypeError(
+            f"cannot store a member of the enum {cls.__module__}.{cls.__qualname__} in a"
+            " journal: the class cannot be imported by that name; define it at module level"
+        )
+    members = cls.__members__
+    if member._name_ in members and members[member._name_] is member:
+        name = member._name_
+    elif isinstance(member, enum.Flag):
+        name = _flag_name(member)
+    else:
+        return None  # a nameless value made up by a _missing_ hook
+    ext = _ext(_ENUM, encode([cls.__module__, cls.__qualname__, name]))
+    if member._name_ is not None:  # nameless Flag values share the key (cls, None)
+        _ENUM_EXTS[key] = ext
+    return ext
+
+
+def _flag_name(member: enum.Flag) -> str:
+    # Python names a combination "R|W" only from 3.11 on, and leaves bits outside the
+    # named members (boundary=KEEP) or the empty flag without a usable name.
+    parts = list(member)
+    rest = functools.reduce(lambda bits, m: bits & ~m._value_, parts, member._value_)
+    return "|".join([str(m._name_) for m in parts] + ([str(rest)] if rest else []))
+
+
+def _flag_from_name(cls: type[enum.Enum], name: str) -> enum.Enum:
+    members = cls.__members__
+    parts = [members[p] if p in members else cls(int(p)) for p in name.split("|") if name]
+    return functools.reduce(operator.or_, parts, cls(0))
+
+
+def _encode_dill(value: object) -> msgpack.ExtType:
+    try:
+        payload = dill.dumps(value, protocol=_DILL_PROTOCOL)
+    except Exception as err:
+        kind = f"{type(value).__module__}.{type(value).__qualname__}"
+        raise TypeError(
+            f"cannot store a {kind} value in a journal: dill cannot serialise it"
+            f" ({type(err).__name__}: {err}); store a plain value or make the type picklable"
+        ) from err
+    return _ext(_DILL, payload)
+
+
+# Exact types only: a subclass could carry state or behaviour these payloads would drop.
+_ENCODERS: dict[type, Callable[[Any], msgpack.ExtType]] = {
+    # strict_types msgpack hands over only the ints it cannot fit in 64 bits
+    int: lambda n: _ext(_BIGINT, n.to_bytes(n.bit_length() // 8 + 1, "big", signed=True)),
+    tuple: lambda v: _ext(_TUPLE, encode(list(v))),
+    Decimal: lambda v: _ext(_DECIMAL, str(v).encode("ascii")),
+    datetime: _encode_datetime,
+    date: lambda v: _ext(_DATE, _DATE_HEAD.pack(v.year, v.month, v.day)),
+    time: _encode_time,
+    timedelta: lambda v: _ext(_TIMEDELTA, _TIMEDELTA_HEAD.pack(v.days, v.seconds, v.microseconds)),
+    uuid.UUID: lambda v: _ext(_UUID, v.bytes),
+}
+
+
+def decode(data: bytes, *, trusted: bool = True) -> Any:
+    """Decode bytes made by :func:`encode` back into the tree of values.
+
+    With ``trusted=False`` nothing from ``data`` is imported or executed: dill values
+    come back as :class:`OpaqueValue` and enum members as :class:`EnumRef`.
+
+    Raises :class:`JournalCorruptError` (chained to the cause) for anything unreadable.
+    """
+    try:
+        return _unpack(data, _HOOKS[trusted])
+    except JournalCorruptError:
+        raise
+    except Exception as err:
+        # msgpack, struct, datetime and zoneinfo each have their own errors (and corrupt
+        # nesting can even exhaust the stack); the journal promises exactly one.
+        raise JournalCorruptError(
+            f"a journal value is corrupt and cannot be decoded ({type(err).__name__}: {err})"
+        ) from err
+
+
+def _unpack(data: bytes, hook: Callable[[int, bytes], object]) -> Any:
+    return msgpack.unpackb(
+        data, ext_hook=hook, strict_map_key=False, raw=False, unicode_errors="surrogatepass"
+    )
+
+
+def _make_hook(trusted: bool) -> Callable[[int, bytes], object]:
+    def hook(code: int, data: bytes) -> object:
+        decoder = _DECODERS.get(code)
+        if decoder is None:
+            raise JournalCorruptError(
+                f"a journal value has the unknown type code {code}; it was written by another"
+                " version of orm-journal or is corrupt"
+            )
+        return decoder(data, trusted)
+
+    return hook
+
+
+def _decode_tuple(data: bytes, trusted: bool) -> tuple[object, ...]:
+    items = _unpack(data, _HOOKS[trusted])
+    if type(items) is not list:
+        raise JournalCorruptError("a journal tuple value does not hold an array")
+    return tuple(items)
+
+
+def _decode_datetime(data: bytes, trusted: bool) -> datetime:
+    year, month, day, hour, minute, second, micro, fold = _DATETIME_HEAD.unpack_from(data)
+    tz = _decode_tz(data[_DATETIME_HEAD.size :])
+    return datetime(year, month, day, hour, minute, second, micro, tz, fold=fold)
+
+
+def _decode_time(data: bytes, trusted: bool) -> time:
+    hour, minute, second, micro, fold = _TIME_HEAD.unpack_from(data)
+    return time(hour, minute, second, micro, _decode_tz(data[_TIME_HEAD.size :]), fold=fold)
+
+
+# Cached: a journal holds few distinct zones, and building one is most of a value's cost.
+@functools.lru_cache(maxsize=256)
+def _decode_tz(tail: bytes) -> tzinfo | None:
+    if not tail:
+        return None
+    if tail[0] in (1, 2) and len(tail) >= 1 + _OFFSET.size:
+        offset = timedelta(microseconds=_OFFSET.unpack_from(tail, 1)[0])
+        if tail[0] == 1:
+            return timezone(offset)
+        return timezone(offset, tail[1 + _OFFSET.size :].decode("utf-8", "surrogatepass"))
+    if tail[0] == 3:
+        key = tail[1:].decode("utf-8", "surrogatepass")
+        try:
+            return ZoneInfo(key)
+        except Exception as err:
+            raise JournalCorruptError(
+                f"time zone {key!r} of a journal value is not available here; install tzdata"
+            ) from err
+    raise JournalCorruptError(f"a journal value has the unknown time zone tag {tail[0]}")
+
+
+# Cached: the members of a journal are few, and importing and checking cost microseconds.
+@functools.lru_cache(maxsize=1024)
+def _decode_enum(data: bytes, trusted: bool) -> object:
+    parts = _unpack(data, _HOOKS[False])
+    if type(parts) is not list or len(parts) != 3 or {type(p) for p in parts} != {str}:
+        raise JournalCorruptError("a journal enum value is not [module, qualname, name]")
+    ref = EnumRef(*parts)
+    if not trusted:
+        return ref
+    try:
+        cls: Any = importlib.import_module(ref.module)
+        for part in ref.qualname.split("."):
+            cls = getattr(cls, part)
+    except Exception as err:
+        raise JournalCorruptError(
+            f"the enum {ref.module}.{ref.qualname} of a journal value cannot be imported"
+            f" ({type(err).__name__}: {err}); install the application that recorded it"
+        ) from err
+    if not (isinstance(cls, type) and issubclass(cls, enum.Enum)):
+        raise JournalCorruptError(f"{ref.module}.{ref.qualname} in a journal is not an Enum")
+    if ref.name in cls.__members__:
+        return cls.__members__[ref.name]
+    if issubclass(cls, enum.Flag):
+        with contextlib.suppress(ValueError):
+            return _flag_from_name(cls, ref.name)
+    raise JournalCorruptError(f"the enum {ref.module}.{ref.qualname} has no member {ref.name!r}")
+
+
+def _decode_dill(data: bytes, trusted: bool) -> object:
+    if not trusted:
+        return OpaqueValue(len(data))
+    try:
+        return dill.loads(data)
+    except Exception as err:
+        raise JournalCorruptError(
+            f"a pickled (dill) journal value cannot be loaded ({type(err).__name__}: {err});"
+            " is its class importable, and the same version, in this process?"
+        ) from err
+
+
+_DECODERS: dict[int, Callable[[bytes, bool], object]] = {
+    _BIGINT: lambda d, t: int.from_bytes(d, "big", signed=True),
+    _TUPLE: _decode_tuple,
+    _DECIMAL: lambda d, t: Decimal(d.decode("ascii"), _STRICT_DECIMAL),
+    _DATETIME: _decode_datetime,
+    _DATE: lambda d, t: date(*_DATE_HEAD.unpack(d)),
+    _TIME: _decode_time,
+    _TIMEDELTA: lambda d, t: timedelta(*_TIMEDELTA_HEAD.unpack(d)),
+    _UUID: lambda d, t: uuid.UUID(bytes=d),
+    _ENUM: _decode_enum,
+    _DILL: _decode_dill,
+}
+_HOOKS = (_make_hook(False), _make_hook(True))  # indexed by ``trusted``
