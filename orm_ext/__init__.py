@@ -1,0 +1,34 @@
+"""orm-journal's SQLAlchemy side: ``JournalingSession`` and everything it raises.
+
+``journal`` (the file format) never imports SQLAlchemy; this package builds on it.
+"""
+
+from __future__ import annotations
+
+from journal.exc import (
+    JournalCorruptError,
+    JournalError,
+    JournalIncompleteError,
+    JournalLockedError,
+    JournalSignatureError,
+)
+from orm_ext.exc import DeferredOperationError, ReplayConflictError, SchemaMismatchError
+from orm_ext.memo import QueryMemo
+from orm_ext.recording import DeferredOperations
+from orm_ext.references import Placeholder
+from orm_ext.session import JournalingSession
+
+__all__ = [
+    "DeferredOperationError",
+    "DeferredOperations",
+    "JournalCorruptError",
+    "JournalError",
+    "JournalIncompleteError",
+    "JournalLockedError",
+    "JournalSignatureError",
+    "JournalingSession",
+    "Placeholder",
+    "QueryMemo",
+    "ReplayConflictError",
+    "SchemaMismatchError",
+]

@@ -1,0 +1,254 @@
+"""ORM-enabled ``update()``, ``delete()`` and ``insert()`` statements inside a deferred block.
+
+A statement executed through the session is recorded, not executed; its WHERE clause is
+evaluated at replay time. Only what can be replayed faithfully is accepted: criteria
+built from comparisons of the entity's columns with values, combined with and/or/not.
+Everything else raises :class:`~orm_ext.exc.DeferredOperationError` at the point of
+recording, so nothing is silently executed or dropped.
+
+Encoded criteria (JSON-like lists)::
+
+    ["and", [c1, c2, ...]]   ["or", [...]]   ["not", c]
+    ["cmp", operator name, attribute key, value]     value may be {"$ref": [ref, attr]}
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any, Final, NoReturn
+
+from sqlalchemy import and_, not_, or_
+from sqlalchemy.engine import IteratorResult
+from sqlalchemy.engine.result import SimpleResultMetaData
+from sqlalchemy.orm import Mapper, ORMExecuteState
+from sqlalchemy.sql import operators, visitors
+from sqlalchemy.sql.elements import (
+    BinaryExpression,
+    BindParameter,
+    BooleanClauseList,
+    ClauseElement,
+    ColumnElement,
+    Grouping,
+    Null,
+    UnaryExpression,
+)
+from sqlalchemy.sql.schema import Column
+
+from orm_ext.exc import DeferredOperationError
+from orm_ext.references import Placeholder, class_path
+
+__all__ = ["RecordedResult", "describe", "empty_result", "refuse_placeholders", "rebuild_criteria"]
+
+_OPERATORS: Final[dict[Any, str]] = {
+    operators.eq: "eq",
+    operators.ne: "ne",
+    operators.lt: "lt",
+    operators.le: "le",
+    operators.gt: "gt",
+    operators.ge: "ge",
+    operators.in_op: "in",
+    operators.not_in_op: "not_in",
+    operators.is_: "is",
+    operators.is_not: "is_not",
+    operators.like_op: "like",
+    operators.not_like_op: "not_like",
+}
+_BUILDERS: Final[dict[str, Any]] = {
+    "eq": lambda c, v: c == v,
+    "ne": lambda c, v: c != v,
+    "lt": lambda c, v: c < v,
+    "le": lambda c, v: c <= v,
+    "gt": lambda c, v: c > v,
+    "ge": lambda c, v: c >= v,
+    "in": lambda c, v: c.in_(v),
+    "not_in": lambda c, v: c.not_in(v),
+    "is": lambda c, v: c.is_(None),
+    "is_not": lambda c, v: c.is_not(None),
+    "like": lambda c, v: c.like(v),
+    "not_like": lambda c, v: c.not_like(v),
+}
+
+
+class RecordedResult(IteratorResult[Any]):
+    """What executing an ORM statement returns inside a deferred block: no rows yet."""
+
+    @property
+    def rowcount(self) -> int:
+        raise DeferredOperationError(
+            "the statement was recorded into a journal, not executed; how many rows it "
+            "matches is only known when the journal is replayed"
+        )
+
+
+def empty_result() -> RecordedResult:
+    return RecordedResult(SimpleResultMetaData([]), iter(()))
+
+
+def describe(state: ORMExecuteState, path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Return the journal operation for an ORM DML statement, or raise if it cannot be replayed."""
+    statement = state.statement
+    mapper = state.bind_mapper
+
+    def refuse(reason: str) -> NoReturn:
+        raise DeferredOperationError(
+            f"cannot record {type(statement).__name__.lower()}() inside deferred_operations: "
+            f"{reason}. Nothing was executed",
+            path=path,
+        )
+
+    if mapper is None:
+        refuse("it does not target a mapped class")
+    if getattr(statement, "_returning", ()):
+        refuse("RETURNING rows are only known at replay")
+    operation: dict[str, Any] = {
+        "class": class_path(mapper.class_),
+        "table": mapper.local_table.description,
+    }
+    parameters = state.parameters
+    rows = parameters if isinstance(parameters, list) else None
+    if state.is_insert:
+        operation["op"] = "bulk_insert"
+        values = _statement_values(statement, mapper, refuse)
+        if rows:
+            operation["rows"] = [_row(r, mapper, refuse) for r in rows]
+        elif values:
+            operation["rows"] = [values]
+        else:
+            refuse("an insert() needs values() or a list of parameter dictionaries")
+        return operation
+    kind = "update" if state.is_update else "delete"
+    operation["op"] = f"bulk_{kind}"
+    if rows:
+        if statement.whereclause is not None:
+            refuse("a WHERE clause together with a list of parameter rows")
+        operation["rows"] = [_row(r, mapper, refuse) for r in rows]
+        return operation
+    where = statement.whereclause
+    operation["where"] = None if where is None else _encode(where, mapper, refuse)
+    if kind == "update":
+        values = _statement_values(statement, mapper, refuse)
+        if parameters:
+            values.update(_row(parameters, mapper, refuse))
+        if not values:
+            refuse("update() without values()")
+        operation["values"] = values
+    return operation
+
+
+def _statement_values(statement: Any, mapper: Mapper[Any], refuse: Any) -> dict[str, Any]:
+    # Private: ValuesBase._values holds what .values() was given; there is no public
+    # accessor. Checked on SQLAlchemy 2.0.x and 2.1.9.
+    if getattr(statement, "_multi_values", ()):
+        refuse("multi-row values() lists; pass a list of parameter dictionaries instead")
+    if getattr(statement, "_ordered_values", None):
+        refuse("ordered_values()")
+    raw = getattr(statement, "_values", None) or {}
+    return {_attribute_key(k, mapper, refuse): _value(v, refuse) for k, v in raw.items()}
+
+
+def _row(row: Mapping[str, Any], mapper: Mapper[Any], refuse: Any) -> dict[str, Any]:
+    return {_attribute_key(k, mapper, refuse): _value(v, refuse) for k, v in row.items()}
+
+
+def _attribute_key(key: Any, mapper: Mapper[Any], refuse: Any) -> str:
+    if isinstance(key, str):
+        if key in mapper.attrs:
+            return key
+        column = mapper.local_table.c.get(key)
+        if column is not None:
+            return str(mapper.get_property_by_column(column).key)
+        refuse(f"{key!r} is not an attribute of {mapper.class_.__name__}")
+    prop = getattr(key, "property", None)
+    if prop is not None and getattr(prop, "parent", None) is not None:
+        return str(prop.key)
+    if isinstance(key, Column):
+        return str(mapper.get_property_by_column(key).key)
+    refuse(f"the target {key!r} is not a mapped column")
+
+
+def _value(value: Any, refuse: Any) -> Any:
+    if isinstance(value, BindParameter):
+        value = value.effective_value
+    if isinstance(value, ClauseElement):
+        refuse(f"the SQL expression {value} as a value is evaluated by the database")
+    if isinstance(value, Placeholder):
+        return {"$ref": [value.ref, value.attribute]}
+    if isinstance(value, list | tuple):
+        return [_value(v, refuse) for v in value]
+    return value
+
+
+def _encode(clause: ClauseElement, mapper: Mapper[Any], refuse: Any) -> list[Any]:
+    if isinstance(clause, Grouping):
+        return _encode(clause.element, mapper, refuse)
+    if isinstance(clause, BooleanClauseList):
+        name = {operators.and_: "and", operators.or_: "or"}.get(clause.operator)
+        if name is None:
+            refuse(f"the operator {clause.operator} in the WHERE clause")
+        return [name, [_encode(c, mapper, refuse) for c in clause.clauses]]
+    if isinstance(clause, UnaryExpression) and clause.operator is operators.inv:
+        return ["not", _encode(clause.element, mapper, refuse)]
+    if isinstance(clause, BinaryExpression):
+        name = _OPERATORS.get(clause.operator)
+        left, right = clause.left, clause.right
+        if name is None or not isinstance(left, Column):
+            refuse(f"the condition {clause} (only column <op> value comparisons replay faithfully)")
+        if left.table is not mapper.local_table and left not in mapper.persist_selectable.c:
+            refuse(f"the condition {clause} refers to another table")
+        key = str(mapper.get_property_by_column(left).key)
+        if isinstance(right, Null):
+            return ["cmp", name, key, None]
+        if isinstance(right, Grouping):
+            right = right.element
+        if not isinstance(right, BindParameter):
+            refuse(f"the condition {clause} compares with an expression, not a value")
+        return ["cmp", name, key, _value(right.effective_value, refuse)]
+    refuse(f"the condition {clause}")
+
+
+def rebuild_criteria(
+    encoded: list[Any], mapper: Mapper[Any], resolve: Any
+) -> ColumnElement[bool]:
+    """Turn encoded criteria back into a SQLAlchemy expression on ``mapper``'s columns.
+
+    :param resolve: maps a recorded value (which may be a placeholder reference) to the
+        value to compare with.
+    """
+    kind = encoded[0]
+    if kind == "and":
+        return and_(*(rebuild_criteria(c, mapper, resolve) for c in encoded[1]))
+    if kind == "or":
+        return or_(*(rebuild_criteria(c, mapper, resolve) for c in encoded[1]))
+    if kind == "not":
+        return not_(rebuild_criteria(encoded[1], mapper, resolve))
+    _, name, key, value = encoded
+    column = getattr(mapper.class_, key)
+    return _BUILDERS[name](column, resolve(value))  # type: ignore[no-any-return]
+
+
+def refuse_placeholders(state: ORMExecuteState, path: str | os.PathLike[str]) -> None:
+    """Raise if a query would send a placeholder key to the database.
+
+    Placeholders exist only in the journal; a query with one (a lazy load or refresh of
+    an object created in the block, or a filter on its key) cannot mean anything to the
+    database, so it is refused with an explanation instead of a driver error.
+    """
+    parameters = state.parameters
+    rows = parameters if isinstance(parameters, list) else [parameters or {}]
+    values = [v for row in rows for v in row.values()]
+    values.extend(
+        node.value
+        for node in visitors.iterate(state.statement)
+        if isinstance(node, BindParameter)
+    )
+    for value in values:
+        if isinstance(value, Placeholder) or (
+            isinstance(value, list | tuple) and any(isinstance(v, Placeholder) for v in value)
+        ):
+            raise DeferredOperationError(
+                f"a query needs the database key of an object created in this deferred block "
+                f"({value!r}); the key only exists after replay. Keep references to the "
+                "objects themselves instead of querying for them",
+                path=path,
+            )

@@ -1,0 +1,722 @@
+"""Recording a session's unit of work into a journal (``deferred_operations``, SPEC §3).
+
+The recorder listens to ``before_flush``: it turns the session's new, dirty and deleted
+objects into journal operations (as ``examples/versioned_history`` reads a unit of work),
+appends them as one durable batch, and then moves the objects into the state a real
+flush would have left them in, so SQLAlchemy finds nothing left to write and sends no
+INSERT, UPDATE or DELETE. New objects get :class:`Placeholder` primary keys that replay
+resolves to the keys the database assigns.
+
+Operations are plain dictionaries (encoded by :mod:`journal.codec`)::
+
+    {"op": "insert", "class": "app.models:Asset", "table": "asset", "ref": 1,
+     "values": {...}, "refs": {attr: [ref, pk attr]}, "links": {relationship: target}}
+    {"op": "update", ..., "target": target, "values": {...}, "old": {...},
+     "version": [old, new], "links": {...}, "added": {...}, "removed": {...}}
+    {"op": "delete", ..., "target": target, "old": {...}, "version": old}
+    {"op": "bulk_update" | "bulk_delete" | "bulk_insert", ...}   (see :mod:`orm_ext.dml`)
+
+A *target* is an ``int`` (the ref of an object created in this journal) or a ``list``
+(the primary key of a row that existed in the database).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import os
+import uuid
+import weakref
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import sqlalchemy
+from sqlalchemy import event, select
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Mapper, ORMExecuteState, Session, SessionTransaction
+from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.orm.interfaces import MANYTOMANY, MANYTOONE, ONETOMANY
+from sqlalchemy.orm.state import InstanceState
+from sqlalchemy.sql.elements import ClauseElement
+
+from journal import JournalWriter, Position
+from orm_ext import dml
+from orm_ext.exc import DeferredOperationError
+from orm_ext.fingerprint import describe_table, read_alembic_revision
+from orm_ext.references import Placeholder, class_path
+
+__all__ = ["DeferredOperations", "Recorder", "install", "refuse_if_recorded"]
+
+# Key in InstanceState.info: the journal-local number of an object created in a block.
+REF: Final = "orm_journal.ref"
+# Key in InstanceState.info: [(journal position, values after that batch)], see _remember.
+SHADOW: Final = "orm_journal.shadow"
+
+_PLAIN_TYPES: Final = frozenset(
+    {
+        type(None), bool, int, float, str, bytes, decimal.Decimal, dt.datetime, dt.date,
+        dt.time, dt.timedelta, uuid.UUID, dict, list,
+    }
+)
+
+
+@dataclass
+class DeferredOperations:
+    """The handle yielded by ``deferred_operations``: where and what is being recorded."""
+
+    path: Path
+    journal_id: str
+    operations: int = 0
+
+
+@dataclass(frozen=True)
+class _MapperPlan:
+    """What recording needs to know about one mapper, computed once."""
+
+    class_path: str
+    table: str
+    columns: tuple[str, ...]
+    scalar_defaults: tuple[tuple[str, Any], ...]
+    primary_key: tuple[str, ...]
+    relationships: tuple[tuple[str, bool], ...]  # recorded here: (key, is many-to-one)
+    collections: tuple[str, ...]  # every writable collection, recorded here or not
+    many_to_one_pairs: dict[str, tuple[tuple[str, str], ...]]  # key -> (local, remote attr)
+    version: str | None
+    tables: tuple[sqlalchemy.Table, ...]
+    secondary: tuple[sqlalchemy.Table, ...] = field(default=())
+
+
+_plans: dict[Mapper[Any], _MapperPlan] = {}
+
+
+def plan_for(mapper: Mapper[Any]) -> _MapperPlan:
+    """Return the (cached) recording plan of ``mapper``."""
+    plan = _plans.get(mapper)
+    if plan is None:
+        plan = _plans[mapper] = _make_plan(mapper)
+    return plan
+
+
+def _make_plan(mapper: Mapper[Any]) -> _MapperPlan:
+    columns: list[str] = []
+    defaults: list[tuple[str, Any]] = []
+    for prop in mapper.column_attrs:
+        if len(prop.columns) != 1 or not isinstance(prop.columns[0], sqlalchemy.Column):
+            continue  # column_property() expressions are read-only: nothing to record
+        columns.append(prop.key)
+        default = prop.columns[0].default
+        if default is not None and getattr(default, "is_scalar", False):
+            defaults.append((prop.key, default.arg))  # type: ignore[attr-defined]
+    relationships = []
+    pairs: dict[str, tuple[tuple[str, str], ...]] = {}
+    for rel in mapper.relationships:
+        if rel.viewonly or _recorded_from_other_side(rel):
+            continue
+        many_to_one = rel.direction is MANYTOONE
+        relationships.append((rel.key, many_to_one))
+        if many_to_one:
+            pairs[rel.key] = tuple(
+                (
+                    mapper.get_property_by_column(local).key,
+                    rel.mapper.get_property_by_column(remote).key,
+                )
+                for local, remote in rel.local_remote_pairs
+            )
+    version = None
+    if mapper.version_id_col is not None and mapper.version_id_generator is not False:
+        version = mapper.get_property_by_column(mapper.version_id_col).key
+    return _MapperPlan(
+        class_path=class_path(mapper.class_),
+        table=mapper.local_table.fullname if isinstance(mapper.local_table, sqlalchemy.Table)
+        else str(mapper.local_table),
+        columns=tuple(columns),
+        scalar_defaults=tuple(defaults),
+        primary_key=tuple(mapper.get_property_by_column(c).key for c in mapper.primary_key),
+        relationships=tuple(relationships),
+        collections=tuple(r.key for r in mapper.relationships if r.uselist and not r.viewonly),
+        many_to_one_pairs=pairs,
+        version=version,
+        tables=tuple(t for t in mapper.tables if isinstance(t, sqlalchemy.Table)),
+        secondary=tuple(
+            r.secondary
+            for r in mapper.relationships
+            if isinstance(r.secondary, sqlalchemy.Table) and not r.viewonly
+        ),
+    )
+
+
+def _recorded_from_other_side(rel: Any) -> bool:
+    """Whether the change of ``rel`` is recorded through its reverse relationship instead.
+
+    SQLAlchemy keeps both sides of a back_populates/backref pair in step, so one side is
+    enough: the many-to-one side of a one-to-many pair, and the side whose name sorts
+    first of a many-to-many pair. Private: RelationshipProperty._reverse_property is how
+    the ORM itself pairs them; checked on SQLAlchemy 2.0.x and 2.1.9.
+    """
+    reverses = [r for r in rel._reverse_property if not r.viewonly]
+    if not reverses:
+        return False
+    if rel.direction is ONETOMANY:
+        return any(r.direction is MANYTOONE for r in reverses)
+    if rel.direction is MANYTOMANY:
+        mine = (class_path(rel.parent.class_), rel.key)
+        return any(mine > (class_path(r.parent.class_), r.key) for r in reverses)
+    return False
+
+
+class Recorder:
+    """Records one session's flushes into one journal; lives for one deferred block."""
+
+    def __init__(self, session: Session, writer: JournalWriter, revision: str | None) -> None:
+        self.session = session
+        self.writer = writer
+        self.path = writer.path
+        self.handle = DeferredOperations(writer.path, writer.journal_id)
+        self.alembic_revision = revision
+        self.origin = writer.position()
+        # Weak: SQLAlchemy closes a transaction before it reports its rollback.
+        self.marks: weakref.WeakKeyDictionary[SessionTransaction, Position] = (
+            weakref.WeakKeyDictionary()
+        )
+        self.tables: dict[str, sqlalchemy.Table] = {}
+        self.next_ref = 1
+        self.saved_expire_on_commit = session.expire_on_commit
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    @classmethod
+    def start_recording(
+        cls,
+        session: Session,
+        path: str | os.PathLike[str],
+        *,
+        overwrite: bool,
+        key: bytes | str | None,
+    ) -> Recorder:
+        """Check the session can start recording, then create the journal."""
+        if session.new or session.deleted or any(session.is_modified(o) for o in session.dirty):
+            raise DeferredOperationError(
+                "the session has pending changes; flush or commit them before entering "
+                "deferred_operations, or they would be recorded as part of the journal",
+                path=path,
+            )
+        if getattr(session, _FLUSHED, False):
+            raise DeferredOperationError(
+                "the session's transaction holds flushed, uncommitted changes; commit or roll "
+                "back before entering deferred_operations",
+                path=path,
+            )
+        writer = JournalWriter.create(
+            path,
+            overwrite=overwrite,
+            key=key,
+            versions={"sqlalchemy": sqlalchemy.__version__},
+        )
+        recorder = cls(session, writer, _alembic_revision(session))
+        for transaction in (session.get_transaction(), session.get_nested_transaction()):
+            if transaction is not None:
+                recorder.marks[transaction] = recorder.origin
+        # A commit inside the block is a checkpoint: nothing reached the database, so
+        # reloading objects from it would show stale values instead of the recorded ones.
+        session.expire_on_commit = False
+        return recorder
+
+    def finish(self) -> None:
+        """Flush what is pending, seal the journal and leave the session clean."""
+        session = self.session
+        try:
+            session.flush()
+            self.writer.seal(
+                meta={
+                    "alembic_revision": self.alembic_revision,
+                    "schema": {name: describe_table(t) for name, t in sorted(self.tables.items())},
+                }
+            )
+        except BaseException:
+            self._detach()
+            raise
+        self._detach()
+
+    def abandon(self) -> None:
+        """Leave the journal unsealed and roll the session back (an exception left the block)."""
+        self._detach()
+
+    def _detach(self) -> None:
+        session = self.session
+        session._recorder = None  # type: ignore[attr-defined]
+        self.writer.close()
+        session.expire_on_commit = self.saved_expire_on_commit
+        for state in session.identity_map.all_states():
+            state.info.pop(SHADOW, None)
+        _forget_recorded_objects(session)
+        session.rollback()
+        # Deletions of objects created in the block are reverted by the rollback above,
+        # which puts them back into the identity map; they are recorded, not persistent.
+        _forget_recorded_objects(session)
+
+    # -- transactions ---------------------------------------------------------------------
+
+    def transaction_created(self, transaction: SessionTransaction) -> None:
+        self.marks[transaction] = self.writer.position()
+
+    def rolled_back(self, transaction: SessionTransaction) -> None:
+        target = self.marks.get(transaction, self.origin)
+        self.writer.rewind(target)
+        self.handle.operations = self.writer.operations
+        # SQLAlchemy has just expired the objects, as after a database rollback; show
+        # each recorded object as the journal now has it, as a reload would.
+        for state in self.session.identity_map.all_states():
+            history = state.info.get(SHADOW)
+            if not history:
+                continue
+            kept = [entry for entry in history if entry[0] <= target.records]
+            obj = state.obj()
+            if not kept or obj is None:
+                del state.info[SHADOW]
+                continue
+            state.info[SHADOW] = kept
+            for key, value in kept[-1][1].items():
+                set_committed_value(obj, key, value)
+
+    # -- recording a flush ----------------------------------------------------------------
+
+    def record_flush(self) -> None:
+        """Turn the pending unit of work into one journal batch and mark it flushed."""
+        session = self.session
+        if not session.in_transaction():
+            # The transaction records which objects this flush made persistent, so that
+            # a later rollback() discards them exactly as it would after a real flush.
+            session.begin()
+        new = [_state(o) for o in session.new]
+        deleted = [_state(o) for o in session.deleted]
+        dirty = [_state(o) for o in session.dirty]
+        for state in dirty:
+            if _is_orphan(state):
+                deleted.append(state)
+        deleted_set = set(deleted)
+        dirty = [s for s in dirty if s not in deleted_set]
+        for state in new:
+            if _is_orphan(state):
+                raise DeferredOperationError(
+                    f"{_describe(state)} is an orphan: it was created without the parent its "
+                    "delete-orphan relationship requires, and a flush would refuse it",
+                    path=self.path,
+                )
+            ref = state.info[REF] = self.next_ref
+            self.next_ref += 1
+            # Every new object needs its key before any operation is built: objects of
+            # this flush refer to each other, and their foreign keys are synchronised
+            # from those keys as a real flush would.
+            obj = state.obj()
+            for key in plan_for(state.mapper).primary_key:
+                if state.dict.get(key) is None:
+                    set_committed_value(obj, key, Placeholder(ref, key))
+
+        operations: list[dict[str, Any]] = []
+        for state in new:
+            operations.append(self._insert(state))
+        versions: list[tuple[InstanceState[Any], str, Any]] = []
+        for state in dirty:
+            operation = self._update(state, versions)
+            if operation is not None:
+                operations.append(operation)
+        for state in deleted:
+            operations.append(self._delete(state))
+        self._fill_old_values(operations)
+
+        if operations:
+            self.writer.append(operations)
+            self.handle.operations = self.writer.operations
+        _mark_flushed(session, new, dirty, deleted)
+        path = str(self.path)
+        for state in new:
+            _recorded[state] = path
+        for state, key, value in versions:
+            obj = state.obj()
+            if obj is not None:
+                set_committed_value(obj, key, value)
+        self._remember(new, dirty)
+
+    def _remember(
+        self, new: Sequence[InstanceState[Any]], dirty: Sequence[InstanceState[Any]]
+    ) -> None:
+        # What the database would hold for these objects after this batch, so that a
+        # later rollback can show them "as reloaded" instead of expiring them: reloading
+        # would query the real database, which has none of what was recorded.
+        mark = self.writer.position().records
+        for state in (*new, *dirty):
+            plan = plan_for(state.mapper)
+            data = state.dict
+            values = {k: data[k] for k in plan.columns if k in data}
+            values.update({k: data[k] for k, m2o in plan.relationships if m2o and k in data})
+            state.info.setdefault(SHADOW, []).append((mark, values))
+
+    def _note_tables(self, plan: _MapperPlan) -> None:
+        for tbl in (*plan.tables, *plan.secondary):
+            self.tables.setdefault(tbl.fullname, tbl)
+
+    def _insert(self, state: InstanceState[Any]) -> dict[str, Any]:
+        plan = plan_for(state.mapper)
+        self._note_tables(plan)
+        obj = state.obj()
+        data = state.dict
+        for key, value in plan.scalar_defaults:
+            if key not in data:
+                set_committed_value(obj, key, value)
+        values, refs = self._column_values(state, plan, plan.columns)
+        for key in plan.primary_key:
+            if refs.get(key) == [state.info[REF], key]:
+                del refs[key]  # its own placeholder: the database assigns the key
+        links: dict[str, Any] = {}
+        for key, many_to_one in plan.relationships:
+            value = data.get(key)
+            if value is None:
+                continue
+            if many_to_one:
+                links[key] = self._target(sqlalchemy.inspect(value), state, key)
+            elif value:
+                links[key] = [self._target(sqlalchemy.inspect(v), state, key) for v in value]
+        # Leave the object as a flush would: foreign keys synchronised from its
+        # many-to-one targets, and collections known to hold only what this block added.
+        self._sync_foreign_keys(state, plan, links)
+        for key in plan.collections:
+            if key not in data:
+                set_committed_value(obj, key, ())
+        operation: dict[str, Any] = {
+            "op": "insert",
+            "class": plan.class_path,
+            "table": plan.table,
+            "ref": state.info[REF],
+            "values": values,
+        }
+        if refs:
+            operation["refs"] = refs
+        if links:
+            operation["links"] = links
+        return operation
+
+    def _update(
+        self, state: InstanceState[Any], versions: list[tuple[InstanceState[Any], str, Any]]
+    ) -> dict[str, Any] | None:
+        plan = plan_for(state.mapper)
+        attrs = state.attrs
+        changed: list[str] = []
+        old: dict[str, Any] = {}
+        for key in plan.columns:
+            history = attrs[key].history
+            if history.has_changes():
+                changed.append(key)
+                if history.deleted:
+                    old[key] = _plain(history.deleted[0], state, key, self)
+        links: dict[str, Any] = {}
+        added: dict[str, list[Any]] = {}
+        removed: dict[str, list[Any]] = {}
+        for key, many_to_one in plan.relationships:
+            history = attrs[key].history
+            if not history.has_changes():
+                continue
+            if many_to_one:
+                target = history.added[0] if history.added else None
+                links[key] = (
+                    None if target is None else self._target(sqlalchemy.inspect(target), state, key)
+                )
+            else:
+                if history.added:
+                    added[key] = [self._target(sqlalchemy.inspect(v), state, key) for v in history.added]
+                if history.deleted:
+                    removed[key] = [
+                        self._target(sqlalchemy.inspect(v), state, key) for v in history.deleted
+                    ]
+        if not (changed or links or added or removed):
+            return None
+        self._note_tables(plan)
+        values, refs = self._column_values(state, plan, changed)
+        operation: dict[str, Any] = {
+            "op": "update",
+            "class": plan.class_path,
+            "table": plan.table,
+            "target": self._target(state, None, None),
+            "values": values,
+            "old": old,
+        }
+        if refs:
+            operation["refs"] = refs
+        if links:
+            operation["links"] = links
+            self._sync_foreign_keys(state, plan, links)
+        if added:
+            operation["added"] = added
+        if removed:
+            operation["removed"] = removed
+        if plan.version is not None and (changed or links) and plan.version not in changed:
+            current = state.dict.get(plan.version)
+            new_version = state.mapper.version_id_generator(current)  # type: ignore[operator]
+            operation["version"] = [current, new_version]
+            versions.append((state, plan.version, new_version))
+        missing = [k for k in changed if k not in old]
+        if missing and not isinstance(operation["target"], int):
+            operation["missing_old"] = (state, missing)
+        return operation
+
+    def _delete(self, state: InstanceState[Any]) -> dict[str, Any]:
+        plan = plan_for(state.mapper)
+        self._note_tables(plan)
+        data = state.dict
+        old = {}
+        for key in plan.columns:
+            if key in data and key not in plan.primary_key:
+                old[key] = _plain(data[key], state, key, self)
+        operation: dict[str, Any] = {
+            "op": "delete",
+            "class": plan.class_path,
+            "table": plan.table,
+            "target": self._target(state, None, None),
+            "old": old,
+        }
+        if plan.version is not None:
+            operation["version"] = data.get(plan.version)
+        return operation
+
+    def _column_values(
+        self, state: InstanceState[Any], plan: _MapperPlan, keys: Iterable[str]
+    ) -> tuple[dict[str, Any], dict[str, list[Any]]]:
+        data = state.dict
+        values: dict[str, Any] = {}
+        refs: dict[str, list[Any]] = {}
+        for key in keys:
+            if key not in data:
+                continue
+            value = data[key]
+            if type(value) in _PLAIN_TYPES:
+                values[key] = value
+            elif isinstance(value, Placeholder):
+                refs[key] = [value.ref, value.attribute]
+            else:
+                values[key] = _plain(value, state, key, self)
+        return values, refs
+
+    def _target(
+        self, state: InstanceState[Any], owner: InstanceState[Any] | None, key: str | None
+    ) -> Any:
+        ref = state.info.get(REF)
+        if ref is not None:
+            return ref
+        if state.key is None or state.deleted or state.detached and state.key is None:
+            where = f" (referenced by {_describe(owner)}.{key})" if owner is not None else ""
+            raise DeferredOperationError(
+                f"{_describe(state)}{where} is not part of the session; add it to the session "
+                "so it is recorded too",
+                path=self.path,
+            )
+        return list(state.key[1])
+
+    def _sync_foreign_keys(
+        self, state: InstanceState[Any], plan: _MapperPlan, links: dict[str, Any]
+    ) -> None:
+        obj = state.obj()
+        for key, pairs in plan.many_to_one_pairs.items():
+            if key not in links:
+                continue
+            target = state.dict.get(key)
+            target_data = None if target is None else sqlalchemy.inspect(target).dict
+            for local, remote in pairs:
+                value = None if target_data is None else target_data.get(remote)
+                set_committed_value(obj, local, value)
+
+    def _fill_old_values(self, operations: list[dict[str, Any]]) -> None:
+        """Load from the database the old values a flush would overwrite but that were never loaded.
+
+        Needed for conflict detection at replay; one SELECT per affected row, only for
+        attributes set without having been loaded (expired or deferred ones).
+        """
+        for operation in operations:
+            if "missing_old" not in operation:
+                continue
+            state, missing = operation.pop("missing_old")
+            mapper = state.mapper
+            columns = [mapper.get_property(k).columns[0] for k in missing]  # type: ignore[attr-defined]
+            criteria = [c == v for c, v in zip(mapper.primary_key, state.key[1], strict=True)]  # type: ignore[index]
+            try:
+                row = self.session.connection(bind_arguments={"mapper": mapper}).execute(
+                    select(*columns).where(*criteria)
+                ).first()
+            except SQLAlchemyError as err:
+                raise DeferredOperationError(
+                    f"cannot record the update of {_describe(state)}: its old values of "
+                    f"{', '.join(missing)} were never loaded and the database cannot be read "
+                    f"({type(err).__name__}); load the object before changing it",
+                    path=self.path,
+                ) from err
+            if row is not None:
+                for key, value in zip(missing, row, strict=True):
+                    operation["old"][key] = value
+
+    # -- ORM statements -------------------------------------------------------------------
+
+    def record_statement(self, orm_execute_state: ORMExecuteState) -> Any:
+        """Record an ORM update()/delete()/insert() instead of executing it."""
+        operation = dml.describe(orm_execute_state, self.path)
+        mapper = orm_execute_state.bind_mapper
+        if mapper is not None:
+            self._note_tables(plan_for(mapper))
+        self.session.flush()
+        self.writer.append([operation])
+        self.handle.operations = self.writer.operations
+        return dml.empty_result()
+
+
+# -- helpers --------------------------------------------------------------------------------
+
+# Set on the session while its transaction holds flushed, uncommitted writes.
+_FLUSHED: Final = "_orm_journal_flushed"
+# Objects recorded into a journal, with the journal's path: they must never be attached
+# to a session again. Weak, so recorded objects are freed as soon as the user drops them.
+_recorded: weakref.WeakKeyDictionary[InstanceState[Any], str] = weakref.WeakKeyDictionary()
+
+
+def _state(obj: object) -> InstanceState[Any]:
+    return sqlalchemy.inspect(obj)  # type: ignore[no-any-return]
+
+
+def _describe(state: InstanceState[Any] | None) -> str:
+    if state is None:
+        return "an object"
+    return f"{state.class_.__name__} object at {id(state.obj()):#x}"
+
+
+def _plain(value: Any, state: InstanceState[Any], key: str, recorder: Recorder) -> Any:
+    if isinstance(value, ClauseElement):
+        raise DeferredOperationError(
+            f"{_describe(state)}.{key} is set to a SQL expression ({value}); a deferred block "
+            "records values, and the expression's result is only known to the database. "
+            "Assign a Python value instead",
+            path=recorder.path,
+        )
+    if isinstance(value, Placeholder):
+        return {"$ref": [value.ref, value.attribute]}
+    return value
+
+
+def _alembic_revision(session: Session) -> str | None:
+    # A separate, short-lived connection: the session's own transaction must not depend
+    # on whether the database is reachable (offline recording) or has Alembic tables.
+    try:
+        bind = session.get_bind()
+        engine = bind.engine if isinstance(bind, sqlalchemy.Connection) else bind
+        with engine.connect() as conn:
+            return read_alembic_revision(conn)
+    except (SQLAlchemyError, OSError):
+        return None
+
+
+def _is_orphan(state: InstanceState[Any]) -> bool:
+    # Private: Mapper._is_orphan is what Session.flush() uses to find delete-orphan
+    # candidates; there is no public equivalent. Checked on SQLAlchemy 2.0.x and 2.1.9.
+    return bool(state.mapper._is_orphan(state))
+
+
+def _mark_flushed(
+    session: Session,
+    new: Sequence[InstanceState[Any]],
+    dirty: Sequence[InstanceState[Any]],
+    deleted: Sequence[InstanceState[Any]],
+) -> None:
+    """Move states to where a successful flush leaves them, without any SQL.
+
+    Private API, deliberately confined to this function: Session._register_persistent
+    and Session._remove_newly_deleted are exactly what Session.flush() calls after it
+    has written the rows (UOWTransaction.finalize_flush_changes). Calling them makes the
+    rest of the session (identity map, transaction snapshot for rollback(), events such
+    as pending_to_persistent) behave as after a real flush. Checked on SQLAlchemy 2.0.x
+    and 2.1.9.
+    """
+    persistent = {*new, *dirty}
+    if persistent:
+        session._register_persistent(persistent)
+    if deleted:
+        session._remove_newly_deleted(deleted)
+
+
+def _forget_recorded_objects(session: Session) -> None:
+    """Take every object created in the block out of the session, keeping its values.
+
+    Private API: Session._expunge_states detaches without the "expunge" cascade that
+    Session.expunge() follows, which would also detach objects loaded from the database.
+    Checked on SQLAlchemy 2.0.x and 2.1.9.
+    """
+    states = [s for s in session.identity_map.all_states() if REF in s.info]
+    if states:
+        session._expunge_states(states)
+
+
+def refuse_if_recorded(instance: object) -> None:
+    """Raise if ``instance`` was recorded into a journal and is being added to a session."""
+    state = sqlalchemy.inspect(instance, raiseerr=False)
+    path = _recorded.get(state) if state is not None else None
+    if path is None:
+        return
+    session = state.session
+    recorder = getattr(session, "_recorder", None) if session is not None else None
+    if recorder is not None and str(recorder.path) == path:
+        return
+    raise DeferredOperationError(
+        f"{_describe(state)} was recorded into journal {path}; adding it to a session would "
+        "write it a second time. Replay the journal instead, or create a new object",
+        path=path,
+    )
+
+
+# -- event wiring ---------------------------------------------------------------------------
+
+
+def install(session: Session) -> None:
+    """Register the recorder's listeners on ``session`` (a JournalingSession)."""
+    event.listen(session, "before_flush", _before_flush)
+    event.listen(session, "after_flush", _after_flush)
+    event.listen(session, "after_transaction_create", _after_transaction_create)
+    event.listen(session, "after_transaction_end", _after_transaction_end)
+    event.listen(session, "after_soft_rollback", _after_soft_rollback)
+    event.listen(session, "do_orm_execute", _do_orm_execute)
+
+
+def _recorder(session: Session) -> Recorder | None:
+    return getattr(session, "_recorder", None)
+
+
+def _before_flush(session: Session, flush_context: Any, instances: Any) -> None:
+    recorder = _recorder(session)
+    if recorder is not None:
+        recorder.record_flush()
+
+
+def _after_flush(session: Session, flush_context: Any) -> None:
+    setattr(session, _FLUSHED, True)
+
+
+def _after_transaction_create(session: Session, transaction: SessionTransaction) -> None:
+    recorder = _recorder(session)
+    if recorder is not None:
+        recorder.transaction_created(transaction)
+
+
+def _after_transaction_end(session: Session, transaction: SessionTransaction) -> None:
+    if transaction.parent is None:
+        setattr(session, _FLUSHED, False)
+
+
+def _after_soft_rollback(session: Session, previous_transaction: SessionTransaction) -> None:
+    recorder = _recorder(session)
+    if recorder is not None:
+        recorder.rolled_back(previous_transaction)
+
+
+def _do_orm_execute(orm_execute_state: ORMExecuteState) -> Any:
+    recorder = _recorder(orm_execute_state.session)
+    if recorder is None:
+        return None
+    if orm_execute_state.is_update or orm_execute_state.is_delete or orm_execute_state.is_insert:
+        return recorder.record_statement(orm_execute_state)
+    dml.refuse_placeholders(orm_execute_state, recorder.path)
+    return None

@@ -1,0 +1,104 @@
+"""``JournalingSession``: a drop-in ``Session`` with the three orm-journal features.
+
+Each feature lives in its own module and is wired in here through SQLAlchemy's session
+events, registered per instance in ``__init__`` (as ``sqlalchemy.ext.horizontal_shard``
+does); outside the three context managers the session behaves as a plain ``Session``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.orm import Session
+
+from orm_ext import memo, recording
+from orm_ext.exc import DeferredOperationError
+from orm_ext.memo import QueryMemo
+from orm_ext.recording import DeferredOperations, Recorder
+
+__all__ = ["JournalingSession"]
+
+
+class JournalingSession(Session):
+    """A :class:`sqlalchemy.orm.Session` that can record, replay and memoize.
+
+    Use it wherever a ``Session`` is used, e.g. ``sessionmaker(engine,
+    class_=JournalingSession)``.
+
+    :param journal_key: HMAC key used to sign journals this session records and to verify
+        journals it replays; ``None`` falls back to the ``ORM_JOURNAL_KEY`` environment
+        variable, and without either journals are unsigned.
+    :param kwargs: everything :class:`~sqlalchemy.orm.Session` accepts.
+    """
+
+    def __init__(
+        self, bind: Any = None, *, journal_key: bytes | str | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(bind, **kwargs)
+        if journal_key is not None and not isinstance(journal_key, bytes | str):
+            raise TypeError("journal_key must be bytes or str")
+        if journal_key is not None and not journal_key:
+            raise ValueError("journal_key must not be empty")
+        self.journal_key = journal_key
+        self._recorder: Recorder | None = None
+        self._query_memo: QueryMemo | None = None
+        # The memo's listeners come first: they must see the unit of work before the
+        # recorder turns it into a journal batch, and answer hits before anything else.
+        memo.install(self)
+        recording.install(self)
+
+    @contextmanager
+    def deferred_operations(
+        self, path: str | os.PathLike[str], *, overwrite: bool = False
+    ) -> Iterator[DeferredOperations]:
+        """Record this session's writes into the journal at ``path`` instead of the database.
+
+        Inside the block no INSERT, UPDATE or DELETE is sent; every flush becomes one
+        durable batch of the journal, ``commit()`` is a checkpoint and ``rollback()``
+        discards what was recorded since the last one. On normal exit the journal is
+        sealed and the session left clean; on an exception it stays unsealed and the
+        session is rolled back. See SPEC §3.
+
+        >>> with session.deferred_operations("ops.dbm") as ops:  # doctest: +SKIP
+        ...     session.add(Asset(name="bc0040_comp"))
+        >>> ops.operations                                        # doctest: +SKIP
+        1
+
+        :raises FileExistsError: ``path`` exists and ``overwrite`` is false.
+        :raises JournalLockedError: another process is recording into ``path``.
+        :raises DeferredOperationError: already inside a deferred block.
+        """
+        if self._recorder is not None:
+            raise DeferredOperationError(
+                f"already recording into {self._recorder.path}; deferred blocks do not nest",
+                path=self._recorder.path,
+            )
+        recorder = Recorder.start_recording(self, path, overwrite=overwrite, key=self.journal_key)
+        self._recorder = recorder
+        try:
+            yield recorder.handle
+        except BaseException:
+            recorder.abandon()
+            raise
+        recorder.finish()
+
+    @contextmanager
+    def reusing_query_results(self) -> Iterator[QueryMemo]:
+        """Answer repeated identical SELECTs from a memo for the duration of the block.
+
+        Hits return the very same ORM instances without a database round trip; anything
+        this session changes drops the memoized results that read it. See SPEC §6.
+        """
+        with memo.reusing_query_results(self) as query_memo:
+            yield query_memo
+
+
+@event.listens_for(Session, "before_attach")
+def _refuse_recorded_objects(session: Session, instance: object) -> None:
+    # Listens on every Session, not only ours: an object recorded into a journal must not
+    # reach any database directly, or replay would write it a second time.
+    recording.refuse_if_recorded(instance)

@@ -1,0 +1,441 @@
+"""Recording a unit of work into a journal: ``deferred_operations`` (SPEC §3)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine, delete, func, insert, select, text, update
+from sqlalchemy.orm import Session
+
+from journal import Journal, JournalIncompleteError, JournalLockedError
+from orm_ext import DeferredOperationError, JournalingSession, Placeholder
+from tests.conftest import Backend
+from tests.models import (
+    Account,
+    Asset,
+    AssetVersion,
+    Base,
+    Component,
+    ComponentLocation,
+    Node,
+    Post,
+    Tag,
+    Task,
+)
+from tests.scenario import make_sessions, record_seed_scenario, seed, table_rows, watch
+
+
+@pytest.fixture
+def world(backend: Backend) -> Any:
+    """Database A seeded with the scenario's asset, a statement log and a session factory."""
+    engine = backend.engine()
+    seed(engine)
+    log = watch(engine)
+
+    class World:
+        pass
+
+    w = World()
+    w.engine, w.log, w.sessions = engine, log, make_sessions(engine)  # type: ignore[attr-defined]
+    return w
+
+
+def operations(path: Path) -> list[dict[str, Any]]:
+    with Journal(path) as journal:
+        journal.verify()
+        return [op for _, op in journal.operations()]
+
+
+def batches(path: Path) -> list[list[dict[str, Any]]]:
+    with Journal(path) as journal:
+        return [b.operations for b in journal.batches()]
+
+
+def test_seed_scenario_records_instead_of_writing(world: Any, tmp_path: Path) -> None:
+    """The seed scenario sends no INSERT/UPDATE/DELETE and journals exactly its operations."""
+    before = table_rows(world.engine)
+    path = tmp_path / "ops.dbm"
+    with world.sessions() as session:
+        world.log.clear()
+        with session.deferred_operations(path) as handle:
+            record_seed_scenario(session)
+        assert world.log.writes() == []
+        assert world.log.selects(), "the query inside the block still reads the database"
+        assert handle.operations == 4
+    assert table_rows(world.engine) == before
+    ops = operations(path)
+    assert [(o["op"], o["class"].split(":")[1]) for o in ops] == [
+        ("insert", "AssetVersion"),
+        ("insert", "Component"),
+        ("insert", "ComponentLocation"),
+        ("update", "AssetVersion"),
+    ]
+    version, component, location, publish = ops
+    assert version["values"] == {"version": 2, "is_published": False}
+    assert version["links"] == {"asset": [1], "task": [1]}
+    assert component["links"] == {"version": version["ref"]}
+    assert location["links"] == {"component": component["ref"]}
+    assert location["values"] == {"resource_identifier": "/path/to/final/file"}
+    assert publish["target"] == version["ref"]
+    assert publish["values"] == {"is_published": True}
+    assert publish["old"] == {"is_published": False}
+    assert {o["table"] for o in ops} == {"asset_version", "component", "component_location"}
+
+
+def test_each_flush_is_one_batch_in_program_order(world: Any, tmp_path: Path) -> None:
+    """Explicit flush, autoflush before a query and commit each append one batch, in order."""
+    path = tmp_path / "ops.dbm"
+    with world.sessions() as session, session.deferred_operations(path):
+        session.add(Task(name="one"))
+        session.flush()
+        session.add(Task(name="two"))
+        session.scalars(select(Task)).all()  # autoflush
+        session.add(Task(name="three"))
+        session.commit()
+    assert [[op["values"]["name"] for op in batch] for batch in batches(path)] == [
+        ["one"],
+        ["two"],
+        ["three"],
+    ]
+
+
+def test_placeholders_resolve_within_the_graph(world: Any, tmp_path: Path) -> None:
+    """New objects get placeholder keys; later changes and deletes refer to the same placeholder."""
+    path = tmp_path / "ops.dbm"
+    with world.sessions() as session, session.deferred_operations(path):
+        asset = Asset(name="new asset")
+        version = AssetVersion(asset=asset, version=1)
+        session.add(version)
+        session.flush()
+        assert isinstance(asset.id, Placeholder)
+        assert version.asset_id == asset.id, "foreign keys are synchronised as by a flush"
+        version.comment = "changed after the flush"
+        session.flush()
+        session.delete(version)
+    inserts, update_, delete_ = batches(path)
+    refs = {op["class"].split(":")[1]: op["ref"] for op in inserts}
+    assert update_[0]["target"] == refs["AssetVersion"]
+    assert update_[0]["values"] == {"comment": "changed after the flush"}
+    assert delete_[0]["op"] == "delete" and delete_[0]["target"] == refs["AssetVersion"]
+
+
+def test_updates_carry_old_values_even_when_not_loaded(world: Any, tmp_path: Path) -> None:
+    """An update records old values of expired and deferred attributes, and the version counter."""
+    with Session(world.engine) as plain:
+        plain.add(Account(code="A-1", balance=decimal.Decimal("10.50"), note="old note"))
+        plain.commit()
+    path = tmp_path / "ops.dbm"
+    with world.sessions() as session, session.deferred_operations(path):
+        account = session.scalars(select(Account)).one()
+        session.expire(account, ["balance"])
+        account.balance = decimal.Decimal("99.00")
+        account.note = "new note"  # deferred: never loaded
+        session.flush()
+        account.opened = dt.date(2026, 1, 2)
+    first, second = (batch[0] for batch in batches(path))
+    assert first["values"] == {"balance": decimal.Decimal("99.00"), "note": "new note"}
+    assert first["old"] == {"balance": decimal.Decimal("10.50"), "note": "old note"}
+    assert first["version"] == [1, 2]
+    assert second["old"] == {"opened": None}
+    assert second["version"] == [2, 3], "the second update expects the first one's version"
+
+
+def test_orm_statements_are_recorded_not_executed(world: Any, tmp_path: Path) -> None:
+    """ORM update(), delete() and insert() are journaled with their criteria and not run."""
+    before = table_rows(world.engine)
+    path = tmp_path / "ops.dbm"
+    with world.sessions() as session:
+        world.log.clear()
+        with session.deferred_operations(path):
+            session.execute(
+                update(Task).where(Task.name == "compositing").values(name="comp")
+            )
+            session.execute(delete(Task).where(Task.name.in_(["x", "y"]), Task.id > 5))
+            session.execute(insert(Task), [{"name": "a"}, {"name": "b"}])
+        assert world.log.writes() == []
+    assert table_rows(world.engine) == before
+    upd, dele, ins = operations(path)
+    assert upd["op"] == "bulk_update" and upd["values"] == {"name": "comp"}
+    assert upd["where"] == ["cmp", "eq", "name", "compositing"]
+    assert dele["where"] == ["and", [["cmp", "in", "name", ["x", "y"]], ["cmp", "gt", "id", 5]]]
+    assert ins["rows"] == [{"name": "a"}, {"name": "b"}]
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        lambda: update(Task).values(name=func.upper(Task.name)),
+        lambda: update(Task).where(func.lower(Task.name) == "x").values(name="y"),
+        lambda: delete(Task).where(Task.id == select(func.max(Task.id)).scalar_subquery()),
+        lambda: update(Task).values(name="z").returning(Task.id),
+    ],
+    ids=["expression-value", "function-criteria", "subquery", "returning"],
+)
+def test_unreplayable_statement_is_refused(world: Any, tmp_path: Path, statement: Any) -> None:
+    """A statement that cannot be replayed faithfully raises at once and runs nothing."""
+    path = tmp_path / "ops.dbm"
+    with world.sessions() as session:
+        world.log.clear()
+        with pytest.raises(DeferredOperationError, match="Nothing was executed"):
+            with session.deferred_operations(path):
+                session.execute(statement())
+        assert world.log.writes() == []
+
+
+def test_commit_is_a_checkpoint_and_rollback_discards_after_it(world: Any, tmp_path: Path) -> None:
+    """rollback() discards only what was recorded since the last commit() checkpoint."""
+    path = tmp_path / "ops.dbm"
+    with world.sessions() as session, session.deferred_operations(path) as handle:
+        kept = Task(name="kept")
+        session.add(kept)
+        session.commit()
+        session.add(Task(name="discarded"))
+        session.flush()
+        assert handle.operations == 2
+        session.rollback()
+        assert handle.operations == 1
+        kept.name = "kept and renamed"
+    ops = operations(path)
+    assert [(o["op"], o["values"].get("name")) for o in ops] == [
+        ("insert", "kept"),
+        ("update", "kept and renamed"),
+    ]
+
+
+def test_savepoint_rollback_discards_only_the_savepoint(world: Any, tmp_path: Path) -> None:
+    """A rolled-back begin_nested() discards what was recorded inside it, nothing before."""
+    path = tmp_path / "ops.dbm"
+    with world.sessions() as session, session.deferred_operations(path):
+        session.add(Task(name="before"))
+        session.flush()
+        savepoint = session.begin_nested()
+        session.add(Task(name="inside"))
+        session.flush()
+        savepoint.rollback()
+        with session.begin_nested():
+            session.add(Task(name="released"))
+    assert [o["values"]["name"] for o in operations(path)] == ["before", "released"]
+
+
+def test_exit_seals_and_leaves_the_session_clean(world: Any, tmp_path: Path) -> None:
+    """After the block the journal is sealed, nothing recorded is in the session, and DB values show."""
+    path = tmp_path / "ops.dbm"
+    with world.sessions() as session:
+        with session.deferred_operations(path):
+            task = session.scalars(select(Task)).one()
+            task.name = "renamed in the journal"
+            created = Task(name="created")
+            session.add(created)
+        assert not session.new and not session.dirty and not session.deleted
+        assert created not in session
+        assert created.name == "created", "recorded objects stay readable"
+        assert task.name == "compositing", "loaded objects show the database's values"
+        with pytest.raises(DeferredOperationError, match=str(path)):
+            session.add(created)
+        with Session(world.engine) as other, pytest.raises(DeferredOperationError):
+            other.add(AssetVersion(asset=Asset(name="x"), task=created))
+    with Journal(path) as journal:
+        assert journal.sealed
+        assert journal.header.operation_count == 2
+
+
+def test_empty_block_gives_a_sealed_empty_journal(world: Any, tmp_path: Path) -> None:
+    """An empty block seals a journal with zero operations."""
+    path = tmp_path / "ops.dbm"
+    with world.sessions() as session, session.deferred_operations(path):
+        pass
+    with Journal(path) as journal:
+        journal.verify()
+        assert journal.header.operation_count == 0
+
+
+def test_exception_leaves_journal_unsealed_and_session_rolled_back(
+    world: Any, tmp_path: Path
+) -> None:
+    """An exception leaving the block leaves an unsealed journal and a rolled-back session."""
+    path = tmp_path / "ops.dbm"
+    before = table_rows(world.engine)
+    with world.sessions() as session:
+        with pytest.raises(KeyError), session.deferred_operations(path):
+            session.add(Task(name="lost"))
+            session.flush()
+            raise KeyError("boom")
+        assert not session.new and not session.in_transaction()
+        session.add(Task(name="after"))  # the session works normally again
+        session.commit()
+    with Journal(path) as journal:
+        assert journal.state == "incomplete"
+        with pytest.raises(JournalIncompleteError):
+            journal.verify()
+    after = table_rows(world.engine)
+    assert len(after["task"]) == len(before["task"]) + 1
+
+
+def test_existing_path_and_nesting_are_refused(world: Any, tmp_path: Path) -> None:
+    """An existing file needs overwrite=True, and deferred blocks do not nest."""
+    path = tmp_path / "ops.dbm"
+    with world.sessions() as session:
+        with session.deferred_operations(path):
+            session.add(Task(name="first"))
+            with pytest.raises(DeferredOperationError, match="do not nest"):
+                with session.deferred_operations(tmp_path / "inner.dbm"):
+                    pass
+        before = path.read_bytes()
+        with pytest.raises(FileExistsError):
+            with session.deferred_operations(path):
+                pass
+        assert path.read_bytes() == before
+        with session.deferred_operations(path, overwrite=True):
+            pass
+    assert operations(path) == []
+
+
+def test_second_session_on_the_same_path_is_locked_out(world: Any, tmp_path: Path) -> None:
+    """Two sessions recording into one path: the second gets JournalLockedError."""
+    path = tmp_path / "ops.dbm"
+    with world.sessions() as first, world.sessions() as second:
+        with first.deferred_operations(path):
+            with pytest.raises(JournalLockedError):
+                with second.deferred_operations(path, overwrite=True):
+                    pass
+
+
+def test_pending_changes_before_the_block_are_refused(world: Any, tmp_path: Path) -> None:
+    """Entering with pending changes raises instead of recording or losing them."""
+    with world.sessions() as session:
+        session.add(Task(name="pending"))
+        with pytest.raises(DeferredOperationError, match="pending changes"):
+            with session.deferred_operations(tmp_path / "ops.dbm"):
+                pass
+        assert not (tmp_path / "ops.dbm").exists()
+
+
+def test_querying_by_a_placeholder_is_refused_clearly(world: Any, tmp_path: Path) -> None:
+    """A query that would send a placeholder key to the database raises DeferredOperationError."""
+    with world.sessions() as session, session.deferred_operations(tmp_path / "ops.dbm"):
+        task = Task(name="new")
+        session.add(task)
+        session.flush()
+        with pytest.raises(DeferredOperationError, match="only exists after replay"):
+            session.scalars(select(Task).where(Task.id == task.id)).all()
+
+
+def test_offline_recording_of_new_objects(tmp_path: Path) -> None:
+    """A session whose database is unreachable still records new objects and their graph."""
+    engine = create_engine("postgresql+psycopg://nobody@127.0.0.1:9/none?connect_timeout=1")
+    path = tmp_path / "offline.dbm"
+    with JournalingSession(engine) as session, session.deferred_operations(path):
+        asset = Asset(name="offline")
+        version = AssetVersion(asset=asset, version=1)
+        Component(name="main", version=version)
+        session.add(asset)
+        session.commit()
+        version.is_published = True
+    ops = operations(path)
+    assert [o["op"] for o in ops] == ["insert", "insert", "insert", "update"]
+    with Journal(path) as journal:
+        assert journal.header.meta["alembic_revision"] is None
+    engine.dispose()
+
+
+def test_journal_carries_classes_schema_and_alembic_revision(world: Any, tmp_path: Path) -> None:
+    """The header names the touched tables' schema and the database's Alembic revision."""
+    with world.engine.begin() as conn:
+        conn.execute(text("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL)"))
+        conn.execute(text("INSERT INTO alembic_version VALUES ('abc123')"))
+    path = tmp_path / "ops.dbm"
+    with world.sessions() as session, session.deferred_operations(path):
+        session.add(Task(name="t"))
+    with Journal(path) as journal:
+        meta = journal.header.meta
+    assert meta["alembic_revision"] == "abc123"
+    assert set(meta["schema"]) == {"task"}
+    assert meta["schema"]["task"]["columns"]["name"]["type"] == "VARCHAR(100)"
+
+
+def test_self_referential_tree(world: Any, tmp_path: Path) -> None:
+    """A tree of new nodes records each node with a link to its parent's placeholder."""
+    path = tmp_path / "ops.dbm"
+    with world.sessions() as session, session.deferred_operations(path):
+        root = Node(name="root")
+        child = Node(name="child", parent=root)
+        Node(name="grandchild", parent=child)
+        session.add(root)
+    ops = {o["values"]["name"]: o for o in operations(path)}
+    assert "parent" not in ops["root"].get("links", {})
+    assert ops["child"]["links"]["parent"] == ops["root"]["ref"]
+    assert ops["grandchild"]["links"]["parent"] == ops["child"]["ref"]
+
+
+def test_many_to_many_links_and_unlinks(world: Any, tmp_path: Path) -> None:
+    """Many-to-many changes are recorded once, from one side, as added and removed targets."""
+    with Session(world.engine) as plain:
+        plain.add(Post(title="p", tags=[Tag(label="a"), Tag(label="b")]))
+        plain.commit()
+    path = tmp_path / "ops.dbm"
+    with world.sessions() as session, session.deferred_operations(path):
+        post = session.scalars(select(Post)).one()
+        a = next(t for t in post.tags if t.label == "a")
+        a_id = a.id
+        post.tags.remove(a)
+        post.tags.append(Tag(label="c"))
+    ops = operations(path)
+    insert_c = next(o for o in ops if o["op"] == "insert")
+    update_post = next(o for o in ops if o["op"] == "update")
+    assert update_post["class"].endswith(":Post")
+    assert update_post["added"] == {"tags": [insert_c["ref"]]}
+    assert update_post["removed"] == {"tags": [[a_id]]}
+    assert len(ops) == 2
+
+
+def test_insert_then_delete_in_one_flush_records_nothing(world: Any, tmp_path: Path) -> None:
+    """An object added and expunged before any flush leaves nothing to replay."""
+    path = tmp_path / "ops.dbm"
+    with world.sessions() as session, session.deferred_operations(path):
+        task = Task(name="ephemeral")
+        session.add(task)
+        session.expunge(task)
+    assert operations(path) == []
+
+
+def test_delete_then_reinsert_same_natural_key(world: Any, tmp_path: Path) -> None:
+    """Deleting a row and inserting one with the same unique key records both, delete first."""
+    with Session(world.engine) as plain:
+        plain.add(Tag(label="unique"))
+        plain.commit()
+    path = tmp_path / "ops.dbm"
+    with world.sessions() as session, session.deferred_operations(path):
+        session.delete(session.scalars(select(Tag)).one())
+        session.flush()
+        session.add(Tag(label="unique"))
+    ops = operations(path)
+    assert [(o["op"], o.get("values", o.get("old"))["label"]) for o in ops] == [
+        ("delete", "unique"),
+        ("insert", "unique"),
+    ]
+
+
+def test_cascaded_delete_records_every_row(world: Any, tmp_path: Path) -> None:
+    """Deleting a version records the deletes its delete-orphan cascade implies."""
+    path = tmp_path / "ops.dbm"
+    with world.sessions() as session, session.deferred_operations(path):
+        version = session.scalars(select(AssetVersion)).one()
+        session.delete(version)
+    kinds = sorted((o["op"], o["class"].split(":")[1]) for o in operations(path))
+    assert kinds == [
+        ("delete", "AssetVersion"),
+        ("delete", "Component"),
+        ("delete", "ComponentLocation"),
+    ]
+
+
+def test_session_behaves_normally_outside_the_block(world: Any) -> None:
+    """Outside a block a JournalingSession writes to the database like a plain Session."""
+    with world.sessions() as session:
+        session.add(Task(name="direct"))
+        session.commit()
+    assert any(row[1] == "direct" for row in table_rows(world.engine)["task"])
