@@ -16,6 +16,7 @@ from orm_ext.exc import DeferredOperationError, ReplayConflictError, SchemaMisma
 from orm_ext.memo import QueryMemo
 from orm_ext.recording import DeferredOperations
 from orm_ext.references import Placeholder
+from orm_ext.replay import ReplayResult
 from orm_ext.session import JournalingSession
 
 __all__ = [
@@ -30,5 +31,6 @@ __all__ = [
     "Placeholder",
     "QueryMemo",
     "ReplayConflictError",
+    "ReplayResult",
     "SchemaMismatchError",
 ]

@@ -181,6 +181,7 @@ class Recorder:
             weakref.WeakKeyDictionary()
         )
         self.tables: dict[str, sqlalchemy.Table] = {}
+        self.classes: set[str] = set()
         self.next_ref = 1
         self.saved_expire_on_commit = session.expire_on_commit
 
@@ -231,6 +232,7 @@ class Recorder:
             self.writer.seal(
                 meta={
                     "alembic_revision": self.alembic_revision,
+                    "classes": sorted(self.classes),
                     "schema": {name: describe_table(t) for name, t in sorted(self.tables.items())},
                 }
             )
@@ -354,6 +356,7 @@ class Recorder:
             state.info.setdefault(SHADOW, []).append((mark, values))
 
     def _note_tables(self, plan: _MapperPlan) -> None:
+        self.classes.add(plan.class_path)
         for tbl in (*plan.tables, *plan.secondary):
             self.tables.setdefault(tbl.fullname, tbl)
 

@@ -15,10 +15,11 @@ from typing import Any
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
-from orm_ext import memo, recording
+from orm_ext import memo, recording, replay
 from orm_ext.exc import DeferredOperationError
 from orm_ext.memo import QueryMemo
 from orm_ext.recording import DeferredOperations, Recorder
+from orm_ext.replay import ConflictPolicy, ReplayResult
 
 __all__ = ["JournalingSession"]
 
@@ -85,6 +86,40 @@ class JournalingSession(Session):
             recorder.abandon()
             raise
         recorder.finish()
+
+    def reconnect_and_commit(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        on_conflict: ConflictPolicy = "fail",
+        allow_schema_drift: bool = False,
+    ) -> ReplayResult:
+        """Apply the journal at ``path`` to the database in one transaction, exactly once.
+
+        The journal is verified (seal, integrity, signature with ``journal_key``) and its
+        schema compared with this process's mapping before anything is written; its id
+        goes into the ledger table in the same transaction, so replaying it again returns
+        ``applied=False``. See SPEC §5.
+
+        >>> result = session.reconnect_and_commit("ops.dbm")   # doctest: +SKIP
+        >>> result.applied, result.operations                   # doctest: +SKIP
+        (True, 4)
+
+        :param on_conflict: ``"fail"`` raises :class:`ReplayConflictError` when a recorded
+            update/delete no longer matches its row; ``"overwrite"`` applies it anyway;
+            ``"skip"`` leaves it out and lists it in ``ReplayResult.conflicts``.
+        :param allow_schema_drift: replay even if the schema differs from the recording's.
+        :raises DeferredOperationError: pending changes, inside a deferred block, or an
+            operation the database rejected (nothing is applied).
+        :raises SchemaMismatchError: the schema differs and drift is not allowed.
+        """
+        return replay.reconnect_and_commit(
+            self,
+            path,
+            key=self.journal_key,
+            on_conflict=on_conflict,
+            allow_schema_drift=allow_schema_drift,
+        )
 
     @contextmanager
     def reusing_query_results(self) -> Iterator[QueryMemo]:

@@ -1,0 +1,522 @@
+"""Replaying a journal: ``reconnect_and_commit`` (SPEC §5).
+
+The journal is verified, its schema checked and its id claimed in the ledger, then each
+recorded batch is applied to ORM objects and flushed, so SQLAlchemy's unit of work orders
+the rows and synchronises foreign keys exactly as it did for the recording flush; runs
+of plain inserts go through bulk ``INSERT ... RETURNING`` instead (see
+:mod:`orm_ext.bulk`). Everything happens in one transaction on one connection.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import socket
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
+from sqlalchemy.orm import Mapper, Session, class_mapper
+from sqlalchemy.orm.exc import UnmappedClassError
+
+from journal import Journal
+from orm_ext import bulk, dml, ledger
+from orm_ext.exc import DeferredOperationError, ReplayConflictError, SchemaMismatchError
+from orm_ext.fingerprint import describe_table, diff_schemas, read_alembic_revision
+from orm_ext.recording import plan_for
+from orm_ext.references import Placeholder
+
+__all__ = ["ConflictPolicy", "Replay", "ReplayResult"]
+
+ConflictPolicy = Literal["fail", "overwrite", "skip"]
+_POLICIES = ("fail", "overwrite", "skip")
+
+
+@dataclass
+class ReplayResult:
+    """What ``reconnect_and_commit`` did.
+
+    :ivar journal_id: the journal's id (the ledger's key).
+    :ivar applied: False when the database already had this journal (nothing changed).
+    :ivar operations: number of operations in the journal.
+    :ivar identities: each placeholder of the journal → the value the database assigned.
+    :ivar conflicts: with ``on_conflict="skip"``, the conflicts left out.
+    :ivar duration: seconds spent.
+    """
+
+    journal_id: str
+    applied: bool
+    operations: int
+    identities: dict[Placeholder, Any] = field(default_factory=dict)
+    conflicts: list[ReplayConflictError] = field(default_factory=list)
+    duration: float = 0.0
+
+
+class Replay:
+    """Applies one verified journal through one session; see :func:`reconnect_and_commit`."""
+
+    def __init__(
+        self,
+        session: Session,
+        journal: Journal,
+        on_conflict: ConflictPolicy,
+    ) -> None:
+        self.session = session
+        self.journal = journal
+        self.path = str(journal.path)
+        self.on_conflict = on_conflict
+        self.identities: dict[int, dict[str, Any]] = {}
+        self.ref_classes: dict[int, Mapper[Any]] = {}
+        self.batch_objects: dict[int, object] = {}
+        self.conflicts: list[ReplayConflictError] = []
+        self._mappers: dict[str, Mapper[Any]] = {}
+        self._pending_links: list[tuple[int, object, Mapper[Any], dict[str, Any]]] = []
+
+    # -- resolving what the journal names -------------------------------------------------
+
+    def mapper(self, path: str) -> Mapper[Any]:
+        """Return the mapper of a class named ``module:QualName`` in the journal.
+
+        Only classes of modules this process has already imported are considered: a
+        journal never makes the replaying process import (run) anything.
+        """
+        found = self._mappers.get(path)
+        if found is not None:
+            return found
+        module_name, _, qualname = path.partition(":")
+        module = sys.modules.get(module_name)
+        target: Any = module
+        for part in qualname.split("."):
+            target = getattr(target, part, None)
+        try:
+            if not isinstance(target, type):
+                raise UnmappedClassError(type(None))
+            found = class_mapper(target)
+        except UnmappedClassError:
+            raise SchemaMismatchError(
+                f"journal {self.path} records {path}, which is not a mapped class in this "
+                "process; import the application's models before replaying (CLI: --models)",
+                differences=[
+                    f"class {path} is not a mapped class in this process (import the "
+                    "application's models before replaying; CLI: --models)"
+                ],
+                path=self.path,
+            ) from None
+        self._mappers[path] = found
+        return found
+
+    def resolve_value(self, value: Any) -> Any:
+        if isinstance(value, dict) and set(value) == {"$ref"}:
+            ref, attribute = value["$ref"]
+            return self.key_of(ref)[attribute]
+        if isinstance(value, list):
+            return [self.resolve_value(v) for v in value]
+        return value
+
+    def key_of(self, ref: int) -> dict[str, Any]:
+        key = self.identities.get(ref)
+        if key is None:
+            obj = self.batch_objects.get(ref)
+            if obj is not None:
+                self.session.flush()
+                key = self.identities[ref] = _key_values(obj)
+            else:
+                raise DeferredOperationError(
+                    f"journal {self.path} refers to new object #{ref} before it was recorded; "
+                    "the journal is inconsistent",
+                    path=self.path,
+                )
+        return key
+
+    def target(self, target: Any, mapper: Mapper[Any], *, lock: bool) -> object | None:
+        """Return the object a recorded target names (None if its row is gone)."""
+        if isinstance(target, int):
+            obj = self.batch_objects.get(target)
+            if obj is not None:
+                return obj
+            key = self.key_of(target)
+            mapper = self.ref_classes[target]
+            pk = tuple(key[k] for k in _pk_attributes(mapper))
+        else:
+            pk = tuple(target)
+        options: dict[str, Any] = {"with_for_update": True} if lock else {}
+        return self.session.get(mapper.class_, pk, **options)
+
+    # -- applying operations --------------------------------------------------------------
+
+    def apply(self) -> None:
+        """Apply every batch: one unit of work per recorded flush, in order."""
+        for batch in self.journal.batches():
+            for run in bulk.plan_batch(self, batch):
+                if run.bulk is not None:
+                    run.bulk.execute(self)
+                    continue
+                for sequence, operation in run.operations:
+                    try:
+                        self._apply_one(sequence, operation)
+                    except (ReplayConflictError, DeferredOperationError, SchemaMismatchError):
+                        raise
+                    except SQLAlchemyError as err:
+                        where = f"operation {sequence} ({operation['op']} of {operation['table']})"
+                        raise _failed(self.path, where, err) from err
+            self._link_pending()
+            try:
+                self.session.flush()
+            except SQLAlchemyError as err:
+                first, last = batch.first_sequence, batch.first_sequence + len(batch.operations) - 1
+                where = (
+                    f"operation {first} (batch {batch.number})"
+                    if first == last
+                    else f"batch {batch.number} (operations {first}-{last})"
+                )
+                raise _failed(self.path, where, err) from err
+            for ref, obj in self.batch_objects.items():
+                self.identities[ref] = _key_values(obj)
+            # Objects of earlier batches are only needed again by key: let them go.
+            self.batch_objects.clear()
+
+    def _apply_one(self, sequence: int, op: dict[str, Any]) -> None:
+        kind = op["op"]
+        mapper = self.mapper(op["class"])
+        if kind == "insert":
+            obj = mapper.class_manager.new_instance()
+            for key, value in op["values"].items():
+                setattr(obj, key, self.resolve_value(value))
+            for key, (ref, attribute) in op.get("refs", {}).items():
+                setattr(obj, key, self.key_of(ref)[attribute])
+            self.batch_objects[op["ref"]] = obj
+            self.ref_classes[op["ref"]] = mapper
+            self.session.add(obj)
+            self._pending_links.append((sequence, obj, mapper, op))
+            return
+        self._link_pending()
+        if kind == "update":
+            self._update(sequence, mapper, op)
+        elif kind == "delete":
+            self._delete(sequence, mapper, op)
+        elif kind.startswith("bulk_"):
+            self.session.flush()
+            self._statement(sequence, mapper, op)
+        else:
+            raise DeferredOperationError(
+                f"journal {self.path}: operation {sequence} has an unknown kind {kind!r}; "
+                "it was written by a newer orm-journal",
+                path=self.path,
+            )
+
+    def _link_pending(self) -> None:
+        # Links are set once every object of the batch exists, since objects of one
+        # flush refer to each other in any order.
+        pending, self._pending_links = self._pending_links, []
+        for _sequence, obj, mapper, op in pending:
+            self._set_links(obj, mapper, op.get("links", {}), op.get("added", {}), {})
+
+    def _set_links(
+        self,
+        obj: object,
+        mapper: Mapper[Any],
+        links: Mapping[str, Any],
+        added: Mapping[str, list[Any]],
+        removed: Mapping[str, list[Any]],
+    ) -> None:
+        for key, target in links.items():
+            prop = mapper.relationships[key]
+            if isinstance(target, list) and prop.uselist:
+                added = {**added, key: [*added.get(key, ()), *target]}
+                continue
+            value = None if target is None else self.target(target, prop.mapper, lock=False)
+            setattr(obj, key, value)
+        for key, targets in added.items():
+            prop = mapper.relationships[key]
+            collection = getattr(obj, key)
+            for target in targets:
+                value = self.target(target, prop.mapper, lock=False)
+                if value is not None and value not in collection:
+                    collection.append(value)
+        for key, targets in removed.items():
+            prop = mapper.relationships[key]
+            collection = getattr(obj, key)
+            for target in targets:
+                value = self.target(target, prop.mapper, lock=False)
+                if value is not None and value in collection:
+                    collection.remove(value)
+
+    def _update(self, sequence: int, mapper: Mapper[Any], op: dict[str, Any]) -> None:
+        obj = self.target(op["target"], mapper, lock=True)
+        if not self._matches(sequence, mapper, op, obj):
+            return
+        for key, value in op["values"].items():
+            setattr(obj, key, self.resolve_value(value))
+        for key, (ref, attribute) in op.get("refs", {}).items():
+            setattr(obj, key, self.key_of(ref)[attribute])
+        self._set_links(obj, mapper, op.get("links", {}), op.get("added", {}), op.get("removed", {}))
+
+    def _delete(self, sequence: int, mapper: Mapper[Any], op: dict[str, Any]) -> None:
+        obj = self.target(op["target"], mapper, lock=True)
+        if obj is None:
+            self._conflict(sequence, mapper, op, None, missing=True)
+            return
+        if self._matches(sequence, mapper, op, obj):
+            self.session.delete(obj)
+
+    def _matches(self, sequence: int, mapper: Mapper[Any], op: dict[str, Any], obj: object | None) -> bool:
+        """Check a recorded update/delete against the row; apply the policy on a conflict."""
+        if obj is None:
+            return self._conflict(sequence, mapper, op, None, missing=True)
+        if isinstance(op["target"], int):
+            return True  # a row this replay inserted: nothing else can have changed it
+        expected = {k: self.resolve_value(v) for k, v in op.get("old", {}).items()}
+        version = op.get("version")
+        if version is not None:
+            version_key = mapper.get_property_by_column(mapper.version_id_col).key  # type: ignore[arg-type]
+            expected[version_key] = version[0] if isinstance(version, list) else version
+        actual = {k: getattr(obj, k) for k in expected}
+        if actual == expected:
+            return True
+        return self._conflict(sequence, mapper, op, actual, missing=False)
+
+    def _conflict(
+        self,
+        sequence: int,
+        mapper: Mapper[Any],
+        op: dict[str, Any],
+        actual: dict[str, Any] | None,
+        *,
+        missing: bool,
+    ) -> bool:
+        expected = dict(op.get("old", {}))
+        key = op["target"] if isinstance(op["target"], list) else [op["target"]]
+        what = "is gone" if missing else f"now holds {actual!r}, the journal expected {expected!r}"
+        error = ReplayConflictError(
+            f"journal {self.path}: operation {sequence} ({op['op']} of {op['table']} row "
+            f"{tuple(key)}) conflicts: the row {what}. Nothing was applied; choose "
+            "on_conflict='overwrite' or 'skip' to go on anyway",
+            sequence=sequence,
+            table=op["table"],
+            key=key,
+            expected=expected,
+            actual=actual,
+            path=self.path,
+        )
+        if self.on_conflict == "fail" or (missing and self.on_conflict == "overwrite"):
+            raise error
+        if self.on_conflict == "skip":
+            self.conflicts.append(error)
+            return False
+        self.conflicts.append(error)
+        return True
+
+    def _statement(self, sequence: int, mapper: Mapper[Any], op: dict[str, Any]) -> None:
+        cls = mapper.class_
+        kind = op["op"]
+        rows = [{k: self.resolve_value(v) for k, v in r.items()} for r in op.get("rows", ())]
+        options = {"synchronize_session": False}
+        if kind == "bulk_insert":
+            self.session.execute(insert(cls), rows)
+            return
+        if rows:
+            statement: Any = update(cls) if kind == "bulk_update" else delete(cls)
+            self.session.execute(statement.execution_options(**options), rows)
+            return
+        where = op.get("where")
+        statement = update(cls) if kind == "bulk_update" else delete(cls)
+        if where is not None:
+            statement = statement.where(dml.rebuild_criteria(where, mapper, self.resolve_value))
+        if kind == "bulk_update":
+            statement = statement.values(
+                {k: self.resolve_value(v) for k, v in op["values"].items()}
+            )
+        self.session.execute(statement.execution_options(**options))
+
+    def placeholders(self) -> dict[Placeholder, Any]:
+        return {
+            Placeholder(ref, attribute): value
+            for ref, key in self.identities.items()
+            for attribute, value in key.items()
+        }
+
+
+def _pk_attributes(mapper: Mapper[Any]) -> list[str]:
+    return [mapper.get_property_by_column(c).key for c in mapper.primary_key]
+
+
+def _key_values(obj: object) -> dict[str, Any]:
+    from sqlalchemy import inspect
+
+    state = inspect(obj)
+    mapper = state.mapper
+    return {k: state.dict.get(k) for k in _pk_attributes(mapper)}
+
+
+def _failed(path: str, where: str, err: Exception) -> Exception:
+    detail = getattr(err, "orig", None) or err
+    first_line = str(detail).strip().splitlines()[0] if str(detail).strip() else ""
+    return DeferredOperationError(
+        f"journal {path}: {where} failed: {type(detail).__name__}: {first_line}. Nothing "
+        "was applied; the database and the journal are unchanged",
+        path=path,
+    )
+
+
+# -- the public entry point -------------------------------------------------------------------
+
+
+def reconnect_and_commit(
+    session: Session,
+    path: str | os.PathLike[str],
+    *,
+    key: bytes | str | None,
+    on_conflict: ConflictPolicy = "fail",
+    allow_schema_drift: bool = False,
+) -> ReplayResult:
+    """Apply the journal at ``path`` through ``session`` in one transaction, exactly once."""
+    started = time.monotonic()
+    if on_conflict not in _POLICIES:
+        raise ValueError(f"on_conflict must be one of {', '.join(_POLICIES)}, not {on_conflict!r}")
+    if getattr(session, "_recorder", None) is not None:
+        raise DeferredOperationError(
+            "reconnect_and_commit() inside deferred_operations would replay into the journal "
+            "being recorded; leave the block first",
+            path=path,
+        )
+    if session.new or session.deleted or any(session.is_modified(o) for o in session.dirty):
+        raise DeferredOperationError(
+            "the session has pending changes; commit or discard them before replaying a "
+            "journal, so that only the journal's operations are committed",
+            path=path,
+        )
+    with Journal(path, key=key) as journal:
+        journal.verify()
+        header = journal.header
+        journal_id = header.journal_id
+        count = header.operation_count or 0
+        session.rollback()
+        replay = Replay(session, journal, on_conflict)
+        _ensure_ledger(session)
+        try:
+            connection = session.connection()
+            _check_schema(replay, connection, header.meta, allow_schema_drift)
+            if not _claim(connection, journal_id, count, header.digest or ""):
+                session.rollback()
+                return ReplayResult(journal_id, False, count, duration=time.monotonic() - started)
+            # Links are set while objects of the batch are still incomplete; an autoflush
+            # in between (a lookup of a target) would insert them half-built.
+            with session.no_autoflush:
+                replay.apply()
+            session.commit()
+        except BaseException as err:
+            session.rollback()
+            if isinstance(err, DBAPIError) and not isinstance(err, IntegrityError):
+                raise DeferredOperationError(
+                    f"journal {path}: the database failed during replay "
+                    f"({type(err.orig).__name__}: {str(err.orig).strip().splitlines()[0]}); "
+                    "nothing was applied and the journal is unchanged: replay it again",
+                    path=path,
+                ) from err
+            raise
+    return ReplayResult(
+        journal_id,
+        True,
+        count,
+        identities=replay.placeholders(),
+        conflicts=replay.conflicts,
+        duration=time.monotonic() - started,
+    )
+
+
+def _ensure_ledger(session: Session, attempts: int = 100) -> None:
+    """Create the ledger through the packaged migration unless it is there already.
+
+    Replayers starting together race to create it; the losers see the winner's tables
+    appear (MariaDB's DDL is not transactional, so possibly one table at a time) and
+    try again until the migration reports the ledger at its head.
+    """
+    engine = session.get_bind().engine
+    for attempt in range(attempts):
+        with engine.connect() as conn:
+            if ledger.LEDGER_TABLE in _table_names(conn):
+                return
+        try:
+            with engine.begin() as conn:
+                ledger.upgrade(conn)
+            return
+        except SQLAlchemyError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.05)
+
+
+def _table_names(conn: Any) -> list[str]:
+    from sqlalchemy import inspect
+
+    return list(inspect(conn).get_table_names())
+
+
+def _claim(connection: Any, journal_id: str, count: int, digest: str) -> bool:
+    """Insert the journal's ledger row first; False if another replay has it.
+
+    A concurrent replayer of the same journal blocks on the row's primary key until the
+    first one commits (then gets a duplicate key) or rolls back (then proceeds).
+    """
+    table = ledger.ledger_table
+    exists = connection.execute(
+        select(table.c.journal_id).where(table.c.journal_id == journal_id)
+    ).first()
+    if exists is not None:
+        return False
+    # No SAVEPOINT around this insert: on SQLite (pysqlite) releasing the outermost
+    # savepoint commits. A duplicate key simply ends the whole replay transaction, which
+    # has done nothing else yet.
+    try:
+        connection.execute(
+            insert(table).values(
+                journal_id=journal_id,
+                applied_at=dt.datetime.now(dt.UTC),
+                operation_count=count,
+                digest=digest,
+                host=socket.gethostname()[:255],
+            )
+        )
+    except IntegrityError:
+        return False
+    return True
+
+
+def _check_schema(
+    replay: Replay, connection: Any, meta: Mapping[str, Any], allow_drift: bool
+) -> None:
+    recorded = meta.get("schema") or {}
+    differences: list[str] = []
+    current: dict[str, Any] = {}
+    for path in _recorded_classes(replay):
+        try:
+            mapper = replay.mapper(path)
+        except SchemaMismatchError as err:
+            differences.extend(err.differences)
+            continue
+        plan = plan_for(mapper)
+        for table in (*plan.tables, *plan.secondary):
+            current[table.fullname] = describe_table(table)
+    differences.extend(diff_schemas(recorded, current))
+    revision = meta.get("alembic_revision")
+    if revision is not None:
+        now = read_alembic_revision(connection)
+        if now != revision:
+            differences.append(f"Alembic revision: recorded {revision}, database has {now}")
+    if differences and not allow_drift:
+        raise SchemaMismatchError(
+            f"journal {replay.path} was recorded against another schema: "
+            + "; ".join(differences)
+            + ". Migrate the database/models to match, or pass allow_schema_drift=True",
+            differences=differences,
+            path=replay.path,
+        )
+
+
+def _recorded_classes(replay: Replay) -> Iterator[str]:
+    yield from replay.journal.header.meta.get("classes", ())
