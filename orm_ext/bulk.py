@@ -1,20 +1,43 @@
-"""Bulk application of recorded inserts during replay.
+"""The replay fast path: a recorded flush of plain inserts as bulk ``INSERT ... RETURNING``.
 
-(Planned: runs of plain inserts become multi-row INSERT ... RETURNING.)
+A per-object flush costs many times what one multi-row ``INSERT ... RETURNING`` of the
+same rows costs. A batch qualifies only when the result cannot differ from what the
+unit of work would do with the same objects:
+
+* the batch holds only inserts (the unit of work orders updates of a table before its
+  inserts, deletes after them; mixing in bulk inserts could change which unique value
+  is free when);
+* every class maps one table with no mapper-level insert events, no version counter,
+  a single-column primary key, and no collection links recorded on the insert;
+* no object links to another object of its own class in the batch (row-level order),
+  the tables sort without cycles, and every foreign key points at the primary key of
+  its target.
+
+Tables are written in the order ``sort_tables`` gives (SQLAlchemy's own dependency sort
+of foreign keys, the one the unit of work follows between mappers); within a table rows
+keep their recorded order (``sort_by_parameter_order``) so keys map back to placeholders.
+Everything else replays through the unit of work.
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy import insert, select
+from sqlalchemy.orm import Mapper
+from sqlalchemy.schema import sort_tables_and_constraints
+
 from journal import Batch
+from orm_ext.exc import DeferredOperationError, ReplayConflictError
+from orm_ext.recording import plan_for
 
 if TYPE_CHECKING:
     from orm_ext.replay import Replay
 
-__all__ = ["Run", "plan_batch"]
+__all__ = ["BulkInsert", "Run", "plan_batch"]
 
 
 @dataclass
@@ -22,8 +45,210 @@ class Run:
     """Consecutive operations of a batch applied the same way."""
 
     operations: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
-    bulk: Any = None
+    bulk: BulkInsert | None = None
+
+
+_eligible: dict[Mapper[Any], bool] = {}
+
+
+def _mapper_eligible(mapper: Mapper[Any]) -> bool:
+    # Listeners can be added at any time, so they are checked on every call; the rest
+    # is fixed once the mapper is configured.
+    if mapper.dispatch.before_insert or mapper.dispatch.after_insert:
+        return False
+    found = _eligible.get(mapper)
+    if found is None:
+        plan = plan_for(mapper)
+        found = _eligible[mapper] = (
+            mapper.inherits is None
+            and mapper.polymorphic_on is None
+            and len(mapper.tables) == 1
+            and len(mapper.primary_key) == 1
+            and plan.version is None
+            and all(
+                remote == plan_for(mapper.relationships[key].mapper).primary_key[0]
+                for key, pairs in plan.many_to_one_pairs.items()
+                for _, remote in pairs
+            )
+        )
+    return found
 
 
 def plan_batch(replay: Replay, batch: Batch) -> Sequence[Run]:
-    return [Run(list(enumerate(batch.operations, start=batch.first_sequence)))]
+    """Split a recorded batch into runs: one bulk run if it qualifies, else the unit of work."""
+    numbered = list(enumerate(batch.operations, start=batch.first_sequence))
+    bulk = _bulk_plan(replay, numbered)
+    if bulk is None:
+        return [Run(numbered)]
+    return [Run(numbered, bulk)]
+
+
+def _bulk_plan(replay: Replay, numbered: list[tuple[int, dict[str, Any]]]) -> BulkInsert | None:
+    by_mapper: dict[Mapper[Any], list[tuple[int, dict[str, Any]]]] = defaultdict(list)
+    refs_here: dict[int, Mapper[Any]] = {}
+    for sequence, op in numbered:
+        if op["op"] != "insert":
+            return None
+        mapper = replay.mapper(op["class"])
+        if not _mapper_eligible(mapper):
+            return None
+        by_mapper[mapper].append((sequence, op))
+        refs_here[op["ref"]] = mapper
+    for mapper, ops in by_mapper.items():
+        for _, op in ops:
+            for key, target in op.get("links", {}).items():
+                if isinstance(target, list) and mapper.relationships[key].uselist:
+                    return None  # a collection recorded on this side
+                if isinstance(target, int) and refs_here.get(target) is mapper:
+                    return None  # row-level order within one table
+            for ref, _attribute in op.get("refs", {}).values():
+                if ref in refs_here:
+                    return None
+    tables = {mapper.local_table: mapper for mapper in by_mapper}
+    order: list[Mapper[Any]] = []
+    # The last entry, (None, constraints), lists foreign keys that form cycles.
+    for table, constraints in sort_tables_and_constraints(list(tables)):
+        if table is None:
+            if constraints:
+                return None
+        else:
+            order.append(tables[table])
+    return BulkInsert([(m, by_mapper[m]) for m in order])
+
+
+@dataclass
+class BulkInsert:
+    """Inserts of one batch, grouped by class in foreign-key order."""
+
+    groups: list[tuple[Mapper[Any], list[tuple[int, dict[str, Any]]]]]
+
+    def execute(self, replay: Replay) -> None:
+        self._check_targets(replay)
+        for mapper, ops in self.groups:
+            plan = plan_for(mapper)
+            pk_attr = plan.primary_key[0]
+            rows = []
+            for sequence, op in ops:
+                row = {k: replay.resolve_value(v) for k, v in op["values"].items()}
+                for key, (ref, attribute) in op.get("refs", {}).items():
+                    row[key] = replay.key_of(ref)[attribute]
+                for key, target in op.get("links", {}).items():
+                    for local, _remote in plan.many_to_one_pairs[key]:
+                        row[local] = None if target is None else self._target_key(
+                            replay, mapper, key, target, sequence, op
+                        )
+                rows.append(row)
+            if _sqlite_rowids(replay, mapper, pk_attr, rows):
+                keys = _insert_with_rowids(replay, mapper, pk_attr, rows)
+            else:
+                keys = _insert_returning(replay, mapper, pk_attr, rows)
+            for (_, op), key in zip(ops, keys, strict=True):
+                replay.identities[op["ref"]] = {pk_attr: key}
+                replay.ref_classes[op["ref"]] = mapper
+
+    @staticmethod
+    def _target_key(
+        replay: Replay, mapper: Mapper[Any], key: str, target: Any, sequence: int, op: Any
+    ) -> Any:
+        if isinstance(target, int):
+            target_mapper = mapper.relationships[key].mapper
+            return replay.key_of(target)[plan_for(target_mapper).primary_key[0]]
+        return target[0]
+
+    def _check_targets(self, replay: Replay) -> None:
+        # A link to a row that existed at recording time must still find it: the unit of
+        # work path raises for a missing target, so the bulk path must too.
+        wanted: dict[Mapper[Any], dict[Any, tuple[int, dict[str, Any]]]] = defaultdict(dict)
+        for mapper, ops in self.groups:
+            for sequence, op in ops:
+                for key, target in op.get("links", {}).items():
+                    if isinstance(target, list):
+                        target_mapper = mapper.relationships[key].mapper
+                        wanted[target_mapper].setdefault(target[0], (sequence, op))
+        for target_mapper, keys in wanted.items():
+            column = target_mapper.primary_key[0]
+            found: set[Any] = set()
+            values = list(keys)
+            for start in range(0, len(values), 500):
+                chunk = values[start : start + 500]
+                found.update(
+                    replay.session.execute(select(column).where(column.in_(chunk))).scalars()
+                )
+            for value, (sequence, op) in keys.items():
+                if value not in found:
+                    raise missing_target(replay, sequence, op, target_mapper, [value])
+
+
+def missing_target(
+    replay: Replay, sequence: int, op: dict[str, Any], target: Mapper[Any], key: list[Any]
+) -> ReplayConflictError:
+    """The conflict of an operation linking to a row that is gone."""
+    table = target.local_table.description
+    return ReplayConflictError(
+        f"journal {replay.path}: operation {sequence} ({op['op']} of {op['table']}) links "
+        f"to {table} row {tuple(key)}, which is gone. Nothing was applied",
+        sequence=sequence,
+        table=str(table),
+        key=key,
+        expected={},
+        actual=None,
+        path=replay.path,
+    )
+
+
+def _insert_returning(
+    replay: Replay, mapper: Mapper[Any], pk_attr: str, rows: list[dict[str, Any]]
+) -> list[Any]:
+    pk = getattr(mapper.class_, pk_attr)
+    statement = insert(mapper.class_).returning(pk, sort_by_parameter_order=True)
+    keys: list[Any] = []
+    # One statement per run of rows setting the same attributes: an attribute a row
+    # leaves unset takes its column default, as in a flush.
+    start = 0
+    while start < len(rows):
+        end = start + 1
+        while end < len(rows) and rows[end].keys() == rows[start].keys():
+            end += 1
+        keys.extend(replay.session.execute(statement, rows[start:end]).scalars())
+        start = end
+    return keys
+
+
+def _sqlite_rowids(
+    replay: Replay, mapper: Mapper[Any], pk_attr: str, rows: list[dict[str, Any]]
+) -> bool:
+    """Whether the keys of ``rows`` can be read back as the table's newest rowids.
+
+    SQLite cannot promise the order of a multi-row RETURNING, so SQLAlchemy sends one
+    statement per row when asked to keep it. For an INTEGER PRIMARY KEY (the rowid) that
+    no row sets, SQLite assigns consecutive keys in insertion order while this
+    transaction holds the write lock, so the newest ``len(rows)`` keys are these rows'.
+    """
+    bind = replay.session.get_bind(mapper)
+    if bind.dialect.name != "sqlite" or any(pk_attr in row for row in rows):
+        return False
+    column = mapper.primary_key[0]
+    return str(column.type.compile(bind.dialect)) == "INTEGER"
+
+
+def _insert_with_rowids(
+    replay: Replay, mapper: Mapper[Any], pk_attr: str, rows: list[dict[str, Any]]
+) -> list[Any]:
+    session = replay.session
+    start = 0
+    while start < len(rows):
+        end = start + 1
+        while end < len(rows) and rows[end].keys() == rows[start].keys():
+            end += 1
+        session.execute(insert(mapper.class_), rows[start:end])
+        start = end
+    pk = getattr(mapper.class_, pk_attr)
+    keys = list(session.execute(select(pk).order_by(pk.desc()).limit(len(rows))).scalars())
+    keys.reverse()
+    if len(keys) != len(rows) or keys[-1] - keys[0] != len(rows) - 1:
+        raise DeferredOperationError(
+            f"journal {replay.path}: SQLite did not assign consecutive keys to the "
+            f"{len(rows)} new rows of {mapper.local_table.description}; nothing was applied",
+            path=replay.path,
+        )
+    return keys

@@ -76,6 +76,8 @@ class Replay:
         self.conflicts: list[ReplayConflictError] = []
         self._mappers: dict[str, Mapper[Any]] = {}
         self._pending_links: list[tuple[int, object, Mapper[Any], dict[str, Any]]] = []
+        self._sequence: int = 0
+        self._op: dict[str, Any] = {}
 
     # -- resolving what the journal names -------------------------------------------------
 
@@ -152,35 +154,37 @@ class Replay:
     def apply(self) -> None:
         """Apply every batch: one unit of work per recorded flush, in order."""
         for batch in self.journal.batches():
-            for run in bulk.plan_batch(self, batch):
-                if run.bulk is not None:
-                    run.bulk.execute(self)
-                    continue
-                for sequence, operation in run.operations:
-                    try:
-                        self._apply_one(sequence, operation)
-                    except (ReplayConflictError, DeferredOperationError, SchemaMismatchError):
-                        raise
-                    except SQLAlchemyError as err:
-                        where = f"operation {sequence} ({operation['op']} of {operation['table']})"
-                        raise _failed(self.path, where, err) from err
-            self._link_pending()
+            first, last = batch.first_sequence, batch.first_sequence + len(batch.operations) - 1
+            where = (
+                f"operation {first} (batch {batch.number})"
+                if first == last
+                else f"batch {batch.number} (operations {first}-{last})"
+            )
             try:
+                for run in bulk.plan_batch(self, batch):
+                    if run.bulk is not None:
+                        run.bulk.execute(self)
+                    else:
+                        for sequence, operation in run.operations:
+                            self._apply_one(sequence, operation)
+                self._link_pending()
                 self.session.flush()
+            except (ReplayConflictError, DeferredOperationError, SchemaMismatchError):
+                raise
             except SQLAlchemyError as err:
-                first, last = batch.first_sequence, batch.first_sequence + len(batch.operations) - 1
-                where = (
-                    f"operation {first} (batch {batch.number})"
-                    if first == last
-                    else f"batch {batch.number} (operations {first}-{last})"
-                )
+                if isinstance(err, DBAPIError) and err.connection_invalidated:
+                    raise
+                if self._op and len(batch.operations) > 1 and not self.session.new:
+                    where = f"operation {self._sequence} ({self._op['op']} of {self._op['table']})"
                 raise _failed(self.path, where, err) from err
             for ref, obj in self.batch_objects.items():
                 self.identities[ref] = _key_values(obj)
             # Objects of earlier batches are only needed again by key: let them go.
             self.batch_objects.clear()
+            self._op = {}
 
     def _apply_one(self, sequence: int, op: dict[str, Any]) -> None:
+        self._sequence, self._op = sequence, op
         kind = op["op"]
         mapper = self.mapper(op["class"])
         if kind == "insert":
@@ -213,7 +217,8 @@ class Replay:
         # Links are set once every object of the batch exists, since objects of one
         # flush refer to each other in any order.
         pending, self._pending_links = self._pending_links, []
-        for _sequence, obj, mapper, op in pending:
+        for sequence, obj, mapper, op in pending:
+            self._sequence, self._op = sequence, op
             self._set_links(obj, mapper, op.get("links", {}), op.get("added", {}), {})
 
     def _set_links(
@@ -230,13 +235,17 @@ class Replay:
                 added = {**added, key: [*added.get(key, ()), *target]}
                 continue
             value = None if target is None else self.target(target, prop.mapper, lock=False)
+            if value is None and target is not None:
+                raise bulk.missing_target(self, self._sequence, self._op, prop.mapper, target)
             setattr(obj, key, value)
         for key, targets in added.items():
             prop = mapper.relationships[key]
             collection = getattr(obj, key)
             for target in targets:
                 value = self.target(target, prop.mapper, lock=False)
-                if value is not None and value not in collection:
+                if value is None:
+                    raise bulk.missing_target(self, self._sequence, self._op, prop.mapper, target)
+                if value not in collection:
                     collection.append(value)
         for key, targets in removed.items():
             prop = mapper.relationships[key]

@@ -552,3 +552,61 @@ def test_ledger_created_by_migration(databases: tuple[Any, Any], tmp_path: Path)
         version = conn.execute(text("SELECT version_num FROM orm_journal_alembic_version")).all()
     assert rows == [(result.journal_id, 4)]
     assert len(version) == 1
+
+
+def test_plain_inserts_take_the_bulk_path(databases: tuple[Any, Any], tmp_path: Path) -> None:
+    """A batch of plain inserts replays as multi-row INSERTs with the same result as a flush."""
+    a, b = databases
+    path = tmp_path / "ops.dbm"
+
+    def body(session: Any) -> None:
+        asset = session.scalars(select(AssetVersion)).one().asset
+        for i in range(50):
+            version = AssetVersion(asset=asset, version=10 + i, comment=None if i % 2 else "c")
+            Component(name=f"c{i}", version=version)
+            session.add(version)
+        session.flush()
+
+    record(b, path, body)
+    with make_sessions(a)() as session:
+        body(session)
+        session.commit()
+    statements: list[str] = []
+    event.listen(b, "before_cursor_execute", lambda c, cur, s, *a: statements.append(s))
+    replay(b, path)
+    inserts = [s for s in statements if s.lstrip().upper().startswith("INSERT INTO COMPONENT")]
+    assert 0 < len(inserts) < 10
+    assert table_rows(a) == table_rows(b)
+
+
+def test_mapper_events_force_the_unit_of_work(databases: tuple[Any, Any], tmp_path: Path) -> None:
+    """A class with a before_insert listener replays object by object, so the listener runs."""
+    _, b = databases
+    path = tmp_path / "ops.dbm"
+    record(b, path, lambda s: s.add_all([Task(name="x"), Task(name="y")]))
+    seen: list[str] = []
+
+    def listener(mapper: Any, connection: Any, target: Task) -> None:
+        seen.append(target.name)
+
+    event.listen(Task, "before_insert", listener)
+    try:
+        replay(b, path)
+    finally:
+        event.remove(Task, "before_insert", listener)
+    assert sorted(seen) == ["x", "y"]
+
+
+def test_link_to_a_row_deleted_since_is_a_conflict(
+    databases: tuple[Any, Any], tmp_path: Path
+) -> None:
+    """An insert linking to a row that is gone at replay raises ReplayConflictError."""
+    _, b = databases
+    path = tmp_path / "ops.dbm"
+    record(b, path, lambda s: s.add(Component(name="x", version=s.scalars(select(AssetVersion)).one())))
+    with b.begin() as conn:
+        conn.execute(text("DELETE FROM component_location"))
+        conn.execute(text("DELETE FROM component"))
+        conn.execute(text("DELETE FROM asset_version"))
+    with pytest.raises(ReplayConflictError, match="which is gone"):
+        replay(b, path)
