@@ -102,7 +102,7 @@ class Journal:
         except BaseException:
             self._conn.close()
             raise
-        self._verified_with: bytes | None | Literal[False] = False
+        self._verified_with: bytes | Literal[False] | None = False
 
     @property
     def header(self) -> JournalHeader:

@@ -37,9 +37,6 @@ def resolve_key(key: bytes | str | None) -> bytes | None:
 def chain_tag(key: bytes | None, previous: bytes, sequence: int, record: bytes) -> bytes:
     """Return the tag of ``record`` at ``sequence``, chained to the ``previous`` tag."""
     header = previous + sequence.to_bytes(8, "big")
-    if key is None:
-        digest = hashlib.sha256(header)
-    else:
-        digest = hmac.new(key, header, hashlib.sha256)
+    digest = hashlib.sha256(header) if key is None else hmac.new(key, header, hashlib.sha256)
     digest.update(record)
     return digest.digest()

@@ -35,7 +35,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, NoReturn
 
 import sqlitedict
 
@@ -314,7 +314,7 @@ class JournalWriter:
         self._closed = True
         try:
             self._store.close(do_log=False, force=self._broken is not None)
-        except Exception:  # noqa: BLE001 - closing after a failure must not mask it
+        except Exception:
             pass
         finally:
             os.close(self._lock_fd)
@@ -366,7 +366,7 @@ class JournalWriter:
         except Exception as err:
             self._fail(err)
 
-    def _fail(self, err: Exception) -> Any:
+    def _fail(self, err: Exception) -> NoReturn:
         self._broken = f"{type(err).__name__}: {err}"
         raise JournalError(
             f"journal {self.path}: a write failed ({self._broken}); the journal keeps every "
@@ -412,7 +412,9 @@ def _lock(path: Path, *, overwrite: bool) -> int:
         existed = False
     except FileExistsError:
         if path.is_dir():
-            raise IsADirectoryError(errno.EISDIR, "is a directory, not a journal", str(path))
+            raise IsADirectoryError(
+                errno.EISDIR, "is a directory, not a journal", str(path)
+            ) from None
         fd = os.open(path, os.O_RDWR)
         existed = True
     try:
@@ -475,9 +477,7 @@ def open_readonly(path: str | os.PathLike[str]) -> sqlite3.Connection:
     try:
         conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
     except sqlite3.Error as err:
-        raise JournalCorruptError(
-            f"cannot open journal {target}: {err}", path=target
-        ) from err
+        raise JournalCorruptError(f"cannot open journal {target}: {err}", path=target) from err
     try:
         application_id = conn.execute("PRAGMA application_id").fetchone()[0]
         version = conn.execute("PRAGMA user_version").fetchone()[0]

@@ -107,7 +107,7 @@ def _bulk_plan(replay: Replay, numbered: list[tuple[int, dict[str, Any]]]) -> Bu
     tables = {mapper.local_table: mapper for mapper in by_mapper}
     order: list[Mapper[Any]] = []
     # The last entry, (None, constraints), lists foreign keys that form cycles.
-    for table, constraints in sort_tables_and_constraints(list(tables)):
+    for table, constraints in sort_tables_and_constraints(list(tables)):  # type: ignore[no-untyped-call]
         if table is None:
             if constraints:
                 return None
@@ -134,8 +134,10 @@ class BulkInsert:
                     row[key] = replay.key_of(ref)[attribute]
                 for key, target in op.get("links", {}).items():
                     for local, _remote in plan.many_to_one_pairs[key]:
-                        row[local] = None if target is None else self._target_key(
-                            replay, mapper, key, target, sequence, op
+                        row[local] = (
+                            None
+                            if target is None
+                            else self._target_key(replay, mapper, key, target, sequence, op)
                         )
                 rows.append(row)
             if _sqlite_rowids(replay, mapper, pk_attr, rows):

@@ -15,7 +15,7 @@ Encoded criteria (JSON-like lists)::
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Final, NoReturn
 
 from sqlalchemy import and_, not_, or_
@@ -38,7 +38,9 @@ from sqlalchemy.sql.schema import Column
 from orm_ext.exc import DeferredOperationError
 from orm_ext.references import Placeholder, class_path
 
-__all__ = ["RecordedResult", "describe", "empty_result", "refuse_placeholders", "rebuild_criteria"]
+Refuse = Callable[[str], NoReturn]
+
+__all__ = ["RecordedResult", "describe", "empty_result", "rebuild_criteria", "refuse_placeholders"]
 
 _OPERATORS: Final[dict[Any, str]] = {
     operators.eq: "eq",
@@ -87,7 +89,7 @@ def empty_result() -> RecordedResult:
 
 def describe(state: ORMExecuteState, path: str | os.PathLike[str]) -> dict[str, Any]:
     """Return the journal operation for an ORM DML statement, or raise if it cannot be replayed."""
-    statement = state.statement
+    statement: Any = state.statement
     mapper = state.bind_mapper
 
     def refuse(reason: str) -> NoReturn:
@@ -128,7 +130,7 @@ def describe(state: ORMExecuteState, path: str | os.PathLike[str]) -> dict[str, 
     operation["where"] = None if where is None else _encode(where, mapper, refuse)
     if kind == "update":
         values = _statement_values(statement, mapper, refuse)
-        if parameters:
+        if isinstance(parameters, Mapping) and parameters:
             values.update(_row(parameters, mapper, refuse))
         if not values:
             refuse("update() without values()")
@@ -136,7 +138,7 @@ def describe(state: ORMExecuteState, path: str | os.PathLike[str]) -> dict[str, 
     return operation
 
 
-def _statement_values(statement: Any, mapper: Mapper[Any], refuse: Any) -> dict[str, Any]:
+def _statement_values(statement: Any, mapper: Mapper[Any], refuse: Refuse) -> dict[str, Any]:
     # Private: ValuesBase._values holds what .values() was given; there is no public
     # accessor. Checked on SQLAlchemy 2.0.x and 2.1.9.
     if getattr(statement, "_multi_values", ()):
@@ -147,11 +149,11 @@ def _statement_values(statement: Any, mapper: Mapper[Any], refuse: Any) -> dict[
     return {_attribute_key(k, mapper, refuse): _value(v, refuse) for k, v in raw.items()}
 
 
-def _row(row: Mapping[str, Any], mapper: Mapper[Any], refuse: Any) -> dict[str, Any]:
+def _row(row: Mapping[str, Any], mapper: Mapper[Any], refuse: Refuse) -> dict[str, Any]:
     return {_attribute_key(k, mapper, refuse): _value(v, refuse) for k, v in row.items()}
 
 
-def _attribute_key(key: Any, mapper: Mapper[Any], refuse: Any) -> str:
+def _attribute_key(key: Any, mapper: Mapper[Any], refuse: Refuse) -> str:
     if isinstance(key, str):
         if key in mapper.attrs:
             return key
@@ -167,7 +169,7 @@ def _attribute_key(key: Any, mapper: Mapper[Any], refuse: Any) -> str:
     refuse(f"the target {key!r} is not a mapped column")
 
 
-def _value(value: Any, refuse: Any) -> Any:
+def _value(value: Any, refuse: Refuse) -> Any:
     if isinstance(value, BindParameter):
         value = value.effective_value
     if isinstance(value, ClauseElement):
@@ -179,7 +181,7 @@ def _value(value: Any, refuse: Any) -> Any:
     return value
 
 
-def _encode(clause: ClauseElement, mapper: Mapper[Any], refuse: Any) -> list[Any]:
+def _encode(clause: Any, mapper: Mapper[Any], refuse: Refuse) -> list[Any]:
     if isinstance(clause, Grouping):
         return _encode(clause.element, mapper, refuse)
     if isinstance(clause, BooleanClauseList):
@@ -191,10 +193,11 @@ def _encode(clause: ClauseElement, mapper: Mapper[Any], refuse: Any) -> list[Any
         return ["not", _encode(clause.element, mapper, refuse)]
     if isinstance(clause, BinaryExpression):
         name = _OPERATORS.get(clause.operator)
-        left, right = clause.left, clause.right
+        left: Any = clause.left
+        right: Any = clause.right
         if name is None or not isinstance(left, Column):
             refuse(f"the condition {clause} (only column <op> value comparisons replay faithfully)")
-        if left.table is not mapper.local_table and left not in mapper.persist_selectable.c:
+        if left.table not in mapper.tables:
             refuse(f"the condition {clause} refers to another table")
         key = str(mapper.get_property_by_column(left).key)
         if isinstance(right, Null):
@@ -207,9 +210,7 @@ def _encode(clause: ClauseElement, mapper: Mapper[Any], refuse: Any) -> list[Any
     refuse(f"the condition {clause}")
 
 
-def rebuild_criteria(
-    encoded: list[Any], mapper: Mapper[Any], resolve: Any
-) -> ColumnElement[bool]:
+def rebuild_criteria(encoded: list[Any], mapper: Mapper[Any], resolve: Any) -> ColumnElement[bool]:
     """Turn encoded criteria back into a SQLAlchemy expression on ``mapper``'s columns.
 
     :param resolve: maps a recorded value (which may be a placeholder reference) to the
@@ -234,13 +235,12 @@ def refuse_placeholders(state: ORMExecuteState, path: str | os.PathLike[str]) ->
     an object created in the block, or a filter on its key) cannot mean anything to the
     database, so it is refused with an explanation instead of a driver error.
     """
-    parameters = state.parameters
+    parameters: Any = state.parameters
     rows = parameters if isinstance(parameters, list) else [parameters or {}]
     values = [v for row in rows for v in row.values()]
+    statement: Any = state.statement
     values.extend(
-        node.value
-        for node in visitors.iterate(state.statement)
-        if isinstance(node, BindParameter)
+        node.value for node in visitors.iterate(statement) if isinstance(node, BindParameter)
     )
     for value in values:
         if isinstance(value, Placeholder) or (

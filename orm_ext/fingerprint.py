@@ -12,7 +12,7 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from sqlalchemy import Connection, Table, inspect, select, table, column
+from sqlalchemy import Connection, Table, column, inspect, select, table
 from sqlalchemy.exc import SQLAlchemyError
 
 __all__ = ["describe_table", "diff_schemas", "read_alembic_revision", "schema_digest"]
@@ -94,5 +94,7 @@ def read_alembic_revision(
         if name not in names:
             continue
         version = table(name, column("version_num"))
-        revisions.extend(str(r) for r in connection.execute(select(version.c.version_num)).scalars())
+        revisions.extend(
+            str(r) for r in connection.execute(select(version.c.version_num)).scalars()
+        )
     return "+".join(sorted(revisions)) if revisions else None

@@ -56,8 +56,20 @@ SHADOW: Final = "orm_journal.shadow"
 
 _PLAIN_TYPES: Final = frozenset(
     {
-        type(None), bool, int, float, str, bytes, decimal.Decimal, dt.datetime, dt.date,
-        dt.time, dt.timedelta, uuid.UUID, dict, list,
+        type(None),
+        bool,
+        int,
+        float,
+        str,
+        bytes,
+        decimal.Decimal,
+        dt.datetime,
+        dt.date,
+        dt.time,
+        dt.timedelta,
+        uuid.UUID,
+        dict,
+        list,
     }
 )
 
@@ -129,7 +141,8 @@ def _make_plan(mapper: Mapper[Any]) -> _MapperPlan:
         version = mapper.get_property_by_column(mapper.version_id_col).key
     return _MapperPlan(
         class_path=class_path(mapper.class_),
-        table=mapper.local_table.fullname if isinstance(mapper.local_table, sqlalchemy.Table)
+        table=mapper.local_table.fullname
+        if isinstance(mapper.local_table, sqlalchemy.Table)
         else str(mapper.local_table),
         columns=tuple(columns),
         scalar_defaults=tuple(defaults),
@@ -427,7 +440,9 @@ class Recorder:
                 )
             else:
                 if history.added:
-                    added[key] = [self._target(sqlalchemy.inspect(v), state, key) for v in history.added]
+                    added[key] = [
+                        self._target(sqlalchemy.inspect(v), state, key) for v in history.added
+                    ]
                 if history.deleted:
                     removed[key] = [
                         self._target(sqlalchemy.inspect(v), state, key) for v in history.deleted
@@ -455,7 +470,8 @@ class Recorder:
             operation["removed"] = removed
         if plan.version is not None and (changed or links) and plan.version not in changed:
             current = state.dict.get(plan.version)
-            new_version = state.mapper.version_id_generator(current)  # type: ignore[operator]
+            generator: Any = state.mapper.version_id_generator
+            new_version = generator(current)
             operation["version"] = [current, new_version]
             versions.append((state, plan.version, new_version))
         missing = [k for k in changed if k not in old]
@@ -506,7 +522,7 @@ class Recorder:
         ref = state.info.get(REF)
         if ref is not None:
             return ref
-        if state.key is None or state.deleted or state.detached and state.key is None:
+        if state.key is None or state.deleted or (state.detached and state.key is None):
             where = f" (referenced by {_describe(owner)}.{key})" if owner is not None else ""
             raise DeferredOperationError(
                 f"{_describe(state)}{where} is not part of the session; add it to the session "
@@ -539,12 +555,14 @@ class Recorder:
                 continue
             state, missing = operation.pop("missing_old")
             mapper = state.mapper
-            columns = [mapper.get_property(k).columns[0] for k in missing]  # type: ignore[attr-defined]
-            criteria = [c == v for c, v in zip(mapper.primary_key, state.key[1], strict=True)]  # type: ignore[index]
+            columns = [mapper.get_property(k).columns[0] for k in missing]
+            criteria = [c == v for c, v in zip(mapper.primary_key, state.key[1], strict=True)]
             try:
-                row = self.session.connection(bind_arguments={"mapper": mapper}).execute(
-                    select(*columns).where(*criteria)
-                ).first()
+                row = (
+                    self.session.connection(bind_arguments={"mapper": mapper})
+                    .execute(select(*columns).where(*criteria))
+                    .first()
+                )
             except SQLAlchemyError as err:
                 raise DeferredOperationError(
                     f"cannot record the update of {_describe(state)}: its old values of "
@@ -656,9 +674,9 @@ def _forget_recorded_objects(session: Session) -> None:
 
 def refuse_if_recorded(instance: object) -> None:
     """Raise if ``instance`` was recorded into a journal and is being added to a session."""
-    state = sqlalchemy.inspect(instance, raiseerr=False)
+    state: InstanceState[Any] | None = sqlalchemy.inspect(instance, raiseerr=False)
     path = _recorded.get(state) if state is not None else None
-    if path is None:
+    if path is None or state is None:
         return
     session = state.session
     recorder = getattr(session, "_recorder", None) if session is not None else None

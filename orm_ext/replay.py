@@ -16,7 +16,6 @@ import sys
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 from sqlalchemy import delete, insert, select, update
@@ -263,7 +262,9 @@ class Replay:
             setattr(obj, key, self.resolve_value(value))
         for key, (ref, attribute) in op.get("refs", {}).items():
             setattr(obj, key, self.key_of(ref)[attribute])
-        self._set_links(obj, mapper, op.get("links", {}), op.get("added", {}), op.get("removed", {}))
+        self._set_links(
+            obj, mapper, op.get("links", {}), op.get("added", {}), op.get("removed", {})
+        )
 
     def _delete(self, sequence: int, mapper: Mapper[Any], op: dict[str, Any]) -> None:
         obj = self.target(op["target"], mapper, lock=True)
@@ -273,7 +274,9 @@ class Replay:
         if self._matches(sequence, mapper, op, obj):
             self.session.delete(obj)
 
-    def _matches(self, sequence: int, mapper: Mapper[Any], op: dict[str, Any], obj: object | None) -> bool:
+    def _matches(
+        self, sequence: int, mapper: Mapper[Any], op: dict[str, Any], obj: object | None
+    ) -> bool:
         """Check a recorded update/delete against the row; apply the policy on a conflict."""
         if obj is None:
             return self._conflict(sequence, mapper, op, None, missing=True)

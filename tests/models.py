@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+from typing import Any, ClassVar
 
 from sqlalchemy import Column, ForeignKey, Integer, Numeric, String, Table, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -112,4 +113,4 @@ class Account(Base):
     opened: Mapped[dt.date | None]
     note: Mapped[str | None] = mapped_column(String(200), deferred=True)
     revision: Mapped[int] = mapped_column(Integer, nullable=False)
-    __mapper_args__ = {"version_id_col": revision}
+    __mapper_args__: ClassVar[dict[str, Any]] = {"version_id_col": revision}

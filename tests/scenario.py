@@ -28,7 +28,9 @@ class StatementLog:
     def writes(self) -> list[str]:
         """The INSERT, UPDATE and DELETE statements seen so far."""
         return [
-            s for s in self.statements if s.lstrip().split(None, 1)[0].upper()
+            s
+            for s in self.statements
+            if s.lstrip().split(None, 1)[0].upper()
             in {"INSERT", "UPDATE", "DELETE", "REPLACE", "MERGE"}
         ]
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import sqlalchemy as sa
-from conftest import Backend
+
+from tests.conftest import Backend
 
 
 def test_databases_are_reachable_distinct_and_empty(backend: Backend) -> None:

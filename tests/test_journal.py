@@ -29,7 +29,12 @@ KEY = b"k" * 32
 
 
 def operation(i: int) -> dict[str, object]:
-    return {"op": "insert", "table": "asset", "ref": f"new:{i}", "values": {"id": i, "name": f"n{i}"}}
+    return {
+        "op": "insert",
+        "table": "asset",
+        "ref": f"new:{i}",
+        "values": {"id": i, "name": f"n{i}"},
+    }
 
 
 def write_journal(path: Path, batches: int = 3, size: int = 5, *, key: bytes | None = None) -> None:
@@ -204,7 +209,7 @@ def test_failing_commit_raises_within_bounded_time(tmp_path: Path) -> None:
         try:
             writer.append([operation(1)])
             outcome.append(None)
-        except BaseException as err:  # noqa: BLE001 - handed to the test thread
+        except BaseException as err:
             outcome.append(err)
 
     thread = threading.Thread(target=commit, daemon=True)
@@ -293,9 +298,8 @@ def test_tail_of_file_truncated(tmp_path: Path) -> None:
     write_journal(path, batches=40, size=50)
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(JournalCorruptError):
-        with Journal(path) as journal:
-            journal.verify()
+    with pytest.raises(JournalCorruptError), Journal(path) as journal:
+        journal.verify()
 
 
 def test_wrong_key(tmp_path: Path) -> None:
@@ -307,7 +311,9 @@ def test_wrong_key(tmp_path: Path) -> None:
             journal.verify()
 
 
-def test_signed_journal_without_key_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_signed_journal_without_key_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A signed journal cannot be verified or read without its key."""
     monkeypatch.delenv("ORM_JOURNAL_KEY", raising=False)
     path = tmp_path / "ops.dbm"
@@ -418,9 +424,7 @@ def test_tampered_dill_payload_never_runs(tmp_path: Path, trusted: bool) -> None
     conn = raw(path)
     value = conn.execute("SELECT value FROM records WHERE key = ?", (f"{1:012d}",)).fetchone()[0]
     evil = codec.encode([1, [{"op": "insert", "values": {"blob": _CreatesFile(str(victim))}}]])
-    conn.execute(
-        "UPDATE records SET value = ? WHERE key = ?", (value[:37] + evil, f"{1:012d}")
-    )
+    conn.execute("UPDATE records SET value = ? WHERE key = ?", (value[:37] + evil, f"{1:012d}"))
     conn.close()
     with Journal(path, key=KEY) as journal:
         with pytest.raises(JournalSignatureError):

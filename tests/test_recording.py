@@ -18,9 +18,7 @@ from tests.models import (
     Account,
     Asset,
     AssetVersion,
-    Base,
     Component,
-    ComponentLocation,
     Node,
     Post,
     Tag,
@@ -151,9 +149,7 @@ def test_orm_statements_are_recorded_not_executed(world: Any, tmp_path: Path) ->
     with world.sessions() as session:
         world.log.clear()
         with session.deferred_operations(path):
-            session.execute(
-                update(Task).where(Task.name == "compositing").values(name="comp")
-            )
+            session.execute(update(Task).where(Task.name == "compositing").values(name="comp"))
             session.execute(delete(Task).where(Task.name.in_(["x", "y"]), Task.id > 5))
             session.execute(insert(Task), [{"name": "a"}, {"name": "b"}])
         assert world.log.writes() == []
@@ -285,9 +281,8 @@ def test_existing_path_and_nesting_are_refused(world: Any, tmp_path: Path) -> No
                 with session.deferred_operations(tmp_path / "inner.dbm"):
                     pass
         before = path.read_bytes()
-        with pytest.raises(FileExistsError):
-            with session.deferred_operations(path):
-                pass
+        with pytest.raises(FileExistsError), session.deferred_operations(path):
+            pass
         assert path.read_bytes() == before
         with session.deferred_operations(path, overwrite=True):
             pass
@@ -297,11 +292,10 @@ def test_existing_path_and_nesting_are_refused(world: Any, tmp_path: Path) -> No
 def test_second_session_on_the_same_path_is_locked_out(world: Any, tmp_path: Path) -> None:
     """Two sessions recording into one path: the second gets JournalLockedError."""
     path = tmp_path / "ops.dbm"
-    with world.sessions() as first, world.sessions() as second:
-        with first.deferred_operations(path):
-            with pytest.raises(JournalLockedError):
-                with second.deferred_operations(path, overwrite=True):
-                    pass
+    with world.sessions() as first, world.sessions() as second, first.deferred_operations(path):
+        with pytest.raises(JournalLockedError):
+            with second.deferred_operations(path, overwrite=True):
+                pass
 
 
 def test_pending_changes_before_the_block_are_refused(world: Any, tmp_path: Path) -> None:

@@ -118,7 +118,11 @@ def test_recorded_in_one_process_replayed_in_another(backend: Backend, tmp_path:
     def run(mode: str) -> str:
         done = subprocess.run(
             [sys.executable, "-c", script, backend.url, str(path), mode],
-            cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
         )
         assert done.returncode == 0, done.stderr
         return done.stdout.strip()
@@ -154,7 +158,10 @@ def test_concurrent_replayers_apply_exactly_once(backend: Backend, tmp_path: Pat
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", script, backend.url, str(path), connect_args, str(start)],
-            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         for _ in range(4)
     ]
@@ -220,7 +227,7 @@ def test_nothing_visible_until_commit_and_one_connection(
             try:
                 with observer.connect() as conn:
                     counts.append(conn.execute(text("SELECT COUNT(*) FROM task")).scalar_one())
-            except Exception:  # noqa: BLE001 - SQLite may be locked while the replay writes
+            except Exception:
                 pass
             time.sleep(0.002)
 
@@ -302,9 +309,7 @@ def test_conflict_skip_leaves_conflicting_operations_out(
 
 
 @pytest.mark.parametrize("policy", ["fail", "overwrite"])
-def test_missing_row_is_a_conflict(
-    databases: tuple[Any, Any], tmp_path: Path, policy: str
-) -> None:
+def test_missing_row_is_a_conflict(databases: tuple[Any, Any], tmp_path: Path, policy: str) -> None:
     """An update of a row deleted since is a conflict, even with overwrite."""
     b, path = conflict_setup(databases, tmp_path)
     with Session(b) as session:
@@ -334,15 +339,29 @@ def test_schema_drift_is_refused_before_any_write(
     record(b, path, record_seed_scenario)
     with JournalWriter.create(tmp_path / "drift.dbm") as writer:
         writer.append(
-            [{"op": "insert", "class": "tests.models:Task", "table": "task", "ref": 1,
-              "values": {"name": "x"}}]
+            [
+                {
+                    "op": "insert",
+                    "class": "tests.models:Task",
+                    "table": "task",
+                    "ref": 1,
+                    "values": {"name": "x"},
+                }
+            ]
         )
-        writer.seal(meta={
-            "classes": ["tests.models:Task"],
-            "schema": {"task": {"columns": {"id": {"type": "INTEGER", "nullable": False,
-                                                    "primary_key": True}},
-                                "foreign_keys": []}},
-        })
+        writer.seal(
+            meta={
+                "classes": ["tests.models:Task"],
+                "schema": {
+                    "task": {
+                        "columns": {
+                            "id": {"type": "INTEGER", "nullable": False, "primary_key": True}
+                        },
+                        "foreign_keys": [],
+                    }
+                },
+            }
+        )
     before = table_rows(b)
     with pytest.raises(SchemaMismatchError) as caught:
         replay(b, tmp_path / "drift.dbm")
@@ -369,8 +388,17 @@ def test_unmapped_class_is_refused(databases: tuple[Any, Any], tmp_path: Path) -
     """A journal naming a class this process has not mapped is refused, not imported."""
     _, b = databases
     with JournalWriter.create(tmp_path / "ops.dbm") as writer:
-        writer.append([{"op": "insert", "class": "no.such.module:Thing", "table": "thing",
-                        "ref": 1, "values": {}}])
+        writer.append(
+            [
+                {
+                    "op": "insert",
+                    "class": "no.such.module:Thing",
+                    "table": "thing",
+                    "ref": 1,
+                    "values": {},
+                }
+            ]
+        )
         writer.seal(meta={"classes": ["no.such.module:Thing"], "schema": {}})
     with pytest.raises(SchemaMismatchError, match="not a mapped class"):
         replay(b, tmp_path / "ops.dbm")
@@ -492,7 +520,10 @@ def test_sigkill_mid_replay_then_rerun(backend: Backend, tmp_path: Path) -> None
     before = table_rows(engine)
     proc = subprocess.Popen(
         [sys.executable, "-c", CRASH_REPLAYER, backend.url, str(path)],
-        cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        cwd=REPO,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert proc.stdout is not None and proc.stdout.readline().strip() == "busy"
     os.kill(proc.pid, signal.SIGKILL)
@@ -533,7 +564,7 @@ def test_connection_terminated_mid_replay(backend: Backend, tmp_path: Path) -> N
                 pid = conn.exec_driver_sql("SELECT CONNECTION_ID()").scalar()
                 other.exec_driver_sql(f"KILL {int(pid)}")
 
-    with pytest.raises(DeferredOperationError, match="(?i)nothing was applied"):
+    with pytest.raises(DeferredOperationError, match=r"(?i)nothing was applied"):
         replay(replayer, path)
     assert table_rows(engine) == before
     event.remove(replayer, "before_cursor_execute", kill_own_connection)
@@ -548,7 +579,9 @@ def test_ledger_created_by_migration(databases: tuple[Any, Any], tmp_path: Path)
     record(b, path, record_seed_scenario)
     result = replay(b, path)
     with b.connect() as conn:
-        rows = conn.execute(text("SELECT journal_id, operation_count FROM orm_journal_ledger")).all()
+        rows = conn.execute(
+            text("SELECT journal_id, operation_count FROM orm_journal_ledger")
+        ).all()
         version = conn.execute(text("SELECT version_num FROM orm_journal_alembic_version")).all()
     assert rows == [(result.journal_id, 4)]
     assert len(version) == 1
@@ -603,7 +636,9 @@ def test_link_to_a_row_deleted_since_is_a_conflict(
     """An insert linking to a row that is gone at replay raises ReplayConflictError."""
     _, b = databases
     path = tmp_path / "ops.dbm"
-    record(b, path, lambda s: s.add(Component(name="x", version=s.scalars(select(AssetVersion)).one())))
+    record(
+        b, path, lambda s: s.add(Component(name="x", version=s.scalars(select(AssetVersion)).one()))
+    )
     with b.begin() as conn:
         conn.execute(text("DELETE FROM component_location"))
         conn.execute(text("DELETE FROM component"))
