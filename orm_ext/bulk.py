@@ -96,9 +96,9 @@ def _bulk_plan(replay: Replay, numbered: list[tuple[int, dict[str, Any]]]) -> Bu
         refs_here[op["ref"]] = mapper
     for mapper, ops in by_mapper.items():
         for _, op in ops:
-            for key, target in op.get("links", {}).items():
-                if isinstance(target, list) and mapper.relationships[key].uselist:
-                    return None  # a collection recorded on this side
+            if "added" in op:
+                return None  # a collection recorded on this side
+            for target in op.get("links", {}).values():
                 if isinstance(target, int) and refs_here.get(target) is mapper:
                     return None  # row-level order within one table
             for ref, _attribute in op.get("refs", {}).values():

@@ -105,7 +105,7 @@ def describe(state: ORMExecuteState, path: str | os.PathLike[str]) -> dict[str, 
         refuse("RETURNING rows are only known at replay")
     operation: dict[str, Any] = {
         "class": class_path(mapper.class_),
-        "table": mapper.local_table.description,
+        "table": str(mapper.local_table.description),
     }
     parameters = state.parameters
     rows = parameters if isinstance(parameters, list) else None

@@ -22,7 +22,7 @@ def describe_table(tbl: Table) -> dict[str, Any]:
     """Return the JSON-compatible description of ``tbl`` that fingerprints compare."""
     return {
         "columns": {
-            col.name: {
+            str(col.name): {
                 "type": _type_name(col.type),
                 "nullable": bool(col.nullable),
                 "primary_key": bool(col.primary_key),

@@ -10,7 +10,8 @@ resolves to the keys the database assigns.
 Operations are plain dictionaries (encoded by :mod:`journal.codec`)::
 
     {"op": "insert", "class": "app.models:Asset", "table": "asset", "ref": 1,
-     "values": {...}, "refs": {attr: [ref, pk attr]}, "links": {relationship: target}}
+     "values": {...}, "refs": {attr: [ref, pk attr]}, "links": {many-to-one: target},
+     "added": {collection: [target, ...]}}
     {"op": "update", ..., "target": target, "values": {...}, "old": {...},
      "version": [old, new], "links": {...}, "added": {...}, "removed": {...}}
     {"op": "delete", ..., "target": target, "old": {...}, "version": old}
@@ -117,7 +118,7 @@ def _make_plan(mapper: Mapper[Any]) -> _MapperPlan:
     for prop in mapper.column_attrs:
         if len(prop.columns) != 1 or not isinstance(prop.columns[0], sqlalchemy.Column):
             continue  # column_property() expressions are read-only: nothing to record
-        columns.append(prop.key)
+        columns.append(str(prop.key))
         default = prop.columns[0].default
         if default is not None and getattr(default, "is_scalar", False):
             defaults.append((prop.key, default.arg))  # type: ignore[attr-defined]
@@ -141,9 +142,9 @@ def _make_plan(mapper: Mapper[Any]) -> _MapperPlan:
         version = mapper.get_property_by_column(mapper.version_id_col).key
     return _MapperPlan(
         class_path=class_path(mapper.class_),
-        table=mapper.local_table.fullname
-        if isinstance(mapper.local_table, sqlalchemy.Table)
-        else str(mapper.local_table),
+        # str(): SQLAlchemy names are quoted_name, a str subclass the codec would not
+        # store as plain text.
+        table=str(mapper.local_table.description),
         columns=tuple(columns),
         scalar_defaults=tuple(defaults),
         primary_key=tuple(mapper.get_property_by_column(c).key for c in mapper.primary_key),
@@ -371,7 +372,7 @@ class Recorder:
     def _note_tables(self, plan: _MapperPlan) -> None:
         self.classes.add(plan.class_path)
         for tbl in (*plan.tables, *plan.secondary):
-            self.tables.setdefault(tbl.fullname, tbl)
+            self.tables.setdefault(str(tbl.fullname), tbl)
 
     def _insert(self, state: InstanceState[Any]) -> dict[str, Any]:
         plan = plan_for(state.mapper)
@@ -386,6 +387,7 @@ class Recorder:
             if refs.get(key) == [state.info[REF], key]:
                 del refs[key]  # its own placeholder: the database assigns the key
         links: dict[str, Any] = {}
+        added: dict[str, list[Any]] = {}
         for key, many_to_one in plan.relationships:
             value = data.get(key)
             if value is None:
@@ -393,7 +395,7 @@ class Recorder:
             if many_to_one:
                 links[key] = self._target(sqlalchemy.inspect(value), state, key)
             elif value:
-                links[key] = [self._target(sqlalchemy.inspect(v), state, key) for v in value]
+                added[key] = [self._target(sqlalchemy.inspect(v), state, key) for v in value]
         # Leave the object as a flush would: foreign keys synchronised from its
         # many-to-one targets, and collections known to hold only what this block added.
         self._sync_foreign_keys(state, plan, links)
@@ -411,6 +413,8 @@ class Recorder:
             operation["refs"] = refs
         if links:
             operation["links"] = links
+        if added:
+            operation["added"] = added
         return operation
 
     def _update(

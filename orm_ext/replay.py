@@ -9,6 +9,7 @@ of plain inserts go through bulk ``INSERT ... RETURNING`` instead (see
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import socket
@@ -18,7 +19,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, insert, select, text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Mapper, Session, class_mapper
 from sqlalchemy.orm.exc import UnmappedClassError
@@ -46,6 +47,8 @@ class ReplayResult:
     :ivar identities: each placeholder of the journal → the value the database assigned.
     :ivar conflicts: with ``on_conflict="skip"``, the conflicts left out.
     :ivar duration: seconds spent.
+    :ivar busy: with ``if_busy="skip"``, another replayer was applying this journal at
+        that moment, so this call left it alone (``applied`` is False).
     """
 
     journal_id: str
@@ -54,6 +57,7 @@ class ReplayResult:
     identities: dict[Placeholder, Any] = field(default_factory=dict)
     conflicts: list[ReplayConflictError] = field(default_factory=list)
     duration: float = 0.0
+    busy: bool = False
 
 
 class Replay:
@@ -230,9 +234,6 @@ class Replay:
     ) -> None:
         for key, target in links.items():
             prop = mapper.relationships[key]
-            if isinstance(target, list) and prop.uselist:
-                added = {**added, key: [*added.get(key, ()), *target]}
-                continue
             value = None if target is None else self.target(target, prop.mapper, lock=False)
             if value is None and target is not None:
                 raise bulk.missing_target(self, self._sequence, self._op, prop.mapper, target)
@@ -385,8 +386,14 @@ def reconnect_and_commit(
     key: bytes | str | None,
     on_conflict: ConflictPolicy = "fail",
     allow_schema_drift: bool = False,
+    if_busy: Literal["wait", "skip"] = "wait",
 ) -> ReplayResult:
-    """Apply the journal at ``path`` through ``session`` in one transaction, exactly once."""
+    """Apply the journal at ``path`` through ``session`` in one transaction, exactly once.
+
+    :param if_busy: what to do when another replayer is applying the same journal right
+        now: ``"wait"`` for it (then ``applied=False``), or ``"skip"`` at once with
+        ``busy=True`` (PostgreSQL and MariaDB; SQLite serialises writers and waits).
+    """
     started = time.monotonic()
     if on_conflict not in _POLICIES:
         raise ValueError(f"on_conflict must be one of {', '.join(_POLICIES)}, not {on_conflict!r}")
@@ -410,18 +417,33 @@ def reconnect_and_commit(
         session.rollback()
         replay = Replay(session, journal, on_conflict)
         _ensure_ledger(session)
+        locked = False
         try:
             connection = session.connection()
             _check_schema(replay, connection, header.meta, allow_schema_drift)
+            if if_busy == "skip":
+                if not _try_lock(connection, journal_id):
+                    session.rollback()
+                    return ReplayResult(
+                        journal_id, False, count, duration=time.monotonic() - started, busy=True
+                    )
+                locked = True
             if not _claim(connection, journal_id, count, header.digest or ""):
+                if locked:
+                    _unlock(connection, journal_id)
                 session.rollback()
                 return ReplayResult(journal_id, False, count, duration=time.monotonic() - started)
             # Links are set while objects of the batch are still incomplete; an autoflush
             # in between (a lookup of a target) would insert them half-built.
             with session.no_autoflush:
                 replay.apply()
+            if locked:
+                _unlock(connection, journal_id)
             session.commit()
         except BaseException as err:
+            if locked:
+                with contextlib.suppress(SQLAlchemyError):
+                    _unlock(session.connection(), journal_id)
             session.rollback()
             if isinstance(err, DBAPIError) and not isinstance(err, IntegrityError):
                 raise DeferredOperationError(
@@ -469,6 +491,40 @@ def _table_names(conn: Any) -> list[str]:
     return list(inspect(conn).get_table_names())
 
 
+def _try_lock(connection: Any, journal_id: str) -> bool:
+    """Take a non-blocking advisory lock on the journal id; False if another holds it.
+
+    Only an optimisation for many replayers sharing a directory of journals (they skip
+    what another is applying instead of queueing behind it); the ledger's primary key is
+    what guarantees exactly-once.
+    """
+    name = connection.dialect.name
+    if name == "postgresql":
+        return bool(
+            connection.execute(
+                text("SELECT pg_try_advisory_xact_lock(hashtextextended(:id, 0))"),
+                {"id": journal_id},
+            ).scalar()
+        )
+    if name in ("mysql", "mariadb"):
+        return bool(
+            connection.execute(
+                text("SELECT GET_LOCK(:name, 0)"), {"name": f"orm_journal:{journal_id}"}
+            ).scalar()
+        )
+    return True
+
+
+def _unlock(connection: Any, journal_id: str) -> None:
+    # PostgreSQL's transaction-level lock ends with the transaction; MariaDB's belongs to
+    # the connection, which goes back to the pool. Released before COMMIT, the ledger row
+    # still stops anyone who gets the lock in between.
+    if connection.dialect.name in ("mysql", "mariadb"):
+        connection.execute(
+            text("SELECT RELEASE_LOCK(:name)"), {"name": f"orm_journal:{journal_id}"}
+        )
+
+
 def _claim(connection: Any, journal_id: str, count: int, digest: str) -> bool:
     """Insert the journal's ledger row first; False if another replay has it.
 
@@ -513,7 +569,7 @@ def _check_schema(
             continue
         plan = plan_for(mapper)
         for table in (*plan.tables, *plan.secondary):
-            current[table.fullname] = describe_table(table)
+            current[str(table.fullname)] = describe_table(table)
     differences.extend(diff_schemas(recorded, current))
     revision = meta.get("alembic_revision")
     if revision is not None:

@@ -1,0 +1,101 @@
+"""The ``orm-journal`` command line: a parser built around :mod:`orm_ext.commands`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from collections.abc import Sequence
+from typing import Any
+
+from rich.console import Console
+
+from journal import JournalError
+from orm_ext import commands
+
+__all__ = ["build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the parser; each subcommand's ``func`` is the command function it calls."""
+    parser = argparse.ArgumentParser(
+        prog="orm-journal",
+        description="Record, inspect, verify and replay orm-journal journals.",
+    )
+    parser.add_argument(
+        "--traceback", action="store_true", help="show the full traceback of an error"
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = sub.add_parser("demo", help="run the seed scenario end to end on SQLite")
+    demo.add_argument("--directory", help="where to put the demo files (default: a temp dir)")
+    demo.set_defaults(func=lambda a, c: commands.demo(directory=a.directory, console=c))
+
+    key_help = "HMAC key of signed journals (default: $ORM_JOURNAL_KEY)"
+    inspect = sub.add_parser("inspect", help="show a journal's header and operations")
+    inspect.add_argument("path")
+    inspect.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    inspect.add_argument(
+        "--unsafe", action="store_true", help="decode dill values (runs code from the journal)"
+    )
+    inspect.add_argument("--key", help=key_help)
+    inspect.set_defaults(
+        func=lambda a, c: commands.inspect(
+            a.path, as_json=a.json, unsafe=a.unsafe, key=a.key, console=c
+        )
+    )
+
+    verify = sub.add_parser("verify", help="check a journal; exit status 0 if it can be replayed")
+    verify.add_argument("path")
+    verify.add_argument("--key", help=key_help)
+    verify.set_defaults(func=lambda a, c: commands.verify(a.path, key=a.key, console=c))
+
+    replay = sub.add_parser("replay", help="apply journals to a database, each exactly once")
+    replay.add_argument("url", help="SQLAlchemy database URL")
+    replay.add_argument("paths", nargs="+", metavar="PATH", help="journal files or directories")
+    replay.add_argument(
+        "--models",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import this module first (the application's mapped classes); repeatable",
+    )
+    replay.add_argument("--on-conflict", choices=("fail", "overwrite", "skip"), default="fail")
+    replay.add_argument("--allow-schema-drift", action="store_true")
+    replay.add_argument("--key", help=key_help)
+    replay.set_defaults(
+        func=lambda a, c: commands.replay(
+            a.url,
+            a.paths,
+            models=a.models,
+            on_conflict=a.on_conflict,
+            allow_schema_drift=a.allow_schema_drift,
+            key=a.key,
+            console=c,
+        )
+    )
+
+    init_db = sub.add_parser("init-db", help="create the ledger table (Alembic migration)")
+    init_db.add_argument("url", help="SQLAlchemy database URL")
+    init_db.set_defaults(func=lambda a, c: commands.init_db(a.url, console=c))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, console: Console | None = None) -> int:
+    """Run the command line; return the exit status (errors are one line on stderr)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    out = console or Console()
+    try:
+        status: Any = args.func(args, out)
+    except (commands.CommandError, JournalError, OSError, ValueError) as err:
+        if args.traceback:
+            traceback.print_exc()
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"orm-journal {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    return int(status)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
