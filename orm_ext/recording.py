@@ -28,7 +28,7 @@ import decimal
 import os
 import uuid
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -198,6 +198,7 @@ class Recorder:
         self.classes: set[str] = set()
         self.next_ref = 1
         self.saved_expire_on_commit = session.expire_on_commit
+        self.io: JournalIO = _call
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -223,13 +224,16 @@ class Recorder:
                 "back before entering deferred_operations",
                 path=path,
             )
-        writer = JournalWriter.create(
+        io = journal_io(session)
+        writer = io(
+            JournalWriter.create,
             path,
             overwrite=overwrite,
             key=key,
             versions={"sqlalchemy": sqlalchemy.__version__},
         )
         recorder = cls(session, writer, _alembic_revision(session))
+        recorder.io = io
         for transaction in (session.get_transaction(), session.get_nested_transaction()):
             if transaction is not None:
                 recorder.marks[transaction] = recorder.origin
@@ -243,12 +247,13 @@ class Recorder:
         session = self.session
         try:
             session.flush()
-            self.writer.seal(
+            self.io(
+                self.writer.seal,
                 meta={
                     "alembic_revision": self.alembic_revision,
                     "classes": sorted(self.classes),
                     "schema": {name: describe_table(t) for name, t in sorted(self.tables.items())},
-                }
+                },
             )
         except BaseException:
             self._detach()
@@ -279,7 +284,7 @@ class Recorder:
 
     def rolled_back(self, transaction: SessionTransaction) -> None:
         target = self.marks.get(transaction, self.origin)
-        self.writer.rewind(target)
+        self.io(self.writer.rewind, target)
         self.handle.operations = self.writer.operations
         # SQLAlchemy has just expired the objects, as after a database rollback; show
         # each recorded object as the journal now has it, as a reload would.
@@ -343,7 +348,7 @@ class Recorder:
         self._fill_old_values(operations)
 
         if operations:
-            self.writer.append(operations)
+            self.io(self.writer.append, operations)
             self.handle.operations = self.writer.operations
         _mark_flushed(session, new, dirty, deleted)
         path = str(self.path)
@@ -587,7 +592,7 @@ class Recorder:
         if mapper is not None:
             self._note_tables(plan_for(mapper))
         self.session.flush()
-        self.writer.append([operation])
+        self.io(self.writer.append, [operation])
         self.handle.operations = self.writer.operations
         return dml.empty_result()
 
@@ -599,6 +604,21 @@ _FLUSHED: Final = "_orm_journal_flushed"
 # Objects recorded into a journal, with the journal's path: they must never be attached
 # to a session again. Weak, so recorded objects are freed as soon as the user drops them.
 _recorded: weakref.WeakKeyDictionary[InstanceState[Any], str] = weakref.WeakKeyDictionary()
+
+
+JournalIO = Callable[..., Any]
+"""Runs a blocking journal call: ``io(function, *args, **kwargs)`` returns its result."""
+
+
+def _call(function: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+    return function(*args, **kwargs)
+
+
+def journal_io(session: Session) -> JournalIO:
+    """How ``session`` runs blocking journal file I/O (fsync): directly, unless the async
+    session installed a runner that keeps the event loop free (``_journal_io``)."""
+    runner: JournalIO | None = getattr(session, "_journal_io", None)
+    return runner or _call
 
 
 def _state(obj: object) -> InstanceState[Any]:
