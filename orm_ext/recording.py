@@ -218,7 +218,7 @@ class Recorder:
                 "deferred_operations, or they would be recorded as part of the journal",
                 path=path,
             )
-        if getattr(session, _FLUSHED, False):
+        if has_flushed_changes(session):
             raise DeferredOperationError(
                 "the session's transaction holds flushed, uncommitted changes; commit or roll "
                 "back before entering deferred_operations",
@@ -619,6 +619,11 @@ def journal_io(session: Session) -> JournalIO:
     session installed a runner that keeps the event loop free (``_journal_io``)."""
     runner: JournalIO | None = getattr(session, "_journal_io", None)
     return runner or _call
+
+
+def has_flushed_changes(session: Session) -> bool:
+    """Whether the session's transaction holds writes flushed but not yet committed."""
+    return bool(getattr(session, _FLUSHED, False))
 
 
 def _state(obj: object) -> InstanceState[Any]:

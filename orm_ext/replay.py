@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from sqlalchemy import delete, insert, select, text, update
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Mapper, Session, class_mapper
 from sqlalchemy.orm.exc import UnmappedClassError
@@ -28,7 +29,7 @@ from journal import Journal
 from orm_ext import bulk, dml, ledger
 from orm_ext.exc import DeferredOperationError, ReplayConflictError, SchemaMismatchError
 from orm_ext.fingerprint import describe_table, diff_schemas, read_alembic_revision
-from orm_ext.recording import plan_for
+from orm_ext.recording import has_flushed_changes, plan_for
 from orm_ext.references import Placeholder
 
 __all__ = ["ConflictPolicy", "Replay", "ReplayResult"]
@@ -403,10 +404,15 @@ def reconnect_and_commit(
             "being recorded; leave the block first",
             path=path,
         )
-    if session.new or session.deleted or any(session.is_modified(o) for o in session.dirty):
+    if (
+        session.new
+        or session.deleted
+        or any(session.is_modified(o) for o in session.dirty)
+        or has_flushed_changes(session)
+    ):
         raise DeferredOperationError(
-            "the session has pending changes; commit or discard them before replaying a "
-            "journal, so that only the journal's operations are committed",
+            "the session has pending or flushed, uncommitted changes; commit or roll back "
+            "before replaying a journal, so that only the journal's operations are committed",
             path=path,
         )
     with Journal(path, key=key) as journal:
@@ -571,6 +577,7 @@ def _check_schema(
         for table in (*plan.tables, *plan.secondary):
             current[str(table.fullname)] = describe_table(table)
     differences.extend(diff_schemas(recorded, current))
+    differences.extend(_missing_in_database(connection, recorded))
     revision = meta.get("alembic_revision")
     if revision is not None:
         now = read_alembic_revision(connection)
@@ -584,6 +591,25 @@ def _check_schema(
             differences=differences,
             path=replay.path,
         )
+
+
+def _missing_in_database(connection: Any, recorded: Mapping[str, Any]) -> list[str]:
+    """Tables and columns the journal writes that the database does not have.
+
+    Only presence is compared: reflected types differ between dialects in spelling, and
+    the mapping comparison above already covers what the journal assumes of types.
+    """
+    inspector = sa_inspect(connection)
+    lines = []
+    for name, description in sorted(recorded.items()):
+        schema, _, table = name.rpartition(".")
+        if not inspector.has_table(table, schema=schema or None):
+            lines.append(f"table {name}: missing in the database")
+            continue
+        present = {c["name"] for c in inspector.get_columns(table, schema=schema or None)}
+        for column in sorted(set(description.get("columns", {})) - present):
+            lines.append(f"table {name}: column {column} missing in the database")
+    return lines
 
 
 def _recorded_classes(replay: Replay) -> Iterator[str]:

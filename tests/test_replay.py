@@ -370,6 +370,55 @@ def test_schema_drift_is_refused_before_any_write(
     assert replay(b, tmp_path / "drift.dbm", allow_schema_drift=True).applied
 
 
+@pytest.mark.parametrize(
+    ("recorded_type", "difference"),
+    [("VARCHAR(50)", "column name changed: type 'VARCHAR(50)' -> 'VARCHAR(100)'")],
+)
+def test_type_change_is_refused(
+    databases: tuple[Any, Any], tmp_path: Path, recorded_type: str, difference: str
+) -> None:
+    """A column whose type differs from the recording's is a schema mismatch."""
+    _, b = databases
+    path = tmp_path / "ops.dbm"
+    columns = {
+        "id": {"type": "INTEGER", "nullable": False, "primary_key": True},
+        "name": {"type": recorded_type, "nullable": False, "primary_key": False},
+    }
+    with JournalWriter.create(path) as writer:
+        writer.append(
+            [
+                {
+                    "op": "insert",
+                    "class": "tests.models:Task",
+                    "table": "task",
+                    "ref": 1,
+                    "values": {"name": "x"},
+                }
+            ]
+        )
+        writer.seal(
+            meta={
+                "classes": ["tests.models:Task"],
+                "schema": {"task": {"columns": columns, "foreign_keys": []}},
+            }
+        )
+    with pytest.raises(SchemaMismatchError) as caught:
+        replay(b, path)
+    assert difference in caught.value.differences[0]
+
+
+def test_table_missing_in_database_is_refused(databases: tuple[Any, Any], tmp_path: Path) -> None:
+    """A journal writing a table the database no longer has is refused before any write."""
+    _, b = databases
+    path = tmp_path / "ops.dbm"
+    record(b, path, lambda s: s.add(Post(title="x")))
+    with b.begin() as conn:
+        conn.execute(text("DROP TABLE post_tag"))
+        conn.execute(text("DROP TABLE post"))
+    with pytest.raises(SchemaMismatchError, match="table post: missing in the database"):
+        replay(b, path)
+
+
 def test_alembic_revision_moved_is_refused(databases: tuple[Any, Any], tmp_path: Path) -> None:
     """A journal recorded at another Alembic revision than the database's is refused."""
     _, b = databases
@@ -440,7 +489,10 @@ def test_refused_with_pending_changes_or_inside_a_block(
     record(b, path, record_seed_scenario)
     with make_sessions(b)() as session:
         session.add(Task(name="pending"))
-        with pytest.raises(DeferredOperationError, match="pending changes"):
+        with pytest.raises(DeferredOperationError, match="pending or flushed"):
+            session.reconnect_and_commit(path)
+        session.flush()
+        with pytest.raises(DeferredOperationError, match="pending or flushed"):
             session.reconnect_and_commit(path)
         session.rollback()
         with session.deferred_operations(tmp_path / "other.dbm"):
