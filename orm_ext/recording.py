@@ -531,7 +531,7 @@ class Recorder:
         ref = state.info.get(REF)
         if ref is not None:
             return ref
-        if state.key is None or state.deleted or (state.detached and state.key is None):
+        if state.key is None:
             where = f" (referenced by {_describe(owner)}.{key})" if owner is not None else ""
             raise DeferredOperationError(
                 f"{_describe(state)}{where} is not part of the session; add it to the session "
