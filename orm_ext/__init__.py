@@ -12,6 +12,7 @@ from journal.exc import (
     JournalLockedError,
     JournalSignatureError,
 )
+from orm_ext.aio import AsyncJournalingSession
 from orm_ext.exc import DeferredOperationError, ReplayConflictError, SchemaMismatchError
 from orm_ext.memo import QueryMemo
 from orm_ext.recording import DeferredOperations
@@ -20,6 +21,7 @@ from orm_ext.replay import ReplayResult
 from orm_ext.session import JournalingSession
 
 __all__ = [
+    "AsyncJournalingSession",
     "DeferredOperationError",
     "DeferredOperations",
     "JournalCorruptError",

@@ -267,7 +267,7 @@ class Recorder:
     def _detach(self) -> None:
         session = self.session
         session._recorder = None  # type: ignore[attr-defined]
-        self.writer.close()
+        self.io(self.writer.close)
         session.expire_on_commit = self.saved_expire_on_commit
         for state in session.identity_map.all_states():
             state.info.pop(SHADOW, None)

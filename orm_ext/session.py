@@ -8,7 +8,7 @@ does); outside the three context managers the session behaves as a plain ``Sessi
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -46,9 +46,8 @@ class JournalingSession(Session):
             raise ValueError("journal_key must not be empty")
         self.journal_key = journal_key
         self._recorder: Recorder | None = None
-        self._query_memo: QueryMemo | None = None
-        # The memo's listeners come first: they must see the unit of work before the
-        # recorder turns it into a journal batch, and answer hits before anything else.
+        # The memo attaches its listeners only while a memo block is open, placed so they
+        # see the unit of work before the recorder turns it into a journal batch.
         memo.install(self)
         recording.install(self)
 
@@ -120,6 +119,19 @@ class JournalingSession(Session):
             on_conflict=on_conflict,
             allow_schema_drift=allow_schema_drift,
         )
+
+    # SQLAlchemy has no event for these; memoized results must not outlive them.
+    def expire_all(self) -> None:
+        super().expire_all()
+        memo.invalidate(self)
+
+    def expire(self, instance: object, attribute_names: Iterable[str] | None = None) -> None:
+        super().expire(instance, attribute_names)
+        memo.invalidate(self)
+
+    def expunge_all(self) -> None:
+        super().expunge_all()
+        memo.invalidate(self)
 
     @contextmanager
     def reusing_query_results(self) -> Iterator[QueryMemo]:

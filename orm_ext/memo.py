@@ -1,0 +1,489 @@
+"""The query memo behind ``JournalingSession.reusing_query_results()`` (SPEC §6).
+
+A SELECT is keyed by the statement's structural cache key, the typed effective values of
+its bound parameters, its execution options and its bind. The first execution is frozen
+(``Result.freeze()``); identical ones are served from the same rows: no round trip, and
+the very same ORM instances, not re-merged.
+
+Nothing this session changes is served stale: pending changes are autoflushed before a
+lookup; a flush or DML statement drops the entries reading the tables it writes; raw SQL
+writes, a rollback and the end of a transaction drop everything, and so does an entry
+whose instances were deleted or expunged. Statements that must see the database pass
+through: row locks, ``populate_existing``, streaming, refresh and relationship loads,
+statements without a cache key or reading no table.
+
+The listeners are attached only while the outermost block runs, so outside a block the
+session pays nothing for the memo. The flush and state listeners go first, to see the unit
+of work before the recorder empties it; the execute listener goes last, so that it keys the
+statement as the other listeners leave it and a miss re-enters no other listener.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import re
+import uuid
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from datetime import date, datetime, time, timedelta
+from decimal import Decimal
+from typing import Any, NamedTuple
+
+from sqlalchemy import Table, event, exc, inspect
+from sqlalchemy.engine import FrozenResult, Result
+from sqlalchemy.orm import ORMExecuteState, RelationshipDirection, Session, SessionTransaction
+from sqlalchemy.sql import visitors
+from sqlalchemy.sql.expression import ColumnClause, Select, TableClause, TextClause, TextualSelect
+
+__all__ = ["QueryMemo", "install", "invalidate", "reusing_query_results"]
+
+log = logging.getLogger("orm_ext.query")
+
+# Stands for "tables the memo cannot name": an entry that read through a textual fragment is
+# dropped by every write, and a write that cannot be analysed drops every entry.
+_ANY = "*"
+# Execution options that cannot change what a SELECT returns; bind arguments that restate
+# the statement or the bind, both of which the key holds already.
+_IGNORED_OPTIONS = frozenset({"compiled_cache", "logging_token"})
+_IGNORED_BIND_ARGUMENTS = frozenset({"bind", "clause", "mapper"})
+_PASS_THROUGH_OPTIONS = ("stream_results", "yield_per", "populate_existing")
+_SELECT = re.compile(r"(?:\s+|--[^\n]*|/\*.*?\*/|\()*select\b", re.DOTALL | re.IGNORECASE)
+# The tables a statement structure reads never change and finding them compiles the ORM
+# statement, so they are kept per structure, bounded like SQLAlchemy's compiled cache.
+_READS_LIMIT = 1000
+_reads_by_structure: dict[Hashable, frozenset[str]] = {}
+
+
+class QueryMemo:
+    """The memoized results of a ``reusing_query_results()`` block, with its counters.
+
+    :ivar hits: executions answered from the memo.
+    :ivar misses: executions sent to the database and memoized.
+    :ivar invalidations: memoized results dropped because something they read changed.
+    """
+
+    __slots__ = ("_entries", "_readers", "hits", "invalidations", "misses")
+
+    def __init__(self) -> None:
+        self.hits = 0
+        self.misses = 0
+        self.invalidations = 0
+        self._entries: dict[Hashable, _Entry] = {}
+        self._readers: dict[str, set[Hashable]] = {}
+
+    def __len__(self) -> int:
+        """Return how many results are memoized."""
+        return len(self._entries)
+
+    def __repr__(self) -> str:
+        return (
+            f"<QueryMemo results={len(self)} hits={self.hits} misses={self.misses} "
+            f"invalidations={self.invalidations}>"
+        )
+
+    def clear(self) -> None:
+        """Forget every memoized result; the counters are kept."""
+        self._entries.clear()
+        self._readers.clear()
+
+    def _store(self, key: Hashable, entry: _Entry) -> None:
+        self._entries[key] = entry
+        for name in entry.reads:
+            self._readers.setdefault(name, set()).add(key)
+
+    def _invalidate(self, names: Iterable[str] | None) -> None:
+        """Drop the entries reading any of ``names``, or every entry for ``None``."""
+        if not self._entries:
+            return
+        if names is None:
+            self.invalidations += len(self._entries)
+            self.clear()
+            return
+        doomed = self._readers.pop(_ANY, set())
+        for name in names:
+            doomed.update(self._readers.pop(name, ()))
+        for key in doomed:
+            self.invalidations += 1
+            for name in self._entries.pop(key).reads:
+                self._readers.get(name, set()).discard(key)
+
+
+class _Entry(NamedTuple):
+    frozen: FrozenResult[Any]
+    unique: bool
+    reads: frozenset[str]
+    sql: str | None
+
+
+class _Unkeyable(Exception):
+    """A value the memo cannot key exactly: the statement passes through."""
+
+
+def install(session: Session) -> None:
+    """Give ``session`` its empty memo slot; listeners are attached per block, not here."""
+    session._query_memo = None  # type: ignore[attr-defined]
+
+
+def invalidate(session: Session) -> None:
+    """Drop every result memoized in ``session``'s active block, if there is one.
+
+    For the session methods that fire no event (``expire_all``, ``expire``,
+    ``expunge_all``): ``JournalingSession`` calls this after them.
+    """
+    memo: QueryMemo | None = session._query_memo  # type: ignore[attr-defined]
+    if memo is not None:
+        memo._invalidate(None)
+
+
+@contextmanager
+def reusing_query_results(session: Session) -> Iterator[QueryMemo]:
+    """Memoize ``session``'s SELECTs for the block; a nested block shares the outer memo.
+
+    The memo is cleared when the outermost block exits, also on an exception.
+    """
+    outer: QueryMemo | None = session._query_memo  # type: ignore[attr-defined]
+    if outer is not None:
+        yield outer
+        return
+    memo = QueryMemo()
+    event.listen(session, "do_orm_execute", _on_execute, retval=True)
+    for name, listener in _LISTENERS:
+        event.listen(session, name, listener, insert=True)
+    session._query_memo = memo  # type: ignore[attr-defined]
+    try:
+        yield memo
+    finally:
+        session._query_memo = None  # type: ignore[attr-defined]
+        memo.clear()
+        event.remove(session, "do_orm_execute", _on_execute)
+        for name, listener in _LISTENERS:
+            event.remove(session, name, listener)
+
+
+def _on_execute(orm_context: ORMExecuteState) -> Result[Any] | None:
+    """Answer a memoizable SELECT from the memo, or drop what a write invalidates."""
+    memo: QueryMemo | None = orm_context.session._query_memo  # type: ignore[attr-defined]
+    if memo is None:
+        return None
+    statement: Any = orm_context.statement
+    if statement.is_dml:
+        memo._invalidate(_tables_written(orm_context))
+        return None
+    if not isinstance(statement, Select):
+        text = _root_text(statement)
+        if text is not None or not statement.is_select:
+            # Raw SQL is sent as it is; unless it is a plain SELECT it may write anywhere.
+            if text is not None and _SELECT.match(text):
+                _log_query(orm_context)
+            else:
+                memo._invalidate(None)
+            return None
+    prepared = None if _must_pass_through(orm_context) else _cache_key(orm_context)
+    key = None if prepared is None else _memo_key(orm_context, *prepared)
+    if prepared is None or key is None:
+        _log_query(orm_context)
+        return None
+    entry = memo._entries.get(key)
+    if entry is not None:
+        memo.hits += 1
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("Reusing query results: %s", entry.sql or _render(orm_context))
+        return _serve(entry)
+    sql = _log_query(orm_context)
+    reads = _tables_read(prepared[0].key, statement)
+    if not reads:
+        return None  # a sequence, a clock or a constant: cheap to ask and maybe volatile
+    result = orm_context.invoke_statement()
+    entry = _Entry(result.freeze(), _requires_unique(result), reads, sql)
+    memo._store(key, entry)
+    memo.misses += 1
+    return _serve(entry)
+
+
+def _serve(entry: _Entry) -> Result[Any]:
+    result = entry.frozen()
+    # A joined eager load of a collection repeats parent rows and SQLAlchemy insists on
+    # unique() for it, which freeze() forgets: such a result is served uniqued.
+    return result.unique() if entry.unique else result
+
+
+def _must_pass_through(orm_context: ORMExecuteState) -> bool:
+    """Say whether a SELECT must reach the database whatever the memo holds."""
+    options = orm_context.execution_options
+    if orm_context.is_executemany or any(options.get(o) for o in _PASS_THROUGH_OPTIONS):
+        return True
+    if not orm_context.is_orm_statement:
+        return False
+    path = orm_context.loader_strategy_path
+    return (
+        (path is not None and not path.is_root)
+        or orm_context.is_column_load
+        or orm_context.lazy_loaded_from is not None
+    )
+
+
+def _cache_key(orm_context: ORMExecuteState) -> tuple[Any, Mapping[str, Any]] | None:
+    """Autoflush, then return the statement's cache key and ``params()`` values, or None.
+
+    One of the two functions that use SQLAlchemy internals (checked on 2.1.9): nothing
+    public shows a row lock, the legacy ``Query`` load flags or the cache key the compiled
+    cache uses, or runs the ORM's autoflush (which is skipped while a flush is running);
+    it must run here because ``do_orm_execute`` comes before SQLAlchemy's own.
+    """
+    statement: Any = orm_context.statement
+    load: Any = orm_context.load_options
+    if getattr(statement, "_for_update_arg", None) is not None:
+        return None
+    if load._populate_existing or load._yield_per:
+        return None
+    if load._autoflush:
+        orm_context.session._autoflush()
+    cache_key = statement._generate_cache_key()
+    if cache_key is None:
+        return None
+    # SQLAlchemy 2.1 keeps Select.params() values in the cache key; 2.0 has no such field.
+    return cache_key, getattr(cache_key, "params", None) or {}
+
+
+def _requires_unique(result: Result[Any]) -> bool:
+    """Say whether ``result`` raises unless ``unique()`` is called on it.
+
+    The other function that uses SQLAlchemy internals (checked on 2.1.9): the ORM marks
+    results of joined eager loads of collections so, and shows it no other way.
+    """
+    return getattr(result, "_unique_filter_state", None) is not None
+
+
+def _memo_key(
+    orm_context: ORMExecuteState, cache_key: Any, collected: Mapping[str, Any]
+) -> Hashable | None:
+    """Return the memo key of a SELECT, or None if a value cannot be keyed exactly."""
+    given: Any = orm_context.parameters or {}
+    params = {**collected, **given} if collected else given
+    bind = _bind(orm_context)
+    if bind is None:
+        return None
+    try:
+        # Resolved as the compiler resolves them: a value given to execute() or params()
+        # wins; otherwise the bound value, a callable one called (and only then).
+        values = tuple(
+            _frozen(params[b.key]) if b.key in params else _frozen(b.effective_value)
+            for b in cache_key.bindparams
+        )
+        options = _frozen_items(orm_context.execution_options, _IGNORED_OPTIONS)
+        binding = _frozen_items(orm_context.bind_arguments, _IGNORED_BIND_ARGUMENTS)
+    except _Unkeyable:
+        return None
+    return (cache_key.key, values, options, binding, bind)
+
+
+def _frozen_items(mapping: Mapping[str, Any], ignored: frozenset[str]) -> Hashable:
+    # In the mapping's order: options merged in another order only make a miss.
+    return tuple((k, _frozen(v)) for k, v in mapping.items() if k not in ignored)
+
+
+# Equal values the database can tell apart (0.0 and -0.0, Decimal("1.0") and
+# Decimal("1.00"), one instant in two time zones) are keyed by repr.
+_BY_REPR = (float, Decimal, datetime, time)
+_BY_VALUE = (type(None), bool, int, str, bytes, date, timedelta, uuid.UUID, enum.Enum, type)
+_EXACT_BY_VALUE = frozenset({type(None), bool, int, str, bytes})
+
+
+def _frozen(value: Any) -> Hashable:
+    """Return a hashable, typed snapshot of ``value`` (True, 1 and 1.0 stay apart)."""
+    kind = type(value)
+    if kind in _EXACT_BY_VALUE:
+        return (kind, value)
+    if isinstance(value, _BY_REPR):
+        return (kind, repr(value))
+    if isinstance(value, _BY_VALUE):
+        return (kind, value)
+    if isinstance(value, list | tuple):
+        return (kind, tuple(_frozen(v) for v in value))
+    if isinstance(value, set | frozenset):
+        return (kind, frozenset(_frozen(v) for v in value))
+    if isinstance(value, Mapping):
+        return (kind, tuple((_frozen(k), _frozen(v)) for k, v in value.items()))
+    # An unhashable object, such as the ORM's load options, is keyed by its attributes; a
+    # hashable object of another type may be mutable behind its hash, so it is not keyed.
+    if kind.__hash__ is None and hasattr(value, "__dict__"):
+        return (kind, _frozen(vars(value)))
+    raise _Unkeyable(kind.__name__)
+
+
+def _bind(orm_context: ORMExecuteState) -> Any:
+    try:
+        return orm_context.session.get_bind(**orm_context.bind_arguments)
+    except exc.UnboundExecutionError:
+        return None
+
+
+def _log_query(orm_context: ORMExecuteState) -> str | None:
+    """Log a statement about to be sent at INFO; return its SQL if it was rendered."""
+    if not log.isEnabledFor(logging.INFO):
+        return None
+    sql = _render(orm_context)
+    log.info("Performing query: %s", sql)
+    return sql
+
+
+def _render(orm_context: ORMExecuteState) -> str:
+    bind = _bind(orm_context)
+    statement: Any = orm_context.statement
+    try:
+        return str(statement.compile(dialect=None if bind is None else bind.dialect))
+    except exc.SQLAlchemyError as err:
+        return f"<{type(statement).__name__} that cannot be rendered: {err}>"
+
+
+def _root_text(statement: Any) -> str | None:
+    """Return the SQL of a textual statement (``text()``, also wrapped), else None."""
+    while isinstance(statement, TextualSelect) or getattr(statement, "is_from_statement", False):
+        statement = statement.element
+    return statement.text if isinstance(statement, TextClause) else None
+
+
+def _tables_read(structure: Hashable, statement: Any) -> frozenset[str]:
+    names = _reads_by_structure.get(structure)
+    if names is None:
+        try:
+            names = frozenset(_table_names(statement, final_froms=True))
+        except exc.SQLAlchemyError:
+            names = frozenset({_ANY})
+        if len(_reads_by_structure) >= _READS_LIMIT:
+            _reads_by_structure.clear()
+        _reads_by_structure[structure] = names
+    return names
+
+
+def _table_names(statement: Any, *, final_froms: bool) -> set[str]:
+    """Return the lower-cased names of the tables ``statement`` mentions.
+
+    Names without schemas: ``table("users")`` and ``Table("users", schema="app")`` may be
+    one table, so they count as one. With ``final_froms`` the FROM list of every SELECT as
+    the ORM builds it is added: it holds what the statement does not, the secondary table
+    of a relationship join and the joins of joined eager loads (an INNER JOIN filters rows).
+    """
+    names: set[str] = set()
+    todo = [statement]
+    seen: dict[int, Select[Any]] = {}  # holds the SELECTs, so that no id is reused
+    while todo:
+        for element in visitors.iterate(todo.pop()):
+            if isinstance(element, TableClause):
+                names.add(element.name.lower())
+            elif isinstance(element, TextClause) or (
+                isinstance(element, ColumnClause)
+                and element.is_literal
+                and "select" in element.name.lower()
+            ):
+                names.add(_ANY)
+            elif final_froms and isinstance(element, Select) and id(element) not in seen:
+                seen[id(element)] = element
+                todo.extend(element.get_final_froms())
+    return names
+
+
+def _tables_written(orm_context: ORMExecuteState) -> set[str] | None:
+    """Return the tables an INSERT, UPDATE or DELETE may change; None for "any"."""
+    statement: Any = orm_context.statement
+    tables = [e for e in visitors.iterate(statement) if isinstance(e, TableClause)]
+    mapper = orm_context.bind_mapper
+    tables += mapper.tables if mapper is not None else ()
+    if not orm_context.is_delete:
+        return {t.name.lower() for t in tables}
+    if not all(isinstance(t, Table) for t in tables):
+        return None  # a lightweight table() has no foreign keys to follow
+    return _referencing([t for t in tables if isinstance(t, Table)])
+
+
+def _referencing(tables: Iterable[Table]) -> set[str]:
+    """Return ``tables`` and every table whose foreign keys lead to them, transitively.
+
+    A delete reaches those through ON DELETE CASCADE or SET NULL in the database, and
+    through the ORM's cascades and secondary tables in a flush.
+    """
+    names = {t.name.lower() for t in tables}
+    metadatas = {t.metadata for t in tables}
+    grown = True
+    while grown:
+        grown = False
+        for table in (t for metadata in metadatas for t in metadata.tables.values()):
+            name = table.name.lower()
+            if name not in names and any(
+                fk.target_fullname.split(".")[-2].lower() in names for fk in table.foreign_keys
+            ):
+                names.add(name)
+                grown = True
+    return names
+
+
+def _on_before_flush(session: Session, flush_context: object, instances: object) -> None:
+    """Drop the entries reading a table this flush is about to write.
+
+    Not ``after_flush``: inside a deferred block the recorder empties the unit of work in
+    ``before_flush`` and the flush that follows writes nothing and fires no more events.
+    """
+    memo: QueryMemo | None = session._query_memo  # type: ignore[attr-defined]
+    if memo is None or not memo._entries:
+        return
+    names: set[str] = set()
+    removed: list[Table] = []
+    for obj in session.new:
+        _add_flush_writes(obj, names, removed, changed=None)
+    for obj in session.dirty:
+        changed = session.is_modified(obj, include_collections=False)
+        _add_flush_writes(obj, names, removed, changed=changed)
+    for obj in session.deleted:
+        removed.extend(inspect(obj).mapper.tables)
+    memo._invalidate(names | _referencing(removed))
+
+
+def _add_flush_writes(
+    obj: object, names: set[str], removed: list[Table], *, changed: bool | None
+) -> None:
+    """Add the tables a flush writes for a new (``changed=None``) or dirty object."""
+    state = inspect(obj)
+    mapper = state.mapper
+    if changed is not False:
+        names.update(t.name.lower() for t in mapper.tables)
+    if changed and any(
+        state.attrs[mapper.get_property_by_column(c).key].history.has_changes()
+        for c in mapper.primary_key
+    ):
+        removed.extend(mapper.tables)  # a changed key cascades like a delete
+    for rel in mapper.relationships:
+        if rel.viewonly or rel.direction is RelationshipDirection.MANYTOONE:
+            continue  # a many-to-one writes the object's own foreign key
+        if state.attrs[rel.key].history.has_changes():
+            target = rel.secondary if rel.secondary is not None else rel.mapper.persist_selectable
+            names.update(_table_names(target, final_froms=False))
+
+
+def _on_state_gone(session: Session, instance: object) -> None:
+    """Drop the entries that may hold an instance now deleted, expunged or discarded."""
+    memo: QueryMemo | None = session._query_memo  # type: ignore[attr-defined]
+    if memo is not None and memo._entries and instance is not None:
+        memo._invalidate(t.name.lower() for t in inspect(instance).mapper.tables)
+
+
+def _on_rollback(session: Session, previous_transaction: SessionTransaction) -> None:
+    """Drop everything on any rollback, a savepoint's included."""
+    invalidate(session)
+
+
+def _on_transaction_end(session: Session, transaction: SessionTransaction) -> None:
+    """Drop everything when the session's transaction ends (commit, rollback, close)."""
+    if transaction.parent is None:
+        invalidate(session)
+
+
+_LISTENERS: tuple[tuple[str, Callable[..., None]], ...] = (
+    ("before_flush", _on_before_flush),
+    ("after_soft_rollback", _on_rollback),
+    ("after_transaction_end", _on_transaction_end),
+    ("persistent_to_deleted", _on_state_gone),
+    ("persistent_to_detached", _on_state_gone),
+    ("persistent_to_transient", _on_state_gone),
+    ("deleted_to_detached", _on_state_gone),
+)
