@@ -38,7 +38,6 @@ import contextlib
 import dataclasses
 import enum
 import functools
-import importlib
 import operator
 import struct
 import sys
@@ -339,14 +338,21 @@ def _decode_enum(data: bytes, trusted: bool) -> object:
     ref = EnumRef(*parts)
     if not trusted:
         return ref
+    # Only modules the process has already imported: a journal never makes its reader
+    # import (run) anything; the application imports its own enums with its models.
+    cls: Any = sys.modules.get(ref.module)
+    if cls is None:
+        raise JournalCorruptError(
+            f"the enum {ref.module}.{ref.qualname} of a journal value is in a module this "
+            "process has not imported; import the application's models before reading"
+        )
     try:
-        cls: Any = importlib.import_module(ref.module)
         for part in ref.qualname.split("."):
             cls = getattr(cls, part)
-    except Exception as err:
+    except AttributeError as err:
         raise JournalCorruptError(
-            f"the enum {ref.module}.{ref.qualname} of a journal value cannot be imported"
-            f" ({type(err).__name__}: {err}); install the application that recorded it"
+            f"the enum {ref.module}.{ref.qualname} of a journal value does not exist in "
+            f"this process ({err}); use the application version that recorded it"
         ) from err
     if not (isinstance(cls, type) and issubclass(cls, enum.Enum)):
         raise JournalCorruptError(f"{ref.module}.{ref.qualname} in a journal is not an Enum")
