@@ -199,6 +199,8 @@ def _encode(clause: Any, mapper: Mapper[Any], refuse: Refuse) -> list[Any]:
             refuse(f"the condition {clause} (only column <op> value comparisons replay faithfully)")
         if left.table not in mapper.tables:
             refuse(f"the condition {clause} refers to another table")
+        if clause.modifiers:
+            refuse(f"the condition {clause} has modifiers ({', '.join(clause.modifiers)})")
         key = str(mapper.get_property_by_column(left).key)
         if isinstance(right, Null):
             return ["cmp", name, key, None]

@@ -14,6 +14,7 @@ import datetime as dt
 import os
 import socket
 import sys
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -46,7 +47,8 @@ class ReplayResult:
     :ivar applied: False when the database already had this journal (nothing changed).
     :ivar operations: number of operations in the journal.
     :ivar identities: each placeholder of the journal → the value the database assigned.
-    :ivar conflicts: with ``on_conflict="skip"``, the conflicts left out.
+    :ivar conflicts: with ``on_conflict="skip"`` the conflicts left out, with
+        ``"overwrite"`` the ones applied anyway.
     :ivar duration: seconds spent.
     :ivar busy: with ``if_busy="skip"``, another replayer was applying this journal at
         that moment, so this call left it alone (``applied`` is False).
@@ -292,7 +294,7 @@ class Replay:
         actual = {k: getattr(obj, k) for k in expected}
         if actual == expected:
             return True
-        return self._conflict(sequence, mapper, op, actual, missing=False)
+        return self._conflict(sequence, mapper, op, actual, missing=False, expected=expected)
 
     def _conflict(
         self,
@@ -302,14 +304,24 @@ class Replay:
         actual: dict[str, Any] | None,
         *,
         missing: bool,
+        expected: dict[str, Any] | None = None,
     ) -> bool:
-        expected = dict(op.get("old", {}))
+        expected = dict(op.get("old", {})) if expected is None else expected
         key = op["target"] if isinstance(op["target"], list) else [op["target"]]
         what = "is gone" if missing else f"now holds {actual!r}, the journal expected {expected!r}"
+        raises = self.on_conflict == "fail" or (missing and self.on_conflict == "overwrite")
+        outcome = (
+            "Nothing was applied; choose on_conflict='overwrite' or 'skip' to go on anyway"
+            if raises
+            else (
+                "The operation was skipped"
+                if self.on_conflict == "skip"
+                else "The recorded values were applied anyway"
+            )
+        )
         error = ReplayConflictError(
             f"journal {self.path}: operation {sequence} ({op['op']} of {op['table']} row "
-            f"{tuple(key)}) conflicts: the row {what}. Nothing was applied; choose "
-            "on_conflict='overwrite' or 'skip' to go on anyway",
+            f"{tuple(key)}) conflicts: the row {what}. {outcome}",
             sequence=sequence,
             table=op["table"],
             key=key,
@@ -317,7 +329,7 @@ class Replay:
             actual=actual,
             path=self.path,
         )
-        if self.on_conflict == "fail" or (missing and self.on_conflict == "overwrite"):
+        if raises:
             raise error
         if self.on_conflict == "skip":
             self.conflicts.append(error)
@@ -426,6 +438,10 @@ def reconnect_and_commit(
         locked = False
         try:
             connection = session.connection()
+            # Already applied means nothing to do, even if the schema moved on since.
+            if _applied(connection, journal_id):
+                session.rollback()
+                return ReplayResult(journal_id, False, count, duration=time.monotonic() - started)
             _check_schema(replay, connection, header.meta, allow_schema_drift)
             if if_busy == "skip":
                 if not _try_lock(connection, journal_id):
@@ -469,6 +485,9 @@ def reconnect_and_commit(
     )
 
 
+_MIGRATION_LOCK = threading.Lock()
+
+
 def _ensure_ledger(session: Session, attempts: int = 100) -> None:
     """Create the ledger through the packaged migration unless it is there already.
 
@@ -482,7 +501,8 @@ def _ensure_ledger(session: Session, attempts: int = 100) -> None:
             if ledger.LEDGER_TABLE in _table_names(conn):
                 return
         try:
-            with engine.begin() as conn:
+            # Alembic's command API is not safe to run from several threads at once.
+            with _MIGRATION_LOCK, engine.begin() as conn:
                 ledger.upgrade(conn)
             return
         except SQLAlchemyError:
@@ -531,18 +551,23 @@ def _unlock(connection: Any, journal_id: str) -> None:
         )
 
 
+def _applied(connection: Any, journal_id: str) -> bool:
+    table = ledger.ledger_table
+    found = connection.execute(
+        select(table.c.journal_id).where(table.c.journal_id == journal_id)
+    ).first()
+    return found is not None
+
+
 def _claim(connection: Any, journal_id: str, count: int, digest: str) -> bool:
     """Insert the journal's ledger row first; False if another replay has it.
 
     A concurrent replayer of the same journal blocks on the row's primary key until the
     first one commits (then gets a duplicate key) or rolls back (then proceeds).
     """
-    table = ledger.ledger_table
-    exists = connection.execute(
-        select(table.c.journal_id).where(table.c.journal_id == journal_id)
-    ).first()
-    if exists is not None:
+    if _applied(connection, journal_id):
         return False
+    table = ledger.ledger_table
     # No SAVEPOINT around this insert: on SQLite (pysqlite) releasing the outermost
     # savepoint commits. A duplicate key simply ends the whole replay transaction, which
     # has done nothing else yet.

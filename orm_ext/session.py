@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import event
 from sqlalchemy.orm import Session
@@ -92,6 +92,7 @@ class JournalingSession(Session):
         *,
         on_conflict: ConflictPolicy = "fail",
         allow_schema_drift: bool = False,
+        if_busy: Literal["wait", "skip"] = "wait",
     ) -> ReplayResult:
         """Apply the journal at ``path`` to the database in one transaction, exactly once.
 
@@ -108,6 +109,9 @@ class JournalingSession(Session):
             update/delete no longer matches its row; ``"overwrite"`` applies it anyway;
             ``"skip"`` leaves it out and lists it in ``ReplayResult.conflicts``.
         :param allow_schema_drift: replay even if the schema differs from the recording's.
+        :param if_busy: when another replayer is applying the same journal right now:
+            ``"wait"`` for it (the result is then ``applied=False``) or ``"skip"`` at once
+            with ``busy=True`` (PostgreSQL and MariaDB; SQLite serialises writers).
         :raises DeferredOperationError: pending changes, inside a deferred block, or an
             operation the database rejected (nothing is applied).
         :raises SchemaMismatchError: the schema differs and drift is not allowed.
@@ -118,6 +122,7 @@ class JournalingSession(Session):
             key=self.journal_key,
             on_conflict=on_conflict,
             allow_schema_drift=allow_schema_drift,
+            if_busy=if_busy,
         )
 
     # SQLAlchemy has no event for these; memoized results must not outlive them.

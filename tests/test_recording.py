@@ -168,8 +168,9 @@ def test_orm_statements_are_recorded_not_executed(world: Any, tmp_path: Path) ->
         lambda: update(Task).where(func.lower(Task.name) == "x").values(name="y"),
         lambda: delete(Task).where(Task.id == select(func.max(Task.id)).scalar_subquery()),
         lambda: update(Task).values(name="z").returning(Task.id),
+        lambda: delete(Task).where(Task.name.like("a/_%", escape="/")),
     ],
-    ids=["expression-value", "function-criteria", "subquery", "returning"],
+    ids=["expression-value", "function-criteria", "subquery", "returning", "like-escape"],
 )
 def test_unreplayable_statement_is_refused(world: Any, tmp_path: Path, statement: Any) -> None:
     """A statement that cannot be replayed faithfully raises at once and runs nothing."""

@@ -326,8 +326,11 @@ def test_version_counter_conflict(databases: tuple[Any, Any], tmp_path: Path) ->
         for account in session.scalars(select(Account)):
             account.balance -= 100  # values back as recorded, version moved on twice
         session.commit()
-    with pytest.raises(ReplayConflictError, match="conflicts"):
+    with pytest.raises(ReplayConflictError, match="conflicts") as caught:
         replay(b, path)
+    assert caught.value.expected["revision"] == 1
+    assert caught.value.actual is not None
+    assert caught.value.actual["revision"] == 3
 
 
 def test_schema_drift_is_refused_before_any_write(
@@ -417,6 +420,22 @@ def test_table_missing_in_database_is_refused(databases: tuple[Any, Any], tmp_pa
         conn.execute(text("DROP TABLE post"))
     with pytest.raises(SchemaMismatchError, match="table post: missing in the database"):
         replay(b, path)
+
+
+def test_applied_journal_stays_applied_after_a_migration(
+    databases: tuple[Any, Any], tmp_path: Path
+) -> None:
+    """A journal already in the ledger returns applied=False even if the schema moved on."""
+    _, b = databases
+    with b.begin() as conn:
+        conn.execute(text("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL)"))
+        conn.execute(text("INSERT INTO alembic_version VALUES ('rev1')"))
+    path = tmp_path / "ops.dbm"
+    record(b, path, record_seed_scenario)
+    assert replay(b, path).applied
+    with b.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = 'rev2'"))
+    assert replay(b, path).applied is False
 
 
 def test_alembic_revision_moved_is_refused(databases: tuple[Any, Any], tmp_path: Path) -> None:
