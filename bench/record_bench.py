@@ -1,0 +1,164 @@
+"""Recording a unit of work against writing it to SQLite with a plain session (issue 3).
+
+Both sides take the same new objects (``--n`` children in families of one parent and ten
+children, built before the clock starts) and do ``add_all`` + ``commit()`` once per
+checkpoint of about 10,000 objects. The plain side is a ``sqlalchemy.orm.Session``
+writing into an empty SQLite file; the recording side is a ``JournalingSession`` inside
+``deferred_operations``, where each commit is a journal checkpoint and nothing reaches
+the database (its clock includes creating and sealing the journal).
+
+``--rss`` runs the recording of ``--n`` (default 1,000,000) children in a fresh process
+that builds each chunk just before adding it and keeps no reference to it after its
+checkpoint, and reports that process's peak RSS (a plain session doing the same runs in
+another process, as the baseline).
+
+Run: ``python bench/record_bench.py [--n 100000] [--repeat 1]`` or ``--rss``
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import sqlalchemy as sa
+from _common import (
+    Base,
+    Workload,
+    best,
+    check_rows,
+    peak_rss_mb,
+    record,
+    report,
+    run_worker,
+    settle,
+    sqlite_url,
+    stopwatch,
+    verdict,
+    write_plain,
+)
+
+TARGET_RATIO = 0.5
+TARGET_RSS_MB = 300.0
+
+
+def timed(workload: Workload, repeat: int, tmp: Path) -> None:
+    plain_engine = sa.create_engine(sqlite_url(tmp / "plain.sqlite"))
+    record_engine = sa.create_engine(sqlite_url(tmp / "record.sqlite"))
+    Base.metadata.create_all(record_engine)
+    plain_times: list[float] = []
+    record_times: list[float] = []
+    build_times: list[float] = []
+    operations = 0
+    for _ in range(repeat):
+        Base.metadata.drop_all(plain_engine)
+        Base.metadata.create_all(plain_engine)
+        with stopwatch(build_times):
+            chunks = list(workload.object_chunks())
+        settle()
+        with stopwatch(plain_times):
+            write_plain(plain_engine, chunks)
+        del chunks
+        check_rows(plain_engine, workload, "the plain session")
+
+        chunks = list(workload.object_chunks())
+        settle()
+        with stopwatch(record_times):
+            operations = record(record_engine, tmp / "bench.journal", chunks)
+        del chunks
+        if operations != workload.objects:
+            raise SystemExit(f"recorded {operations} operations, expected {workload.objects}")
+        if sum(count_rows_any(record_engine)) != 0:
+            raise SystemExit("the recording session wrote to its database")
+    ratio = best(record_times) / best(plain_times)
+    print(f"record_bench: {workload.describe()}, SQLite file, best of {repeat}")
+    report(
+        [
+            ("building the objects", f"{best(build_times):7.3f} s  (not in either figure)"),
+            (
+                "plain Session add_all + commit",
+                f"{best(plain_times):7.3f} s  "
+                f"({workload.objects / best(plain_times):,.0f} objects/s)",
+            ),
+            (
+                "deferred_operations recording",
+                f"{best(record_times):7.3f} s  "
+                f"({workload.objects / best(record_times):,.0f} objects/s)",
+            ),
+            (
+                "ratio recording / plain",
+                f"{ratio:.2f}  ({verdict(ratio, TARGET_RATIO, at_most=True)})",
+            ),
+        ]
+    )
+
+
+def count_rows_any(engine: sa.Engine) -> tuple[int, ...]:
+    with engine.connect() as conn:
+        return tuple(
+            int(conn.scalar(sa.select(sa.func.count()).select_from(t)) or 0)
+            for t in Base.metadata.sorted_tables
+        )
+
+
+def rss_worker(side: str, workload: Workload, tmp: Path) -> None:
+    """Record (or write plainly) chunk by chunk, keeping nothing; print peak RSS in MB."""
+    engine = sa.create_engine(sqlite_url(tmp / f"{side}.sqlite"))
+    Base.metadata.create_all(engine)
+    if side == "plain":
+        write_plain(engine, workload.object_chunks())
+    else:
+        record(engine, tmp / "rss.journal", workload.object_chunks())
+    print(f"{peak_rss_mb():.1f}")
+
+
+def rss(workload: Workload, tmp: Path) -> None:
+    script = str(Path(__file__).resolve())
+    common = ["--n", str(workload.parents * workload.children), "--dir", str(tmp)]
+    idle = float(run_worker(script, ["--rss-worker", "idle", *common]))
+    plain = float(run_worker(script, ["--rss-worker", "plain", *common]))
+    recording = float(run_worker(script, ["--rss-worker", "record", *common]))
+    print(f"record_bench --rss: {workload.describe()}, peak RSS of a fresh process each")
+    report(
+        [
+            ("after imports only", f"{idle:7.1f} MB"),
+            ("plain Session add_all + commit", f"{plain:7.1f} MB"),
+            (
+                "deferred_operations recording",
+                f"{recording:7.1f} MB  ({verdict(recording, TARGET_RSS_MB, at_most=True)})",
+            ),
+            ("ratio recording / plain", f"{recording / plain:.2f}"),
+        ]
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument(
+        "--n",
+        type=int,
+        default=None,
+        help="children, ten per parent (default 100000; 1000000 with --rss)",
+    )
+    parser.add_argument("--repeat", type=int, default=1, help="runs per side; the best counts")
+    parser.add_argument("--rss", action="store_true", help="report peak RSS instead of time")
+    parser.add_argument("--dir", type=Path, default=None, help="where to write (default: tmp)")
+    parser.add_argument("--rss-worker", choices=["idle", "plain", "record"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    n = args.n if args.n is not None else 1_000_000 if args.rss else 100_000
+    workload = Workload.for_children(n)
+    if args.rss_worker is not None:
+        if args.rss_worker == "idle":
+            print(f"{peak_rss_mb():.1f}")
+        else:
+            rss_worker(args.rss_worker, workload, args.dir)
+        return
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+        if args.rss:
+            rss(workload, Path(tmp))
+        else:
+            timed(workload, args.repeat, Path(tmp))
+
+
+if __name__ == "__main__":
+    main()
