@@ -5,7 +5,7 @@ This package never imports SQLAlchemy; :mod:`orm_ext` builds on it.
 
 from __future__ import annotations
 
-from journal.codec import EnumRef, OpaqueValue
+from journal.codec import EnumRef, OpaqueValue, Placeholder
 from journal.exc import (
     JournalCorruptError,
     JournalError,
@@ -29,5 +29,6 @@ __all__ = [
     "JournalSignatureError",
     "JournalWriter",
     "OpaqueValue",
+    "Placeholder",
     "Position",
 ]

@@ -19,6 +19,8 @@ code kind        payload
                  one joins its members' names, then any other bits as a decimal
                  number, with ``|`` (``""`` is the empty flag)
 10   dill        ``dill.dumps(value, protocol=5)``: every other object
+11   Placeholder msgpack array [ref, attribute]: the key of an object created while
+                 recording, which the database assigns at replay
 ==== =========== ==========================================================
 
 Time zone tail: empty (naive); ``\\x01`` + ``>q`` offset in microseconds
@@ -54,9 +56,10 @@ import msgpack
 
 from journal.exc import JournalCorruptError
 
-__all__ = ["EnumRef", "OpaqueValue", "decode", "encode"]
+__all__ = ["EnumRef", "OpaqueValue", "Placeholder", "decode", "encode"]
 
 _BIGINT, _TUPLE, _DECIMAL, _DATETIME, _DATE, _TIME, _TIMEDELTA, _UUID, _ENUM, _DILL = range(1, 11)
+_PLACEHOLDER = 11
 _DILL_PROTOCOL = 5
 _DATETIME_HEAD = struct.Struct(">HBBBBBIB")
 _DATE_HEAD = struct.Struct(">HBB")
@@ -76,6 +79,22 @@ class OpaqueValue:
 
     def __repr__(self) -> str:
         return f"<opaque dill value, {self.size} bytes>"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Placeholder:
+    """The not-yet-known value of a primary key column of an object created while recording.
+
+    ``ref`` numbers the object within its journal; ``attribute`` names the key column's
+    attribute. It stands in the object's key until replay inserts the row, and is stored
+    as its own kind of value, so it can never be mistaken for data that looks like it.
+    """
+
+    ref: int
+    attribute: str
+
+    def __repr__(self) -> str:
+        return f"<placeholder #{self.ref}.{self.attribute}: assigned by the database at replay>"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -248,6 +267,7 @@ _ENCODERS: dict[type, Callable[[Any], msgpack.ExtType]] = {
     time: _encode_time,
     timedelta: lambda v: _ext(_TIMEDELTA, _TIMEDELTA_HEAD.pack(v.days, v.seconds, v.microseconds)),
     uuid.UUID: lambda v: _ext(_UUID, v.bytes),
+    Placeholder: lambda v: _ext(_PLACEHOLDER, encode([v.ref, v.attribute])),
 }
 
 
@@ -288,6 +308,13 @@ def _make_hook(trusted: bool) -> Callable[[int, bytes], object]:
         return decoder(data, trusted)
 
     return hook
+
+
+def _decode_placeholder(data: bytes, trusted: bool) -> Placeholder:
+    parts = _unpack(data, _HOOKS[False])
+    if type(parts) is not list or len(parts) != 2 or [type(p) for p in parts] != [int, str]:
+        raise JournalCorruptError("a journal placeholder is not [ref, attribute]")
+    return Placeholder(parts[0], parts[1])
 
 
 def _decode_tuple(data: bytes, trusted: bool) -> tuple[object, ...]:
@@ -387,5 +414,6 @@ _DECODERS: dict[int, Callable[[bytes, bool], object]] = {
     _UUID: lambda d, t: uuid.UUID(bytes=d),
     _ENUM: _decode_enum,
     _DILL: _decode_dill,
+    _PLACEHOLDER: _decode_placeholder,
 }
 _HOOKS = (_make_hook(False), _make_hook(True))  # indexed by ``trusted``

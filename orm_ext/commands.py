@@ -25,7 +25,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.orm import sessionmaker
 
-from journal import Journal, JournalError, JournalSignatureError
+from journal import Journal, JournalError, JournalSignatureError, Placeholder
 from orm_ext import demo as demo_models
 from orm_ext import ledger
 from orm_ext.replay import ConflictPolicy, reconnect_and_commit
@@ -42,9 +42,8 @@ class CommandError(Exception):
 
 
 def _format(value: Any) -> str:
-    if isinstance(value, dict) and set(value) == {"$ref"}:
-        ref, attribute = value["$ref"]
-        return f"#{ref}.{attribute}"
+    if isinstance(value, Placeholder):
+        return f"#{value.ref}.{value.attribute}"
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 

@@ -9,7 +9,7 @@ recording, so nothing is silently executed or dropped.
 Encoded criteria (JSON-like lists)::
 
     ["and", [c1, c2, ...]]   ["or", [...]]   ["not", c]
-    ["cmp", operator name, attribute key, value]     value may be {"$ref": [ref, attr]}
+    ["cmp", operator name, attribute key, value]     value may be a Placeholder
 """
 
 from __future__ import annotations
@@ -174,8 +174,6 @@ def _value(value: Any, refuse: Refuse) -> Any:
         value = value.effective_value
     if isinstance(value, ClauseElement):
         refuse(f"the SQL expression {value} as a value is evaluated by the database")
-    if isinstance(value, Placeholder):
-        return {"$ref": [value.ref, value.attribute]}
     if isinstance(value, list | tuple):
         return [_value(v, refuse) for v in value]
     return value

@@ -190,6 +190,7 @@ class Recorder:
         self.handle = DeferredOperations(writer.path, writer.journal_id)
         self.alembic_revision = revision
         self.origin = writer.position()
+        self.checkpoint = self.origin.records
         # Weak: SQLAlchemy closes a transaction before it reports its rollback.
         self.marks: weakref.WeakKeyDictionary[SessionTransaction, Position] = (
             weakref.WeakKeyDictionary()
@@ -280,7 +281,11 @@ class Recorder:
     # -- transactions ---------------------------------------------------------------------
 
     def transaction_created(self, transaction: SessionTransaction) -> None:
-        self.marks[transaction] = self.writer.position()
+        position = self.marks[transaction] = self.writer.position()
+        if transaction.parent is None:
+            # A new outermost transaction starts after commit() or rollback(): the
+            # earliest point any later rollback can return to.
+            self.checkpoint = position.records
 
     def rolled_back(self, transaction: SessionTransaction) -> None:
         target = self.marks.get(transaction, self.origin)
@@ -298,8 +303,13 @@ class Recorder:
                 del state.info[SHADOW]
                 continue
             state.info[SHADOW] = kept
-            for key, value in kept[-1][1].items():
+            _, values, links = kept[-1]
+            for key, value in values.items():
                 set_committed_value(obj, key, value)
+            for key, ref in links.items():
+                related = None if ref is None else ref()
+                if ref is None or related is not None:
+                    set_committed_value(obj, key, related)
 
     # -- recording a flush ----------------------------------------------------------------
 
@@ -366,13 +376,31 @@ class Recorder:
         # What the database would hold for these objects after this batch, so that a
         # later rollback can show them "as reloaded" instead of expiring them: reloading
         # would query the real database, which has none of what was recorded.
+        # Related objects are held weakly: a strong reference from one recorded object's
+        # state to another would keep every recorded object alive until the block ends.
         mark = self.writer.position().records
+        checkpoint = self.checkpoint
+        created = set(new)
         for state in (*new, *dirty):
             plan = plan_for(state.mapper)
             data = state.dict
-            values = {k: data[k] for k in plan.columns if k in data}
-            values.update({k: data[k] for k, m2o in plan.relationships if m2o and k in data})
-            state.info.setdefault(SHADOW, []).append((mark, values))
+            if state in created or REF in state.info:
+                # Not in the database: a column never set reads as NULL, as after a
+                # reload (a default the database fills in is only known at replay).
+                values = {k: data.get(k) for k in plan.columns}
+            else:
+                values = {k: data[k] for k in plan.columns if k in data}
+            links = {
+                k: None if data[k] is None else weakref.ref(data[k])
+                for k, m2o in plan.relationships
+                if m2o and k in data
+            }
+            history = state.info.setdefault(SHADOW, [])
+            history.append((mark, values, links))
+            # A rollback never goes back beyond the last checkpoint (commit), so of the
+            # entries up to it only the newest can still be needed.
+            while len(history) > 1 and history[1][0] <= checkpoint:
+                del history[0]
 
     def _note_tables(self, plan: _MapperPlan) -> None:
         self.classes.add(plan.class_path)
@@ -644,8 +672,6 @@ def _plain(value: Any, state: InstanceState[Any], key: str, recorder: Recorder) 
             "Assign a Python value instead",
             path=recorder.path,
         )
-    if isinstance(value, Placeholder):
-        return {"$ref": [value.ref, value.attribute]}
     return value
 
 

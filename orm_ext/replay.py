@@ -119,10 +119,10 @@ class Replay:
         return found
 
     def resolve_value(self, value: Any) -> Any:
-        if isinstance(value, dict) and set(value) == {"$ref"}:
-            ref, attribute = value["$ref"]
-            return self.key_of(ref)[attribute]
-        if isinstance(value, list):
+        """Replace placeholders (also inside an IN list) by the keys the database assigned."""
+        if isinstance(value, Placeholder):
+            return self.key_of(value.ref)[value.attribute]
+        if isinstance(value, list) and any(isinstance(v, Placeholder) for v in value):
             return [self.resolve_value(v) for v in value]
         return value
 

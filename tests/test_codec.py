@@ -421,3 +421,13 @@ def test_truncated_encodings_are_corrupt(value: Any) -> None:
             decode(data[:end])
     with pytest.raises(JournalCorruptError):
         decode(data + b"\x00")
+
+
+def test_placeholder_is_its_own_kind_of_value() -> None:
+    """A placeholder round trips as a placeholder, and data shaped like one stays data."""
+    from journal import Placeholder
+
+    value = {"ref": Placeholder(3, "id"), "json": {"$ref": [3, "id"]}, "in": [Placeholder(1, "k")]}
+    assert decode(encode(value)) == value
+    assert type(decode(encode(Placeholder(3, "id")))) is Placeholder
+    assert decode(encode({"$ref": [3, "id"]})) == {"$ref": [3, "id"]}

@@ -434,3 +434,37 @@ def test_session_behaves_normally_outside_the_block(world: Any) -> None:
         session.add(Task(name="direct"))
         session.commit()
     assert any(row[1] == "direct" for row in table_rows(world.engine)["task"])
+
+
+def test_recorded_objects_are_not_kept_alive(world: Any, tmp_path: Path) -> None:
+    """After a checkpoint, recorded objects the program dropped are freed, graph and all."""
+    import gc
+
+    with world.sessions() as session, session.deferred_operations(tmp_path / "ops.dbm"):
+        for batch in range(5):
+            asset = Asset(name=f"asset {batch}")
+            for i in range(100):
+                version = AssetVersion(asset=asset, version=i)
+                Component(name=f"c{i}", version=version)
+            session.add(asset)
+            session.commit()
+            del asset, version
+        gc.collect()
+        assert len(session.identity_map) < 50
+
+
+def test_rollback_restores_objects_recorded_before_the_checkpoint(
+    world: Any, tmp_path: Path
+) -> None:
+    """After rollback() an object recorded before the checkpoint shows its checkpointed state."""
+    with world.sessions() as session, session.deferred_operations(tmp_path / "ops.dbm"):
+        asset = Asset(name="kept")
+        version = AssetVersion(asset=asset, version=1)
+        session.add(version)
+        session.commit()
+        version.comment = "discarded"
+        session.flush()
+        session.rollback()
+        assert version.comment is None
+        assert version.asset is asset
+        assert isinstance(version.id, Placeholder)
