@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import operator
 import os
 import uuid
 import weakref
@@ -37,7 +38,7 @@ import sqlalchemy
 from sqlalchemy import event, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Mapper, ORMExecuteState, Session, SessionTransaction
-from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.orm.attributes import instance_state, set_committed_value
 from sqlalchemy.orm.interfaces import MANYTOMANY, MANYTOONE, ONETOMANY
 from sqlalchemy.orm.state import InstanceState
 from sqlalchemy.sql.elements import ClauseElement
@@ -98,6 +99,8 @@ class _MapperPlan:
     many_to_one_pairs: dict[str, tuple[tuple[str, str], ...]]  # key -> (local, remote attr)
     version: str | None
     tables: tuple[sqlalchemy.Table, ...]
+    column_values: Callable[[dict[str, Any]], tuple[Any, ...]]  # in ``columns`` order
+    many_to_one: tuple[str, ...]
     secondary: tuple[sqlalchemy.Table, ...] = field(default=())
 
 
@@ -153,12 +156,23 @@ def _make_plan(mapper: Mapper[Any]) -> _MapperPlan:
         many_to_one_pairs=pairs,
         version=version,
         tables=tuple(t for t in mapper.tables if isinstance(t, sqlalchemy.Table)),
+        column_values=_tuple_getter(columns),
+        many_to_one=tuple(k for k, m2o in relationships if m2o),
         secondary=tuple(
             r.secondary
             for r in mapper.relationships
             if isinstance(r.secondary, sqlalchemy.Table) and not r.viewonly
         ),
     )
+
+
+def _tuple_getter(keys: Sequence[str]) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
+    if len(keys) == 1:
+        key = keys[0]
+        return lambda data: (data[key],)
+    if not keys:
+        return lambda data: ()
+    return operator.itemgetter(*keys)
 
 
 def _recorded_from_other_side(rel: Any) -> bool:
@@ -304,7 +318,13 @@ class Recorder:
                 continue
             state.info[SHADOW] = kept
             _, values, links = kept[-1]
-            for key, value in values.items():
+            plan = plan_for(state.mapper)
+            pairs = (
+                values.items()
+                if isinstance(values, dict)
+                else zip(plan.columns, values, strict=True)
+            )
+            for key, value in pairs:
                 set_committed_value(obj, key, value)
             for key, ref in links.items():
                 related = None if ref is None else ref()
@@ -314,7 +334,12 @@ class Recorder:
     # -- recording a flush ----------------------------------------------------------------
 
     def record_flush(self) -> None:
-        """Turn the pending unit of work into one journal batch and mark it flushed."""
+        """Turn the pending unit of work into one journal batch and mark it flushed.
+
+        Until ``_mark_flushed`` the objects' ``state.dict`` is written directly (keys,
+        synchronised foreign keys, defaults): ``_mark_flushed`` commits every attribute
+        of these states right after, which is all ``set_committed_value`` would add.
+        """
         session = self.session
         if not session.in_transaction():
             # The transaction records which objects this flush made persistent, so that
@@ -340,10 +365,10 @@ class Recorder:
             # Every new object needs its key before any operation is built: objects of
             # this flush refer to each other, and their foreign keys are synchronised
             # from those keys as a real flush would.
-            obj = state.obj()
+            data = state.dict
             for key in plan_for(state.mapper).primary_key:
-                if state.dict.get(key) is None:
-                    set_committed_value(obj, key, Placeholder(ref, key))
+                if data.get(key) is None:
+                    data[key] = Placeholder(ref, key)
 
         operations: list[dict[str, Any]] = []
         for state in new:
@@ -380,20 +405,20 @@ class Recorder:
         # state to another would keep every recorded object alive until the block ends.
         mark = self.writer.position().records
         checkpoint = self.checkpoint
-        created = set(new)
         for state in (*new, *dirty):
+            if state.obj() is None:
+                continue  # the program dropped it: nothing left to show after a rollback
             plan = plan_for(state.mapper)
             data = state.dict
-            if state in created or REF in state.info:
-                # Not in the database: a column never set reads as NULL, as after a
-                # reload (a default the database fills in is only known at replay).
-                values = {k: data.get(k) for k in plan.columns}
+            if REF in state.info:
+                # Created in the block: every column is in the dict (see _insert).
+                values: dict[str, Any] | tuple[Any, ...] = plan.column_values(data)
             else:
                 values = {k: data[k] for k in plan.columns if k in data}
             links = {
                 k: None if data[k] is None else weakref.ref(data[k])
-                for k, m2o in plan.relationships
-                if m2o and k in data
+                for k in plan.many_to_one
+                if k in data
             }
             history = state.info.setdefault(SHADOW, [])
             history.append((mark, values, links))
@@ -414,8 +439,13 @@ class Recorder:
         data = state.dict
         for key, value in plan.scalar_defaults:
             if key not in data:
-                set_committed_value(obj, key, value)
+                data[key] = value
         values, refs = self._column_values(state, plan, plan.columns)
+        # A column never set reads as NULL afterwards, as it would after a reload (a
+        # default the database fills in is only known at replay).
+        for key in plan.columns:
+            if key not in data:
+                data[key] = None
         for key in plan.primary_key:
             if refs.get(key) == [state.info[REF], key]:
                 del refs[key]  # its own placeholder: the database assigns the key
@@ -426,9 +456,9 @@ class Recorder:
             if value is None:
                 continue
             if many_to_one:
-                links[key] = self._target(sqlalchemy.inspect(value), state, key)
+                links[key] = self._target(instance_state(value), state, key)
             elif value:
-                added[key] = [self._target(sqlalchemy.inspect(v), state, key) for v in value]
+                added[key] = [self._target(instance_state(v), state, key) for v in value]
         # Leave the object as a flush would: foreign keys synchronised from its
         # many-to-one targets, and collections known to hold only what this block added.
         self._sync_foreign_keys(state, plan, links)
@@ -473,16 +503,16 @@ class Recorder:
             if many_to_one:
                 target = history.added[0] if history.added else None
                 links[key] = (
-                    None if target is None else self._target(sqlalchemy.inspect(target), state, key)
+                    None if target is None else self._target(instance_state(target), state, key)
                 )
             else:
                 if history.added:
                     added[key] = [
-                        self._target(sqlalchemy.inspect(v), state, key) for v in history.added
+                        self._target(instance_state(v), state, key) for v in history.added
                     ]
                 if history.deleted:
                     removed[key] = [
-                        self._target(sqlalchemy.inspect(v), state, key) for v in history.deleted
+                        self._target(instance_state(v), state, key) for v in history.deleted
                     ]
         if not (changed or links or added or removed):
             return None
@@ -571,15 +601,14 @@ class Recorder:
     def _sync_foreign_keys(
         self, state: InstanceState[Any], plan: _MapperPlan, links: dict[str, Any]
     ) -> None:
-        obj = state.obj()
+        data = state.dict
         for key, pairs in plan.many_to_one_pairs.items():
             if key not in links:
                 continue
-            target = state.dict.get(key)
-            target_data = None if target is None else sqlalchemy.inspect(target).dict
+            target = data.get(key)
+            target_data = None if target is None else instance_state(target).dict
             for local, remote in pairs:
-                value = None if target_data is None else target_data.get(remote)
-                set_committed_value(obj, local, value)
+                data[local] = None if target_data is None else target_data.get(remote)
 
     def _fill_old_values(self, operations: list[dict[str, Any]]) -> None:
         """Load from the database the old values a flush would overwrite but that were never loaded.
@@ -655,7 +684,7 @@ def has_flushed_changes(session: Session) -> bool:
 
 
 def _state(obj: object) -> InstanceState[Any]:
-    return sqlalchemy.inspect(obj)  # type: ignore[no-any-return]
+    return instance_state(obj)
 
 
 def _describe(state: InstanceState[Any] | None) -> str:
@@ -729,9 +758,9 @@ def _forget_recorded_objects(session: Session) -> None:
 
 def refuse_if_recorded(instance: object) -> None:
     """Raise if ``instance`` was recorded into a journal and is being added to a session."""
-    state: InstanceState[Any] | None = sqlalchemy.inspect(instance, raiseerr=False)
-    path = _recorded.get(state) if state is not None else None
-    if path is None or state is None:
+    state = instance_state(instance)  # before_attach only sees mapped instances
+    path = _recorded.get(state)
+    if path is None:
         return
     session = state.session
     recorder = getattr(session, "_recorder", None) if session is not None else None
