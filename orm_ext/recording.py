@@ -204,7 +204,7 @@ class Recorder:
         self.handle = DeferredOperations(writer.path, writer.journal_id)
         self.alembic_revision = revision
         self.origin = writer.position()
-        self.checkpoint = self.origin.records
+        self.checkpoint = self.origin.batches
         # Weak: SQLAlchemy closes a transaction before it reports its rollback.
         self.marks: weakref.WeakKeyDictionary[SessionTransaction, Position] = (
             weakref.WeakKeyDictionary()
@@ -299,7 +299,7 @@ class Recorder:
         if transaction.parent is None:
             # A new outermost transaction starts after commit() or rollback(): the
             # earliest point any later rollback can return to.
-            self.checkpoint = position.records
+            self.checkpoint = position.batches
 
     def rolled_back(self, transaction: SessionTransaction) -> None:
         target = self.marks.get(transaction, self.origin)
@@ -311,7 +311,7 @@ class Recorder:
             history = state.info.get(SHADOW)
             if not history:
                 continue
-            kept = [entry for entry in history if entry[0] <= target.records]
+            kept = [entry for entry in history if entry[0] <= target.batches]
             obj = state.obj()
             if not kept or obj is None:
                 del state.info[SHADOW]
@@ -393,39 +393,51 @@ class Recorder:
             obj = state.obj()
             if obj is not None:
                 set_committed_value(obj, key, value)
-        self._remember(new, dirty)
+        self._remember(dirty)
 
-    def _remember(
-        self, new: Sequence[InstanceState[Any]], dirty: Sequence[InstanceState[Any]]
+    def _remember(self, dirty: Sequence[InstanceState[Any]]) -> None:
+        """Snapshot changed objects for a later rollback (new ones: see :meth:`_snapshot`)."""
+        mark = self.writer.batches
+        for state in dirty:
+            if state.obj() is not None:  # else the program dropped it: nothing to show
+                plan = plan_for(state.mapper)
+                data = state.dict
+                values: dict[str, Any] | tuple[Any, ...] = (
+                    plan.column_values(data)
+                    if REF in state.info
+                    else {k: data[k] for k in plan.columns if k in data}
+                )
+                self._snapshot(state, mark, values, data, plan)
+
+    def _snapshot(
+        self,
+        state: InstanceState[Any],
+        mark: int,
+        values: dict[str, Any] | tuple[Any, ...],
+        data: dict[str, Any],
+        plan: _MapperPlan,
     ) -> None:
-        # What the database would hold for these objects after this batch, so that a
-        # later rollback can show them "as reloaded" instead of expiring them: reloading
-        # would query the real database, which has none of what was recorded.
-        # Related objects are held weakly: a strong reference from one recorded object's
-        # state to another would keep every recorded object alive until the block ends.
-        mark = self.writer.position().records
-        checkpoint = self.checkpoint
-        for state in (*new, *dirty):
-            if state.obj() is None:
-                continue  # the program dropped it: nothing left to show after a rollback
-            plan = plan_for(state.mapper)
-            data = state.dict
-            if REF in state.info:
-                # Created in the block: every column is in the dict (see _insert).
-                values: dict[str, Any] | tuple[Any, ...] = plan.column_values(data)
-            else:
-                values = {k: data[k] for k in plan.columns if k in data}
-            links = {
-                k: None if data[k] is None else weakref.ref(data[k])
-                for k in plan.many_to_one
-                if k in data
-            }
-            history = state.info.setdefault(SHADOW, [])
-            history.append((mark, values, links))
-            # A rollback never goes back beyond the last checkpoint (commit), so of the
-            # entries up to it only the newest can still be needed.
-            while len(history) > 1 and history[1][0] <= checkpoint:
-                del history[0]
+        """Remember what the database would hold for an object after batch ``mark``.
+
+        A later rollback shows the object "as reloaded" from it instead of expiring it:
+        reloading would query the real database, which has none of what was recorded.
+        Related objects are held weakly: a strong reference from one recorded object's
+        state to another would keep every recorded object alive until the block ends.
+        """
+        links = {
+            k: None if data[k] is None else weakref.ref(data[k])
+            for k in plan.many_to_one
+            if k in data
+        }
+        history = state.info.get(SHADOW)
+        if history is None:
+            state.info[SHADOW] = [(mark, values, links)]
+            return
+        history.append((mark, values, links))
+        # A rollback never goes back beyond the last checkpoint (commit), so of the
+        # entries up to it only the newest can still be needed.
+        while len(history) > 1 and history[1][0] <= self.checkpoint:
+            del history[0]
 
     def _note_tables(self, plan: _MapperPlan) -> None:
         self.classes.add(plan.class_path)
@@ -441,6 +453,10 @@ class Recorder:
             if key not in data:
                 data[key] = value
         values, refs = self._column_values(state, plan, plan.columns)
+        if plan.version is not None and data.get(plan.version) is None:
+            # As the INSERT of a flush does; replay's flush sets the same first version.
+            generator: Any = state.mapper.version_id_generator
+            data[plan.version] = generator(None)
         # A column never set reads as NULL afterwards, as it would after a reload (a
         # default the database fills in is only known at replay).
         for key in plan.columns:
@@ -465,6 +481,7 @@ class Recorder:
         for key in plan.collections:
             if key not in data:
                 set_committed_value(obj, key, ())
+        self._snapshot(state, self.writer.batches + 1, plan.column_values(data), data, plan)
         operation: dict[str, Any] = {
             "op": "insert",
             "class": plan.class_path,

@@ -468,3 +468,17 @@ def test_rollback_restores_objects_recorded_before_the_checkpoint(
         assert version.comment is None
         assert version.asset is asset
         assert isinstance(version.id, Placeholder)
+
+
+def test_new_versioned_object_updated_after_its_flush(world: Any, tmp_path: Path) -> None:
+    """A versioned object created in the block starts at version 1 and its update expects it."""
+    path = tmp_path / "ops.dbm"
+    with world.sessions() as session, session.deferred_operations(path):
+        account = Account(code="NEW", balance=decimal.Decimal(1))
+        session.add(account)
+        session.flush()
+        assert account.revision == 1
+        account.balance = decimal.Decimal(2)
+    insert_, update_ = operations(path)
+    assert "revision" not in insert_["values"]
+    assert update_["version"] == [1, 2]
