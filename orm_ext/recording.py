@@ -370,9 +370,10 @@ class Recorder:
                 if data.get(key) is None:
                     data[key] = Placeholder(ref, key)
 
-        operations: list[dict[str, Any]] = []
-        for state in new:
-            operations.append(self._insert(state))
+        for mapper in {state.mapper for state in (*new, *deleted)}:
+            self._note_tables(plan_for(mapper))
+        mark = self.writer.batches + 1
+        operations = [self._insert(state, mark) for state in new]
         versions: list[tuple[InstanceState[Any], str, Any]] = []
         for state in dirty:
             operation = self._update(state, versions)
@@ -444,15 +445,20 @@ class Recorder:
         for tbl in (*plan.tables, *plan.secondary):
             self.tables.setdefault(str(tbl.fullname), tbl)
 
-    def _insert(self, state: InstanceState[Any]) -> dict[str, Any]:
+    def _insert(self, state: InstanceState[Any], mark: int) -> dict[str, Any]:
         plan = plan_for(state.mapper)
-        self._note_tables(plan)
+        info = state.info
+        ref = info[REF]
         obj = state.obj()
         data = state.dict
         for key, value in plan.scalar_defaults:
             if key not in data:
                 data[key] = value
         values, refs = self._column_values(state, plan, plan.columns)
+        if refs:
+            for key in plan.primary_key:
+                if refs.get(key) == [ref, key]:
+                    del refs[key]  # its own placeholder: the database assigns the key
         if plan.version is not None and data.get(plan.version) is None:
             # As the INSERT of a flush does; replay's flush sets the same first version.
             generator: Any = state.mapper.version_id_generator
@@ -462,10 +468,8 @@ class Recorder:
         for key in plan.columns:
             if key not in data:
                 data[key] = None
-        for key in plan.primary_key:
-            if refs.get(key) == [state.info[REF], key]:
-                del refs[key]  # its own placeholder: the database assigns the key
         links: dict[str, Any] = {}
+        weak: dict[str, Any] = {}
         added: dict[str, list[Any]] = {}
         for key, many_to_one in plan.relationships:
             value = data.get(key)
@@ -473,20 +477,23 @@ class Recorder:
                 continue
             if many_to_one:
                 links[key] = self._target(instance_state(value), state, key)
+                weak[key] = weakref.ref(value)
             elif value:
                 added[key] = [self._target(instance_state(v), state, key) for v in value]
         # Leave the object as a flush would: foreign keys synchronised from its
         # many-to-one targets, and collections known to hold only what this block added.
-        self._sync_foreign_keys(state, plan, links)
+        if links:
+            self._sync_foreign_keys(state, plan, links)
         for key in plan.collections:
             if key not in data:
                 set_committed_value(obj, key, ())
-        self._snapshot(state, self.writer.batches + 1, plan.column_values(data), data, plan)
+        # A new object has no history yet: its first snapshot (see _snapshot).
+        info[SHADOW] = [(mark, plan.column_values(data), weak)]
         operation: dict[str, Any] = {
             "op": "insert",
             "class": plan.class_path,
             "table": plan.table,
-            "ref": state.info[REF],
+            "ref": ref,
             "values": values,
         }
         if refs:
@@ -565,7 +572,6 @@ class Recorder:
 
     def _delete(self, state: InstanceState[Any]) -> dict[str, Any]:
         plan = plan_for(state.mapper)
-        self._note_tables(plan)
         data = state.dict
         old = {}
         for key in plan.columns:
