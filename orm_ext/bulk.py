@@ -86,12 +86,15 @@ def plan_batch(replay: Replay, batch: Batch) -> Sequence[Run]:
 def _bulk_plan(replay: Replay, numbered: list[tuple[int, dict[str, Any]]]) -> BulkInsert | None:
     by_mapper: dict[Mapper[Any], list[tuple[int, dict[str, Any]]]] = defaultdict(list)
     refs_here: dict[int, Mapper[Any]] = {}
+    classes: dict[str, Mapper[Any]] = {}
     for sequence, op in numbered:
         if op["op"] != "insert":
             return None
-        mapper = replay.mapper(op["class"])
-        if not _mapper_eligible(mapper):
-            return None
+        mapper = classes.get(op["class"])
+        if mapper is None:
+            mapper = classes[op["class"]] = replay.mapper(op["class"])
+            if not _mapper_eligible(mapper):
+                return None
         by_mapper[mapper].append((sequence, op))
         refs_here[op["ref"]] = mapper
     for mapper, ops in by_mapper.items():
@@ -127,18 +130,26 @@ class BulkInsert:
         for mapper, ops in self.groups:
             plan = plan_for(mapper)
             pk_attr = plan.primary_key[0]
+            # key -> (foreign key attribute, primary key attribute of the target)
+            foreign = {
+                key: (pairs[0][0], plan_for(mapper.relationships[key].mapper).primary_key[0])
+                for key, pairs in plan.many_to_one_pairs.items()
+            }
+            identities = replay.identities
             rows = []
-            for sequence, op in ops:
-                row = {k: replay.resolve_value(v) for k, v in op["values"].items()}
+            for _, op in ops:
+                # Placeholders in an insert are always under "refs", never in "values".
+                row = dict(op["values"])
                 for key, (ref, attribute) in op.get("refs", {}).items():
                     row[key] = replay.key_of(ref)[attribute]
                 for key, target in op.get("links", {}).items():
-                    for local, _remote in plan.many_to_one_pairs[key]:
-                        row[local] = (
-                            None
-                            if target is None
-                            else self._target_key(replay, mapper, key, target, sequence, op)
-                        )
+                    local, remote = foreign[key]
+                    if target is None:
+                        row[local] = None
+                    elif type(target) is int:
+                        row[local] = (identities.get(target) or replay.key_of(target))[remote]
+                    else:
+                        row[local] = target[0]
                 rows.append(row)
             if _sqlite_rowids(replay, mapper, pk_attr, rows):
                 keys = _insert_with_rowids(replay, mapper, pk_attr, rows)
@@ -147,15 +158,6 @@ class BulkInsert:
             for (_, op), key in zip(ops, keys, strict=True):
                 replay.identities[op["ref"]] = {pk_attr: key}
                 replay.ref_classes[op["ref"]] = mapper
-
-    @staticmethod
-    def _target_key(
-        replay: Replay, mapper: Mapper[Any], key: str, target: Any, sequence: int, op: Any
-    ) -> Any:
-        if isinstance(target, int):
-            target_mapper = mapper.relationships[key].mapper
-            return replay.key_of(target)[plan_for(target_mapper).primary_key[0]]
-        return target[0]
 
     def _check_targets(self, replay: Replay) -> None:
         # A link to a row that existed at recording time must still find it: the unit of
