@@ -101,12 +101,14 @@ def _bulk_plan(replay: Replay, numbered: list[tuple[int, dict[str, Any]]]) -> Bu
         for _, op in ops:
             if "added" in op:
                 return None  # a collection recorded on this side
-            for target in op.get("links", {}).values():
-                if isinstance(target, int) and refs_here.get(target) is mapper:
-                    return None  # row-level order within one table
-            for ref, _attribute in op.get("refs", {}).values():
-                if ref in refs_here:
-                    return None
+            links = op.get("links")
+            if links is not None:
+                for target in links.values():
+                    if type(target) is int and refs_here.get(target) is mapper:
+                        return None  # row-level order within one table
+            refs = op.get("refs")
+            if refs is not None and any(ref in refs_here for ref, _ in refs.values()):
+                return None
     tables = {mapper.local_table: mapper for mapper in by_mapper}
     order: list[Mapper[Any]] = []
     # The last entry, (None, constraints), lists foreign keys that form cycles.

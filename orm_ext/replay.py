@@ -57,7 +57,7 @@ class ReplayResult:
     journal_id: str
     applied: bool
     operations: int
-    identities: dict[Placeholder, Any] = field(default_factory=dict)
+    identities: Mapping[Placeholder, Any] = field(default_factory=dict)
     conflicts: list[ReplayConflictError] = field(default_factory=list)
     duration: float = 0.0
     busy: bool = False
@@ -359,12 +359,38 @@ class Replay:
             )
         self.session.execute(statement.execution_options(**options))
 
-    def placeholders(self) -> dict[Placeholder, Any]:
-        return {
-            Placeholder(ref, attribute): value
-            for ref, key in self.identities.items()
-            for attribute, value in key.items()
-        }
+    def placeholders(self) -> Identities:
+        return Identities(self.identities)
+
+
+class Identities(Mapping[Placeholder, Any]):
+    """``ReplayResult.identities``: each placeholder of the journal → the database's value.
+
+    A read-only view over what the replay kept anyway (one key per new object), so that a
+    journal of a million new rows does not also build a million placeholder objects.
+    """
+
+    def __init__(self, keys: dict[int, dict[str, Any]]) -> None:
+        self._keys = keys
+
+    def __getitem__(self, placeholder: Placeholder) -> Any:
+        if not isinstance(placeholder, Placeholder):
+            raise KeyError(placeholder)
+        try:
+            return self._keys[placeholder.ref][placeholder.attribute]
+        except KeyError:
+            raise KeyError(placeholder) from None
+
+    def __iter__(self) -> Iterator[Placeholder]:
+        for ref, key in self._keys.items():
+            for attribute in key:
+                yield Placeholder(ref, attribute)
+
+    def __len__(self) -> int:
+        return sum(len(key) for key in self._keys.values())
+
+    def __repr__(self) -> str:
+        return f"<Identities of {len(self._keys)} new object(s)>"
 
 
 def _pk_attributes(mapper: Mapper[Any]) -> list[str]:
