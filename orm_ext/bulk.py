@@ -22,7 +22,7 @@ Everything else replays through the unit of work.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -202,21 +202,44 @@ def missing_target(
     )
 
 
-def _insert_returning(
-    replay: Replay, mapper: Mapper[Any], pk_attr: str, rows: list[dict[str, Any]]
-) -> list[Any]:
-    pk = getattr(mapper.class_, pk_attr)
-    statement = insert(mapper.class_).returning(pk, sort_by_parameter_order=True)
-    keys: list[Any] = []
-    # One statement per run of rows setting the same attributes: an attribute a row
-    # leaves unset takes its column default, as in a flush.
+def _runs(rows: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
+    """Consecutive rows that set the same attributes, each run one executemany.
+
+    An attribute a row leaves unset must take its column default, as in a flush, so rows
+    with different keys cannot share a statement.
+    """
     start = 0
     while start < len(rows):
         end = start + 1
         while end < len(rows) and rows[end].keys() == rows[start].keys():
             end += 1
-        keys.extend(replay.session.execute(statement, rows[start:end]).scalars())
+        yield rows[start:end]
         start = end
+
+
+def _core_rows(mapper: Mapper[Any], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    # Core statements on the table skip the ORM bulk layer, which adds nothing for the
+    # mappers this path accepts; they take column keys, which usually are the attribute keys.
+    renamed = {
+        prop.key: prop.columns[0].key
+        for prop in mapper.column_attrs
+        if prop.key != prop.columns[0].key
+    }
+    if not renamed:
+        return rows
+    return [{renamed.get(k, k): v for k, v in row.items()} for row in rows]
+
+
+def _insert_returning(
+    replay: Replay, mapper: Mapper[Any], pk_attr: str, rows: list[dict[str, Any]]
+) -> list[Any]:
+    table: Any = mapper.local_table  # a Table: _mapper_eligible admits single-table mappers
+    pk = mapper.primary_key[0]
+    statement = insert(table).returning(pk, sort_by_parameter_order=True)
+    connection = replay.session.connection(bind_arguments={"mapper": mapper})
+    keys: list[Any] = []
+    for run in _runs(_core_rows(mapper, rows)):
+        keys.extend(connection.execute(statement, run).scalars())
     return keys
 
 
@@ -240,16 +263,13 @@ def _sqlite_rowids(
 def _insert_with_rowids(
     replay: Replay, mapper: Mapper[Any], pk_attr: str, rows: list[dict[str, Any]]
 ) -> list[Any]:
-    session = replay.session
-    start = 0
-    while start < len(rows):
-        end = start + 1
-        while end < len(rows) and rows[end].keys() == rows[start].keys():
-            end += 1
-        session.execute(insert(mapper.class_), rows[start:end])
-        start = end
-    pk = getattr(mapper.class_, pk_attr)
-    keys = list(session.execute(select(pk).order_by(pk.desc()).limit(len(rows))).scalars())
+    connection = replay.session.connection(bind_arguments={"mapper": mapper})
+    table: Any = mapper.local_table
+    statement = insert(table)
+    for run in _runs(_core_rows(mapper, rows)):
+        connection.execute(statement, run)
+    pk = mapper.primary_key[0]
+    keys = list(connection.execute(select(pk).order_by(pk.desc()).limit(len(rows))).scalars())
     keys.reverse()
     if len(keys) != len(rows) or keys[-1] - keys[0] != len(rows) - 1:
         raise DeferredOperationError(
