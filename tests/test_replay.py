@@ -333,60 +333,11 @@ def test_version_counter_conflict(databases: tuple[Any, Any], tmp_path: Path) ->
     assert caught.value.actual["revision"] == 3
 
 
-def test_schema_drift_is_refused_before_any_write(
-    databases: tuple[Any, Any], tmp_path: Path
-) -> None:
-    """A journal recorded against another table layout raises SchemaMismatchError, writing nothing."""
-    _, b = databases
-    path = tmp_path / "ops.dbm"
-    record(b, path, record_seed_scenario)
-    with JournalWriter.create(tmp_path / "drift.dbm") as writer:
-        writer.append(
-            [
-                {
-                    "op": "insert",
-                    "class": "tests.models:Task",
-                    "table": "task",
-                    "ref": 1,
-                    "values": {"name": "x"},
-                }
-            ]
-        )
-        writer.seal(
-            meta={
-                "classes": ["tests.models:Task"],
-                "schema": {
-                    "task": {
-                        "columns": {
-                            "id": {"type": "INTEGER", "nullable": False, "primary_key": True}
-                        },
-                        "foreign_keys": [],
-                    }
-                },
-            }
-        )
-    before = table_rows(b)
-    with pytest.raises(SchemaMismatchError) as caught:
-        replay(b, tmp_path / "drift.dbm")
-    assert "table task: column name was added" in caught.value.differences
-    assert table_rows(b) == before
-    assert replay(b, tmp_path / "drift.dbm", allow_schema_drift=True).applied
+INTEGER_KEY = {"type": "INTEGER", "nullable": False, "primary_key": True}
 
 
-@pytest.mark.parametrize(
-    ("recorded_type", "difference"),
-    [("VARCHAR(50)", "column name changed: type 'VARCHAR(50)' -> 'VARCHAR(100)'")],
-)
-def test_type_change_is_refused(
-    databases: tuple[Any, Any], tmp_path: Path, recorded_type: str, difference: str
-) -> None:
-    """A column whose type differs from the recording's is a schema mismatch."""
-    _, b = databases
-    path = tmp_path / "ops.dbm"
-    columns = {
-        "id": {"type": "INTEGER", "nullable": False, "primary_key": True},
-        "name": {"type": recorded_type, "nullable": False, "primary_key": False},
-    }
+def task_journal(path: Path, columns: dict[str, Any]) -> None:
+    """Write a sealed journal inserting one Task, recorded against ``columns`` of ``task``."""
     with JournalWriter.create(path) as writer:
         writer.append(
             [
@@ -405,6 +356,34 @@ def test_type_change_is_refused(
                 "schema": {"task": {"columns": columns, "foreign_keys": []}},
             }
         )
+
+
+def test_schema_drift_is_refused_before_any_write(
+    databases: tuple[Any, Any], tmp_path: Path
+) -> None:
+    """A journal recorded against another table layout raises SchemaMismatchError, writing nothing."""
+    _, b = databases
+    task_journal(tmp_path / "drift.dbm", {"id": INTEGER_KEY})
+    before = table_rows(b)
+    with pytest.raises(SchemaMismatchError) as caught:
+        replay(b, tmp_path / "drift.dbm")
+    assert "table task: column name was added" in caught.value.differences
+    assert table_rows(b) == before
+    assert replay(b, tmp_path / "drift.dbm", allow_schema_drift=True).applied
+
+
+@pytest.mark.parametrize(
+    ("recorded_type", "difference"),
+    [("VARCHAR(50)", "column name changed: type 'VARCHAR(50)' -> 'VARCHAR(100)'")],
+)
+def test_type_change_is_refused(
+    databases: tuple[Any, Any], tmp_path: Path, recorded_type: str, difference: str
+) -> None:
+    """A column whose type differs from the recording's is a schema mismatch."""
+    _, b = databases
+    path = tmp_path / "ops.dbm"
+    name = {"type": recorded_type, "nullable": False, "primary_key": False}
+    task_journal(path, {"id": INTEGER_KEY, "name": name})
     with pytest.raises(SchemaMismatchError) as caught:
         replay(b, path)
     assert difference in caught.value.differences[0]
