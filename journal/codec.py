@@ -161,12 +161,32 @@ def _default(value: object) -> msgpack.ExtType:
     return _encode_dill(value)
 
 
+# Time zone tails by the identity of the tzinfo object (kept alive by the entry, so its id
+# cannot be reused): equality would not do, timezone.utc == timezone(timedelta(0), "X").
+_TAILS: dict[int, tuple[tzinfo, bytes]] = {}
+
+
 def _encode_datetime(v: datetime) -> msgpack.ExtType:
-    tail = _tz_tail(v.tzinfo)
+    tz = v.tzinfo
+    if tz is None:
+        tail: bytes | None = b""
+    else:
+        entry = _TAILS.get(id(tz))
+        if entry is not None and entry[0] is tz:
+            tail = entry[1]
+        else:
+            tail = _tz_tail(tz)
+            if tail is not None and len(_TAILS) < 1024:
+                _TAILS[id(tz)] = (tz, tail)
     if tail is None:
         return _encode_dill(v)
-    fields = (v.year, v.month, v.day, v.hour, v.minute, v.second, v.microsecond, v.fold)
-    return _ext(_DATETIME, _DATETIME_HEAD.pack(*fields) + tail)
+    return _ext(
+        _DATETIME,
+        _DATETIME_HEAD.pack(
+            v.year, v.month, v.day, v.hour, v.minute, v.second, v.microsecond, v.fold
+        )
+        + tail,
+    )
 
 
 def _encode_time(v: time) -> msgpack.ExtType:
