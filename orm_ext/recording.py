@@ -27,6 +27,7 @@ import datetime as dt
 import decimal
 import operator
 import os
+import re
 import uuid
 import weakref
 from collections.abc import Callable, Iterable, Sequence
@@ -39,7 +40,7 @@ from sqlalchemy import event, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Mapper, ORMExecuteState, Session, SessionTransaction
 from sqlalchemy.orm.attributes import instance_state, set_committed_value
-from sqlalchemy.orm.interfaces import MANYTOMANY, MANYTOONE, ONETOMANY
+from sqlalchemy.orm.interfaces import MANYTOONE, ONETOMANY
 from sqlalchemy.orm.state import InstanceState
 from sqlalchemy.sql.elements import ClauseElement
 
@@ -178,20 +179,17 @@ def _tuple_getter(keys: Sequence[str]) -> Callable[[dict[str, Any]], tuple[Any, 
 def _recorded_from_other_side(rel: Any) -> bool:
     """Whether the change of ``rel`` is recorded through its reverse relationship instead.
 
-    SQLAlchemy keeps both sides of a back_populates/backref pair in step, so one side is
-    enough: the many-to-one side of a one-to-many pair, and the side whose name sorts
-    first of a many-to-many pair. Private: RelationshipProperty._reverse_property is how
-    the ORM itself pairs them; checked on SQLAlchemy 2.0.x and 2.1.9.
+    SQLAlchemy sets the many-to-one side of a one-to-many pair whenever the collection
+    changes, so that side alone is recorded. Private: RelationshipProperty._reverse_property
+    is how the ORM itself pairs them; checked on SQLAlchemy 2.0.x and 2.1.9.
     """
     reverses = [r for r in rel._reverse_property if not r.viewonly]
     if not reverses:
         return False
-    if rel.direction is ONETOMANY:
-        return any(r.direction is MANYTOONE for r in reverses)
-    if rel.direction is MANYTOMANY:
-        mine = (class_path(rel.parent.class_), rel.key)
-        return any(mine > (class_path(r.parent.class_), r.key) for r in reverses)
-    return False
+    # Many-to-many sides are both recorded: a change made through one side shows up in
+    # the other's history only if that collection was loaded. Replay adds and removes
+    # idempotently, so a change seen from both sides is applied once.
+    return rel.direction is ONETOMANY and any(r.direction is MANYTOONE for r in reverses)
 
 
 class Recorder:
@@ -213,6 +211,7 @@ class Recorder:
         self.classes: set[str] = set()
         self.next_ref = 1
         self.saved_expire_on_commit = session.expire_on_commit
+        self.guarded: list[sqlalchemy.Connection] = []
         self.io: JournalIO = _call
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -252,6 +251,8 @@ class Recorder:
         for transaction in (session.get_transaction(), session.get_nested_transaction()):
             if transaction is not None:
                 recorder.marks[transaction] = recorder.origin
+        for connection in _open_connections(session):
+            guard_connection(recorder, connection)
         # A commit inside the block is a checkpoint: nothing reached the database, so
         # reloading objects from it would show stale values instead of the recorded ones.
         session.expire_on_commit = False
@@ -282,6 +283,9 @@ class Recorder:
     def _detach(self) -> None:
         session = self.session
         session._recorder = None  # type: ignore[attr-defined]
+        for connection in self.guarded:
+            _recording_connections.pop(connection, None)
+        self.guarded.clear()
         self.io(self.writer.close)
         session.expire_on_commit = self.saved_expire_on_commit
         for state in session.identity_map.all_states():
@@ -679,6 +683,11 @@ class Recorder:
 
 # -- helpers --------------------------------------------------------------------------------
 
+# Connections (SQLAlchemy's per-checkout facades, not the pooled DBAPI connections, whose
+# info would outlive the block) of sessions that are recording, with the journal path.
+_recording_connections: weakref.WeakKeyDictionary[sqlalchemy.Connection, str] = (
+    weakref.WeakKeyDictionary()
+)
 # Set on the session while its transaction holds flushed, uncommitted writes.
 _FLUSHED: Final = "_orm_journal_flushed"
 # Objects recorded into a journal, with the journal's path: they must never be attached
@@ -767,6 +776,19 @@ def _mark_flushed(
         session._remove_newly_deleted(deleted)
 
 
+def _open_connections(session: Session) -> list[sqlalchemy.Connection]:
+    """The connections the session's current transaction already holds.
+
+    Private: SessionTransaction._connections; there is no public listing, and asking
+    for session.connection() would connect an offline recording session. Checked on
+    SQLAlchemy 2.0.x and 2.1.9.
+    """
+    transaction = session.get_transaction()
+    if transaction is None:
+        return []
+    return [entry[0] for entry in transaction._connections.values()]
+
+
 def _forget_recorded_objects(session: Session) -> None:
     """Take every object created in the block out of the session, keeping its values.
 
@@ -799,8 +821,40 @@ def refuse_if_recorded(instance: object) -> None:
 # -- event wiring ---------------------------------------------------------------------------
 
 
+_WRITE = re.compile(
+    r"^\s*(?:insert|update|delete|replace|merge|upsert)\b"
+    r"|^\s*with\b.*\b(?:insert|update|delete|merge)\b",
+    re.IGNORECASE | re.DOTALL,
+)
+
+
+def _refuse_writes(conn: sqlalchemy.Connection, cursor: Any, statement: str, *args: Any) -> None:
+    # The guarantee of SPEC §3.1 for what does not go through a flush or an ORM
+    # statement: text() writes, legacy bulk_* methods, session.connection().execute().
+    path = _recording_connections.get(conn)
+    if path is not None and _WRITE.match(statement):
+        raise DeferredOperationError(
+            f"a write statement reached the database connection while recording into {path} "
+            f"({statement.split(None, 1)[0].upper()} ...); only flushes and ORM "
+            "insert()/update()/delete() statements can be recorded. Nothing was sent",
+            path=path,
+        )
+
+
+def guard_connection(recorder: Recorder, connection: sqlalchemy.Connection) -> None:
+    """Make ``connection`` refuse INSERT/UPDATE/DELETE while ``recorder`` records."""
+    if connection in _recording_connections:
+        return
+    _recording_connections[connection] = str(recorder.path)
+    engine = connection.engine
+    if not event.contains(engine, "before_cursor_execute", _refuse_writes):
+        event.listen(engine, "before_cursor_execute", _refuse_writes)
+    recorder.guarded.append(connection)
+
+
 def install(session: Session) -> None:
     """Register the recorder's listeners on ``session`` (a JournalingSession)."""
+    event.listen(session, "after_begin", _after_begin)
     event.listen(session, "before_flush", _before_flush)
     event.listen(session, "after_flush", _after_flush)
     event.listen(session, "after_transaction_create", _after_transaction_create)
@@ -811,6 +865,12 @@ def install(session: Session) -> None:
 
 def _recorder(session: Session) -> Recorder | None:
     return getattr(session, "_recorder", None)
+
+
+def _after_begin(session: Session, transaction: SessionTransaction, connection: Any) -> None:
+    recorder = _recorder(session)
+    if recorder is not None:
+        guard_connection(recorder, connection)
 
 
 def _before_flush(session: Session, flush_context: Any, instances: Any) -> None:

@@ -42,10 +42,13 @@ class StatementLog:
 
 
 def watch(engine: Engine) -> StatementLog:
-    """Return a log that records every statement ``engine`` executes from now on."""
+    """Return a log that records every statement ``engine`` executes from now on.
+
+    After execution, so that a statement refused before it was sent does not count.
+    """
     log = StatementLog()
 
-    @event.listens_for(engine, "before_cursor_execute")
+    @event.listens_for(engine, "after_cursor_execute")
     def _record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
         log.statements.append(statement)
 

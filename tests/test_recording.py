@@ -482,3 +482,43 @@ def test_new_versioned_object_updated_after_its_flush(world: Any, tmp_path: Path
     insert_, update_ = operations(path)
     assert "revision" not in insert_["values"]
     assert update_["version"] == [1, 2]
+
+
+@pytest.mark.parametrize(
+    "write",
+    [
+        lambda s: s.execute(text("INSERT INTO task (name) VALUES ('raw')")),
+        lambda s: s.bulk_insert_mappings(Task, [{"name": "legacy"}]),
+        lambda s: s.connection().execute(text("DELETE FROM task")),
+    ],
+    ids=["text", "bulk-mappings", "connection"],
+)
+def test_writes_outside_the_unit_of_work_are_refused(
+    world: Any, tmp_path: Path, write: Any
+) -> None:
+    """A write that bypasses flush and ORM statements raises before anything reaches the database."""
+    before = table_rows(world.engine)
+    with world.sessions() as session:
+        world.log.clear()
+        with pytest.raises(DeferredOperationError, match="Nothing was sent"):
+            with session.deferred_operations(tmp_path / "ops.dbm"):
+                session.scalars(select(Task)).all()  # a connection is open already
+                write(session)
+                session.commit()
+        assert world.log.writes() == []
+    assert table_rows(world.engine) == before
+
+
+def test_many_to_many_change_through_the_unloaded_side(world: Any, tmp_path: Path) -> None:
+    """A link added through one side is recorded even when the other side's collection is unloaded."""
+    with Session(world.engine) as plain:
+        plain.add_all([Post(title="p"), Tag(label="t")])
+        plain.commit()
+    path = tmp_path / "ops.dbm"
+    with world.sessions() as session, session.deferred_operations(path):
+        post = session.scalars(select(Post)).one()
+        tag = session.scalars(select(Tag)).one()
+        post_id = post.id
+        tag.posts.append(post)
+    [op] = operations(path)
+    assert op["added"] == {"posts": [[post_id]]}
