@@ -212,6 +212,7 @@ class Recorder:
         self.next_ref = 1
         self.saved_expire_on_commit = session.expire_on_commit
         self.guarded: list[sqlalchemy.Connection] = []
+        self.pending: dict[InstanceState[Any], int] = {}  # refs of the flush being recorded
         self.io: JournalIO = _call
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -340,7 +341,7 @@ class Recorder:
     def record_flush(self) -> None:
         """Turn the pending unit of work into one journal batch and mark it flushed.
 
-        Until ``_mark_flushed`` the objects' ``state.dict`` is written directly (keys,
+        Once the batch is on disk, the objects' ``state.dict`` is written directly (keys,
         synchronised foreign keys, defaults): ``_mark_flushed`` commits every attribute
         of these states right after, which is all ``set_committed_value`` would add.
         """
@@ -364,25 +365,34 @@ class Recorder:
                     "delete-orphan relationship requires, and a flush would refuse it",
                     path=self.path,
                 )
-            ref = state.info[REF] = self.next_ref
-            self.next_ref += 1
-            # Every new object needs its key before any operation is built: objects of
-            # this flush refer to each other, and their foreign keys are synchronised
-            # from those keys as a real flush would.
-            data = state.dict
-            for key in plan_for(state.mapper).primary_key:
-                if data.get(key) is None:
-                    data[key] = Placeholder(ref, key)
+        # Nothing about the objects changes until the batch is on disk: a construct that
+        # cannot be recorded raises with the session as it was, ready for another try.
+        first_ref = self.next_ref
+        self.pending = {state: first_ref + n for n, state in enumerate(new)}
+        try:
+            self._record(session, new, dirty, deleted)
+        finally:
+            self.pending = {}
 
+    def _record(
+        self,
+        session: Session,
+        new: Sequence[InstanceState[Any]],
+        dirty: list[InstanceState[Any]],
+        deleted: list[InstanceState[Any]],
+    ) -> None:
         for mapper in {state.mapper for state in (*new, *deleted)}:
             self._note_tables(plan_for(mapper))
         mark = self.writer.batches + 1
-        operations = [self._insert(state, mark) for state in new]
+        operations = [self._insert(state, self.pending[state]) for state in new]
         versions: list[tuple[InstanceState[Any], str, Any]] = []
+        relinked: list[tuple[InstanceState[Any], dict[str, Any]]] = []
         for state in dirty:
             operation = self._update(state, versions)
             if operation is not None:
                 operations.append(operation)
+                if "links" in operation:
+                    relinked.append((state, operation["links"]))
         for state in deleted:
             operations.append(self._delete(state))
         self._fill_old_values(operations)
@@ -390,6 +400,10 @@ class Recorder:
         if operations:
             self.io(self.writer.append, operations)
             self.handle.operations = self.writer.operations
+        self.next_ref += len(new)
+        self._settle_new(new, mark)
+        for state, links in relinked:
+            self._sync_foreign_keys(state, plan_for(state.mapper), links)
         _mark_flushed(session, new, dirty, deleted)
         path = str(self.path)
         for state in new:
@@ -449,31 +463,18 @@ class Recorder:
         for tbl in (*plan.tables, *plan.secondary):
             self.tables.setdefault(str(tbl.fullname), tbl)
 
-    def _insert(self, state: InstanceState[Any], mark: int) -> dict[str, Any]:
+    def _insert(self, state: InstanceState[Any], ref: int) -> dict[str, Any]:
+        """The insert operation of a new object (reads it, changes nothing)."""
         plan = plan_for(state.mapper)
-        info = state.info
-        ref = info[REF]
-        obj = state.obj()
         data = state.dict
+        values, refs = self._column_values(state, plan, plan.columns)
         for key, value in plan.scalar_defaults:
             if key not in data:
-                data[key] = value
-        values, refs = self._column_values(state, plan, plan.columns)
-        if refs:
-            for key in plan.primary_key:
-                if refs.get(key) == [ref, key]:
-                    del refs[key]  # its own placeholder: the database assigns the key
-        if plan.version is not None and data.get(plan.version) is None:
-            # As the INSERT of a flush does; replay's flush sets the same first version.
-            generator: Any = state.mapper.version_id_generator
-            data[plan.version] = generator(None)
-        # A column never set reads as NULL afterwards, as it would after a reload (a
-        # default the database fills in is only known at replay).
-        for key in plan.columns:
-            if key not in data:
-                data[key] = None
+                values[key] = value
+        for key in plan.primary_key:
+            if values.get(key, 0) is None:
+                del values[key]  # the database assigns it
         links: dict[str, Any] = {}
-        weak: dict[str, Any] = {}
         added: dict[str, list[Any]] = {}
         for key, many_to_one in plan.relationships:
             value = data.get(key)
@@ -481,18 +482,8 @@ class Recorder:
                 continue
             if many_to_one:
                 links[key] = self._target(instance_state(value), state, key)
-                weak[key] = weakref.ref(value)
             elif value:
                 added[key] = [self._target(instance_state(v), state, key) for v in value]
-        # Leave the object as a flush would: foreign keys synchronised from its
-        # many-to-one targets, and collections known to hold only what this block added.
-        if links:
-            self._sync_foreign_keys(state, plan, links)
-        for key in plan.collections:
-            if key not in data:
-                set_committed_value(obj, key, ())
-        # A new object has no history yet: its first snapshot (see _snapshot).
-        info[SHADOW] = [(mark, plan.column_values(data), weak)]
         operation: dict[str, Any] = {
             "op": "insert",
             "class": plan.class_path,
@@ -507,6 +498,46 @@ class Recorder:
         if added:
             operation["added"] = added
         return operation
+
+    def _settle_new(self, new: Sequence[InstanceState[Any]], mark: int) -> None:
+        """Leave recorded new objects as a flush would, once their batch is on disk.
+
+        Keys (placeholders until replay), scalar defaults, the first version, foreign keys
+        synchronised from many-to-one targets, collections known to hold only what this
+        block added, and a first snapshot for a later rollback (see :meth:`_snapshot`).
+        """
+        for state in new:
+            ref = state.info[REF] = self.pending[state]
+            data = state.dict
+            for key in plan_for(state.mapper).primary_key:
+                if data.get(key) is None:
+                    data[key] = Placeholder(ref, key)
+        for state in new:
+            plan = plan_for(state.mapper)
+            data = state.dict
+            for key, value in plan.scalar_defaults:
+                if key not in data:
+                    data[key] = value
+            if plan.version is not None and data.get(plan.version) is None:
+                generator: Any = state.mapper.version_id_generator
+                data[plan.version] = generator(None)
+            # A column never set reads as NULL afterwards, as after a reload (a default
+            # the database fills in is only known at replay).
+            for key in plan.columns:
+                if key not in data:
+                    data[key] = None
+            weak = {}
+            for key in plan.many_to_one:
+                value = data.get(key)
+                if value is not None:
+                    weak[key] = weakref.ref(value)
+            if weak:
+                self._sync_foreign_keys(state, plan, weak)
+            obj = state.obj()
+            for key in plan.collections:
+                if key not in data:
+                    set_committed_value(obj, key, ())
+            state.info[SHADOW] = [(mark, plan.column_values(data), weak)]
 
     def _update(
         self, state: InstanceState[Any], versions: list[tuple[InstanceState[Any], str, Any]]
@@ -533,6 +564,11 @@ class Recorder:
                 links[key] = (
                     None if target is None else self._target(instance_state(target), state, key)
                 )
+                # The foreign key columns change with the link: their old values are what
+                # replay checks for a conflict, as for any changed column.
+                for local, _ in plan.many_to_one_pairs[key]:
+                    if local not in old and local in state.dict:
+                        old[local] = _plain(state.dict[local], state, local, self)
             else:
                 if history.added:
                     added[key] = [
@@ -558,7 +594,6 @@ class Recorder:
             operation["refs"] = refs
         if links:
             operation["links"] = links
-            self._sync_foreign_keys(state, plan, links)
         if added:
             operation["added"] = added
         if removed:
@@ -613,7 +648,7 @@ class Recorder:
     def _target(
         self, state: InstanceState[Any], owner: InstanceState[Any] | None, key: str | None
     ) -> Any:
-        ref = state.info.get(REF)
+        ref = state.info.get(REF) or self.pending.get(state)
         if ref is not None:
             return ref
         if state.key is None:

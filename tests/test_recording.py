@@ -522,3 +522,39 @@ def test_many_to_many_change_through_the_unloaded_side(world: Any, tmp_path: Pat
         tag.posts.append(post)
     [op] = operations(path)
     assert op["added"] == {"posts": [[post_id]]}
+
+
+def test_a_refused_flush_leaves_the_session_ready_to_retry(world: Any, tmp_path: Path) -> None:
+    """After a flush refused for an unrecordable value, fixing it and flushing records cleanly."""
+    from sqlalchemy import func as sqlfunc
+
+    path = tmp_path / "ops.dbm"
+    with world.sessions() as session, session.deferred_operations(path):
+        good, bad = Task(name="good"), Task(name="bad")
+        session.add_all([good, bad])
+        bad.name = sqlfunc.upper("y")
+        with pytest.raises(DeferredOperationError, match="SQL expression"):
+            session.flush()
+        assert good.id is None
+        bad.name = "Y"
+    ops = operations(path)
+    assert [(o["ref"], o["values"], o.get("refs")) for o in ops] == [
+        (1, {"name": "good"}, None),
+        (2, {"name": "Y"}, None),
+    ]
+
+
+def test_relinking_records_the_old_foreign_key(world: Any, tmp_path: Path) -> None:
+    """Changing a many-to-one records the foreign key's old value, for conflict detection."""
+    with Session(world.engine) as plain:
+        plain.add(Asset(name="other"))
+        plain.commit()
+    path = tmp_path / "ops.dbm"
+    with world.sessions() as session, session.deferred_operations(path):
+        version = session.scalars(select(AssetVersion)).one()
+        other = session.scalars(select(Asset).where(Asset.name == "other")).one()
+        old_id, other_id = version.asset_id, other.id
+        version.asset = other
+    [op] = operations(path)
+    assert op["old"] == {"asset_id": old_id}
+    assert op["links"] == {"asset": [other_id]}
