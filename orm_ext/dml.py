@@ -94,7 +94,7 @@ def describe(state: ORMExecuteState, path: str | os.PathLike[str]) -> dict[str, 
 
     def refuse(reason: str) -> NoReturn:
         raise DeferredOperationError(
-            f"cannot record {type(statement).__name__.lower()}() inside deferred_operations: "
+            f"cannot record {statement.__visit_name__}() inside deferred_operations: "
             f"{reason}. Nothing was executed",
             path=path,
         )
@@ -103,6 +103,19 @@ def describe(state: ORMExecuteState, path: str | os.PathLike[str]) -> dict[str, 
         refuse("it does not target a mapped class")
     if getattr(statement, "_returning", ()):
         refuse("RETURNING rows are only known at replay")
+    # Dialect-specific clauses (ON CONFLICT, ON DUPLICATE KEY, prefixes such as OR IGNORE,
+    # hints) would be lost in the recorded form, which keeps criteria and values only.
+    # Private attributes of ValuesBase/UpdateBase: there is no public way to ask a
+    # statement for its extra clauses. Checked on SQLAlchemy 2.0.x and 2.1.9.
+    extras: list[Any] = [
+        getattr(statement, "_post_values_clause", None),
+        getattr(statement, "_prefixes", None),
+        getattr(statement, "_hints", None),
+        getattr(statement, "_statement_hints", None),
+        *(statement.dialect_options[d]._non_defaults for d in statement.dialect_options),
+    ]
+    if any(extras):
+        refuse("it carries dialect-specific clauses, prefixes or hints")
     operation: dict[str, Any] = {
         "class": class_path(mapper.class_),
         "table": str(mapper.local_table.description),

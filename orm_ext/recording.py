@@ -213,6 +213,9 @@ class Recorder:
         self.saved_expire_on_commit = session.expire_on_commit
         self.guarded: list[sqlalchemy.Connection] = []
         self.pending: dict[InstanceState[Any], int] = {}  # refs of the flush being recorded
+        # (batch, state) of objects created since the last checkpoint: a rollback may
+        # discard their insert (see _forget_discarded).
+        self.created: list[tuple[int, weakref.ref[InstanceState[Any]]]] = []
         self.io: JournalIO = _call
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -305,6 +308,7 @@ class Recorder:
             # A new outermost transaction starts after commit() or rollback(): the
             # earliest point any later rollback can return to.
             self.checkpoint = position.batches
+            self.created = [e for e in self.created if e[0] > self.checkpoint]
 
     def rolled_back(self, transaction: SessionTransaction) -> None:
         target = self.marks.get(transaction, self.origin)
@@ -335,6 +339,47 @@ class Recorder:
                 related = None if ref is None else ref()
                 if ref is None or related is not None:
                     set_committed_value(obj, key, related)
+            if REF in state.info:
+                # Only this journal knows what refers to an object created in it; what a
+                # reload from the database would show is an empty collection.
+                for key in plan.collections:
+                    if key not in state.dict:
+                        set_committed_value(obj, key, ())
+        self._forget_discarded(target.batches)
+
+    def _forget_discarded(self, batches: int) -> None:
+        """Objects whose insert a rollback discarded become new objects again.
+
+        SQLAlchemy has expunged them; without their placeholder key and journal marks they
+        can be added and recorded afresh, as they could be inserted again after a rollback.
+        """
+        kept = []
+        for batch, ref in self.created:
+            state = ref()
+            if state is None:
+                continue
+            if batch <= batches:
+                kept.append((batch, ref))
+                continue
+            _recorded.pop(state, None)
+            info = state.info
+            info.pop(SHADOW, None)
+            number = info.pop(REF, None)
+            obj = state.obj()
+            if obj is not None:
+                data = state.dict
+                for key in plan_for(state.mapper).primary_key:
+                    value = data.get(key)
+                    if isinstance(value, Placeholder) and value.ref == number:
+                        del data[key]
+        self.created = kept
+
+    def discard_uncommitted(self) -> None:
+        """What ``close()`` inside the block means: drop what was recorded since the
+        last checkpoint, as closing a session rolls its transaction back."""
+        transaction = self.session.get_transaction()
+        if transaction is not None:
+            self.rolled_back(transaction)
 
     # -- recording a flush ----------------------------------------------------------------
 
@@ -508,6 +553,7 @@ class Recorder:
         """
         for state in new:
             ref = state.info[REF] = self.pending[state]
+            self.created.append((mark, weakref.ref(state)))
             data = state.dict
             for key in plan_for(state.mapper).primary_key:
                 if data.get(key) is None:

@@ -134,6 +134,13 @@ class JournalingSession(Session):
         super().expire(instance, attribute_names)
         memo.invalidate(self)
 
+    def close(self) -> None:
+        # Inside a deferred block, closing discards what was recorded since the last
+        # checkpoint, as closing rolls a real transaction back.
+        if self._recorder is not None:
+            self._recorder.discard_uncommitted()
+        super().close()
+
     def expunge_all(self) -> None:
         super().expunge_all()
         memo.invalidate(self)

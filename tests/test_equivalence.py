@@ -171,8 +171,9 @@ steps: st.SearchStrategy[Step] = st.one_of(
     st.tuples(st.just("link"), index, index),
     st.tuples(st.just("unlink"), index, index),
     st.tuples(st.just("bulk_rename_tasks"), st.lists(index, min_size=1, max_size=3)),
-    st.tuples(st.just("bulk_delete_task"), index),
-    st.tuples(st.just("bulk_insert_task")),
+    st.tuples(st.just("bulk_rename_by_key"), st.lists(index, min_size=1, max_size=3)),
+    st.tuples(st.just("bulk_delete_tasks"), st.lists(index, min_size=1, max_size=3)),
+    st.tuples(st.just("bulk_insert_tasks"), st.integers(1, 3)),
     st.sampled_from(
         [("flush",), ("commit",), ("rollback",), ("savepoint",), ("release",),
          ("rollback_savepoint",), ("query",)]
@@ -616,20 +617,44 @@ class Interpreter:
         self.task_names.update(renamed)
         self.flushed()
 
-    def bulk_delete_task(self, i: int) -> None:
-        task = self.pick("task", i)
-        if task is None:
+    def bulk_rename_by_key(self, tasks: list[int]) -> None:
+        """An executemany UPDATE by primary key (a recorded key may be a placeholder)."""
+        self.flush()  # new tasks get their keys (or placeholders)
+        chosen = sorted({self.label_of("task", t) for i in tasks if (t := self.pick("task", i))})
+        if not chosen:
             return
-        if any(v.task is task for v in self.live["version"].values()):
-            return
-        label = self.label_of("task", task)
-        self.session.execute(delete(Task).where(Task.name == self.task_names[label]))
-        self.forget("task", task)
-        del self.task_names[label]
+        renamed = {label: self.fresh("task") for label in chosen}
+        rows = [{"id": self.live["task"][label].id, "name": renamed[label]} for label in chosen]
+        self.session.execute(update(Task), rows)
+        self.task_names.update(renamed)
         self.flushed()
 
-    def bulk_insert_task(self) -> None:
-        self.session.execute(insert(Task).values(name=self.fresh("inserted task")))
+    def bulk_delete_tasks(self, tasks: list[int]) -> None:
+        linked = {id(v.task) for v in self.live["version"].values()}
+        chosen = sorted(
+            {
+                self.label_of("task", t)
+                for i in tasks
+                if (t := self.pick("task", i)) is not None and id(t) not in linked
+            }
+        )
+        if not chosen:
+            return
+        names = [self.task_names[label] for label in chosen]
+        where = Task.name == names[0] if len(names) == 1 else Task.name.in_(names)
+        self.session.execute(delete(Task).where(where))
+        for label in chosen:
+            del self.live["task"][label]
+            del self.task_names[label]
+        self.flushed()
+
+    def bulk_insert_tasks(self, count: int) -> None:
+        """Rows the program never refers to again: only the database comparison sees them."""
+        names = [self.fresh("inserted task") for _ in range(count)]
+        if count == 1:
+            self.session.execute(insert(Task).values(name=names[0]))
+        else:
+            self.session.execute(insert(Task), [{"name": name} for name in names])
         self.flushed()
 
 

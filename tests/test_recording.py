@@ -169,8 +169,18 @@ def test_orm_statements_are_recorded_not_executed(world: Any, tmp_path: Path) ->
         lambda: delete(Task).where(Task.id == select(func.max(Task.id)).scalar_subquery()),
         lambda: update(Task).values(name="z").returning(Task.id),
         lambda: delete(Task).where(Task.name.like("a/_%", escape="/")),
+        lambda: update(Task).values(name="z").prefix_with("OR IGNORE"),
+        lambda: insert(Task).values(name="z").prefix_with("IGNORE"),
     ],
-    ids=["expression-value", "function-criteria", "subquery", "returning", "like-escape"],
+    ids=[
+        "expression-value",
+        "function-criteria",
+        "subquery",
+        "returning",
+        "like-escape",
+        "prefix",
+        "insert-prefix",
+    ],
 )
 def test_unreplayable_statement_is_refused(world: Any, tmp_path: Path, statement: Any) -> None:
     """A statement that cannot be replayed faithfully raises at once and runs nothing."""
@@ -558,3 +568,47 @@ def test_relinking_records_the_old_foreign_key(world: Any, tmp_path: Path) -> No
     [op] = operations(path)
     assert op["old"] == {"asset_id": old_id}
     assert op["links"] == {"asset": [other_id]}
+
+
+def test_close_inside_the_block_discards_since_the_checkpoint(world: Any, tmp_path: Path) -> None:
+    """close() inside the block drops what was recorded since the last commit, as a rollback."""
+    path = tmp_path / "ops.dbm"
+    with world.sessions() as session, session.deferred_operations(path):
+        session.add(Task(name="kept"))
+        session.commit()
+        session.add(Task(name="discarded"))
+        session.flush()
+        session.close()
+        session.add(Task(name="after close"))
+    assert [o["values"]["name"] for o in operations(path)] == ["kept", "after close"]
+
+
+def test_object_can_grow_after_a_rollback(world: Any, tmp_path: Path) -> None:
+    """An object recorded before the checkpoint keeps usable collections after rollback()."""
+    path = tmp_path / "ops.dbm"
+    with world.sessions() as session, session.deferred_operations(path):
+        asset = Asset(name="grows")
+        session.add(asset)
+        session.commit()
+        asset.name = "renamed, then rolled back"
+        session.flush()
+        session.rollback()
+        assert asset.name == "grows"
+        asset.versions.append(AssetVersion(version=1))
+    kinds = [(o["op"], o["class"].split(":")[1]) for o in operations(path)]
+    assert kinds == [("insert", "Asset"), ("insert", "AssetVersion")]
+
+
+def test_object_discarded_by_rollback_can_be_added_again(world: Any, tmp_path: Path) -> None:
+    """An insert discarded by rollback() leaves a new object that can be added and recorded again."""
+    path = tmp_path / "ops.dbm"
+    with world.sessions() as session, session.deferred_operations(path):
+        task = Task(name="again")
+        session.add(task)
+        session.flush()
+        session.rollback()
+        assert task.id is None
+        session.add(task)
+    [op] = operations(path)
+    assert op["values"] == {"name": "again"}
+    assert "refs" not in op
