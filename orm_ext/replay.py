@@ -24,6 +24,7 @@ from sqlalchemy import delete, insert, select, text, update
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Mapper, Session, class_mapper
+from sqlalchemy.orm.attributes import flag_modified, instance_state
 from sqlalchemy.orm.exc import UnmappedClassError
 
 from journal import Journal
@@ -195,10 +196,14 @@ class Replay:
         mapper = self.mapper(op["class"])
         if kind == "insert":
             obj = mapper.class_manager.new_instance()
+            # Recorded values already went through the application's attribute events
+            # (validators) when they were set; a pending object's dict is what its INSERT
+            # reads, so writing it directly keeps those events from running twice.
+            data = instance_state(obj).dict
             for key, value in op["values"].items():
-                setattr(obj, key, self.resolve_value(value))
+                data[key] = self.resolve_value(value)
             for key, (ref, attribute) in op.get("refs", {}).items():
-                setattr(obj, key, self.key_of(ref)[attribute])
+                data[key] = self.key_of(ref)[attribute]
             self.batch_objects[op["ref"]] = obj
             self.ref_classes[op["ref"]] = mapper
             self.session.add(obj)
@@ -262,10 +267,14 @@ class Replay:
         obj = self.target(op["target"], mapper, lock=True)
         if not self._matches(sequence, mapper, op, obj):
             return
-        for key, value in op["values"].items():
-            setattr(obj, key, self.resolve_value(value))
-        for key, (ref, attribute) in op.get("refs", {}).items():
-            setattr(obj, key, self.key_of(ref)[attribute])
+        # As for inserts: the values were validated when recorded. flag_modified makes
+        # the unit of work write a value set without attribute events.
+        data = instance_state(obj).dict
+        changes = {k: self.resolve_value(v) for k, v in op["values"].items()}
+        changes.update({k: self.key_of(r)[a] for k, (r, a) in op.get("refs", {}).items()})
+        for key, value in changes.items():
+            data[key] = value
+            flag_modified(obj, key)
         self._set_links(
             obj, mapper, op.get("links", {}), op.get("added", {}), op.get("removed", {})
         )
