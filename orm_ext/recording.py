@@ -645,6 +645,7 @@ class Recorder:
         if removed:
             operation["removed"] = removed
         if plan.version is not None and (changed or links) and plan.version not in changed:
+            self._load_version(state, plan)
             current = state.dict.get(plan.version)
             generator: Any = state.mapper.version_id_generator
             new_version = generator(current)
@@ -658,9 +659,20 @@ class Recorder:
     def _delete(self, state: InstanceState[Any]) -> dict[str, Any]:
         plan = plan_for(state.mapper)
         data = state.dict
+        self._load_version(state, plan)
         old = {}
         for key in plan.columns:
-            if key in data and key not in plan.primary_key:
+            if key in plan.primary_key:
+                continue
+            if state.modified:
+                # A change not flushed yet is not in the row: the row has the old value.
+                history = state.attrs[key].history
+                if history.deleted:
+                    old[key] = _plain(history.deleted[0], state, key, self)
+                    continue
+                if history.added:
+                    continue  # set without being loaded: the row's value is unknown
+            if key in data:
                 old[key] = _plain(data[key], state, key, self)
         operation: dict[str, Any] = {
             "op": "delete",
@@ -672,6 +684,22 @@ class Recorder:
         if plan.version is not None:
             operation["version"] = data.get(plan.version)
         return operation
+
+    def _load_version(self, state: InstanceState[Any], plan: _MapperPlan) -> None:
+        """Load an expired version counter, as a flush does before its UPDATE or DELETE."""
+        if plan.version is None or plan.version in state.dict or state.key is None:
+            return
+        if REF in state.info:
+            return  # created in this block: its counter is in the dict unless dropped
+        try:
+            getattr(state.obj(), plan.version)
+        except SQLAlchemyError as err:
+            raise DeferredOperationError(
+                f"cannot record the change of {_describe(state)}: its version counter was "
+                f"expired and the database cannot be read ({type(err).__name__}); load the "
+                "object before changing it",
+                path=self.path,
+            ) from err
 
     def _column_values(
         self, state: InstanceState[Any], plan: _MapperPlan, keys: Iterable[str]
@@ -756,7 +784,12 @@ class Recorder:
         mapper = orm_execute_state.bind_mapper
         if mapper is not None:
             self._note_tables(plan_for(mapper))
-        self.session.flush()
+        if not self.session.in_transaction():
+            # As for a flush: the transaction is what a later rollback() rewinds to.
+            self.session.begin()
+        if self.session.autoflush:
+            # As the ORM autoflushes before executing a statement (not under no_autoflush).
+            self.session.flush()
         self.io(self.writer.append, [operation])
         self.handle.operations = self.writer.operations
         return dml.empty_result()
@@ -882,14 +915,16 @@ def _forget_recorded_objects(session: Session) -> None:
         session._expunge_states(states)
 
 
-def refuse_if_recorded(instance: object) -> None:
-    """Raise if ``instance`` was recorded into a journal and is being added to a session."""
+def refuse_if_recorded(session: Session, instance: object) -> None:
+    """Raise if ``instance`` was recorded into a journal and is being added to ``session``.
+
+    Adding it back to the session that is still recording that journal is fine.
+    """
     state = instance_state(instance)  # before_attach only sees mapped instances
     path = _recorded.get(state)
     if path is None:
         return
-    session = state.session
-    recorder = getattr(session, "_recorder", None) if session is not None else None
+    recorder = getattr(session, "_recorder", None)
     if recorder is not None and str(recorder.path) == path:
         return
     raise DeferredOperationError(

@@ -160,4 +160,4 @@ class JournalingSession(Session):
 def _refuse_recorded_objects(session: Session, instance: object) -> None:
     # Listens on every Session, not only ours: an object recorded into a journal must not
     # reach any database directly, or replay would write it a second time.
-    recording.refuse_if_recorded(instance)
+    recording.refuse_if_recorded(session, instance)
