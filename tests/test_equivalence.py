@@ -11,21 +11,26 @@ objects. It runs once directly on database A and once recorded with
 start from the same seeded rows and must end with the same rows, compared by natural keys
 (surrogate ids differ).
 
-Programs stay within what the product promises: everything they touch is loaded at the
-start of the block (reads go to the database, which does not hold what was recorded),
-they keep both sides of every relationship in step in memory, and they never read back a
-column an ORM statement changed (a recorded statement runs at replay only).
+Programs stay within what the product promises: everything they touch is loaded with
+every relationship at the start of the block and again after each rollback (reads go to
+the database, which does not hold what was recorded), they keep both sides of every
+relationship in step in memory, never read back a column an ORM statement changed (a
+recorded statement runs at replay only), and avoid what SQLAlchemy itself cannot flush.
+The product bugs the property found have minimal reproductions at the end of this file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import decimal
 import itertools
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine, delete, insert, inspect, select, update
@@ -49,8 +54,8 @@ from tests.models import (
 from tests.scenario import make_sessions, seed
 
 # Examples per backend: each one resets two databases and runs a program three times
-# (direct, recorded, replayed), which costs well under a second even on a server backend.
-EXAMPLES = {"sqlite": 120, "postgresql": 60, "mariadb": 60}
+# (direct, recorded, replayed), about 0.1 s, so each backend takes about half a minute.
+EXAMPLES = {"sqlite": 400, "postgresql": 250, "mariadb": 250}
 
 KINDS = ("asset", "task", "version", "component", "location", "node", "post", "tag", "account")
 LOADED: dict[str, type[Any]] = {
@@ -66,6 +71,10 @@ LOADED: dict[str, type[Any]] = {
 }
 
 Step = tuple[Any, ...]
+# Steps that flush, end transactions or run statements: they run with autoflush on.
+TRANSACTIONAL = frozenset(
+    {"flush", "commit", "rollback", "savepoint", "release", "rollback_savepoint", "query"}
+)
 
 
 # -- the database both runs start from ----------------------------------------------------
@@ -92,8 +101,12 @@ def reset(engine: Engine) -> None:
                 Post(title="p1", tags=[t1, t2]),
                 Post(title="p2", tags=[t2]),
                 Tag(label="t3"),
-                Account(code="A-1", balance=decimal.Decimal("10.00"), opened=dt.date(2024, 1, 1),
-                        note="first"),
+                Account(
+                    code="A-1",
+                    balance=decimal.Decimal("10.00"),
+                    opened=dt.date(2024, 1, 1),
+                    note="first",
+                ),
                 Account(code="A-2"),
             ]
         )
@@ -116,23 +129,36 @@ def contents(engine: Engine) -> dict[str, list[tuple[Any, ...]]]:
         "asset": select(Asset.name),
         "task": select(Task.name),
         "asset_version": select(
-            Asset.name, AssetVersion.version, AssetVersion.is_published, AssetVersion.comment,
+            Asset.name,
+            AssetVersion.version,
+            AssetVersion.is_published,
+            AssetVersion.comment,
             Task.name,
-        ).join(AssetVersion.asset).outerjoin(AssetVersion.task),
+        )
+        .join(AssetVersion.asset)
+        .outerjoin(AssetVersion.task),
         "component": select(Asset.name, AssetVersion.version, Component.name)
-        .join(Component.version).join(AssetVersion.asset),
+        .join(Component.version)
+        .join(AssetVersion.asset),
         "component_location": select(
-            Asset.name, AssetVersion.version, Component.name,
+            Asset.name,
+            AssetVersion.version,
+            Component.name,
             ComponentLocation.resource_identifier,
-        ).join(ComponentLocation.component).join(Component.version).join(AssetVersion.asset),
+        )
+        .join(ComponentLocation.component)
+        .join(Component.version)
+        .join(AssetVersion.asset),
         "node": select(Node.name, parent.name).outerjoin(parent, Node.parent),
         "post": select(Post.title),
         "tag": select(Tag.label),
         "post_tag": select(Post.title, Tag.label)
-        .select_from(post_tag).join(Post, post_tag.c.post_id == Post.id)
+        .select_from(post_tag)
+        .join(Post, post_tag.c.post_id == Post.id)
         .join(Tag, post_tag.c.tag_id == Tag.id),
-        "account": select(Account.code, Account.balance, Account.opened, Account.note,
-                          Account.revision),
+        "account": select(
+            Account.code, Account.balance, Account.opened, Account.note, Account.revision
+        ),
     }
     with Session(engine) as session:
         found = {
@@ -152,18 +178,25 @@ def contents(engine: Engine) -> dict[str, list[tuple[Any, ...]]]:
 index = st.integers(0, 40)
 task_choice = st.none() | index
 steps: st.SearchStrategy[Step] = st.one_of(
-    st.tuples(st.just("new_asset"), st.integers(0, 2), st.integers(0, 2), st.integers(0, 2),
-              task_choice),
+    st.tuples(
+        st.just("new_asset"), st.integers(0, 2), st.integers(0, 2), st.integers(0, 2), task_choice
+    ),
     st.tuples(st.just("new_version"), index, task_choice, st.integers(0, 2)),
     st.tuples(st.just("new_component"), index, st.integers(0, 2)),
     st.tuples(st.just("new_location"), index),
     st.tuples(st.just("new_nodes"), st.none() | index, st.integers(1, 3)),
     st.tuples(st.just("new_post"), st.lists(index, max_size=3), st.integers(0, 2)),
     st.tuples(st.just("new_tag"), st.none() | index),
-    st.tuples(st.just("new_account"), st.integers(0, 10**6), st.none() | st.integers(0, 400),
-              st.none() | st.text("abc", max_size=3), st.none() | index),
-    st.tuples(st.just("update"), st.sampled_from(KINDS), index, st.integers(0, 3),
-              st.integers(0, 10**5)),
+    st.tuples(
+        st.just("new_account"),
+        st.integers(0, 10**6),
+        st.none() | st.integers(0, 400),
+        st.none() | st.text("abc", max_size=3),
+        st.none() | index,
+    ),
+    st.tuples(
+        st.just("update"), st.sampled_from(KINDS), index, st.integers(0, 3), st.integers(0, 10**5)
+    ),
     st.tuples(st.just("delete"), st.sampled_from(KINDS), index),
     st.tuples(st.just("move_component"), index, index),
     st.tuples(st.just("move_location"), index, index),
@@ -175,8 +208,15 @@ steps: st.SearchStrategy[Step] = st.one_of(
     st.tuples(st.just("bulk_delete_tasks"), st.lists(index, min_size=1, max_size=3)),
     st.tuples(st.just("bulk_insert_tasks"), st.integers(1, 3)),
     st.sampled_from(
-        [("flush",), ("commit",), ("rollback",), ("savepoint",), ("release",),
-         ("rollback_savepoint",), ("query",)]
+        [
+            ("flush",),
+            ("commit",),
+            ("rollback",),
+            ("savepoint",),
+            ("release",),
+            ("rollback_savepoint",),
+            ("query",),
+        ]
     ),
 )
 programs = st.lists(steps, max_size=30)
@@ -307,8 +347,7 @@ class Interpreter:
         self.load()
         for step in program:
             name, *args = step
-            if name in {"flush", "commit", "rollback", "savepoint", "release",
-                        "rollback_savepoint", "query"} or name.startswith("bulk_"):
+            if name in TRANSACTIONAL or name.startswith("bulk_"):
                 getattr(self, name)(*args)
             else:
                 # Lazy loads after a commit must not flush: flushes happen where the
@@ -366,10 +405,10 @@ class Interpreter:
             return None
         existing = self.pick("task", choice)
         if existing is not None and choice % 4:
-            return existing  # type: ignore[no-any-return]
+            return existing
         label = self.fresh("task")
         self.task_names[label] = label
-        return self.add("task", Task(name=label), label)  # type: ignore[no-any-return]
+        return self.add("task", Task(name=label), label)
 
     def new_asset(self, versions: int, components: int, locations: int, task: int | None) -> None:
         asset = self.add("asset", Asset(name=self.fresh("asset")))
@@ -521,7 +560,7 @@ class Interpreter:
             self.discard(obj)
             self.forget("account", obj)
             self.freeing["account"].append(obj.code)
-        # Tasks are deleted by ORM statements only (bulk_delete_task).
+        # Tasks are deleted by ORM statements only (bulk_delete_tasks).
 
     def discard(self, obj: Any, parent: str | None = None) -> None:
         """Delete ``obj``; one never flushed is taken out of its parent and expunged instead."""
@@ -689,9 +728,205 @@ def equivalence_property(backend: Backend, tmp_path: Path) -> Callable[[], None]
         record_and_replay(b, program, tmp_path / f"journal-{next(journals)}.db")
         assert contents(b) == contents(a)
 
-    return check  # type: ignore[no-any-return]
+    return check
 
 
+@pytest.mark.slow
 def test_replayed_program_equals_direct_execution(backend: Backend, tmp_path: Path) -> None:
-    """Any program of ORM operations recorded and replayed into B leaves B equal to A where it ran directly."""
+    """A random ORM program recorded and replayed into B leaves B as running it directly left A."""
     equivalence_property(backend, tmp_path)()
+
+
+# -- minimal reproductions of product bugs the property found ------------------------------
+
+Body = Callable[[JournalingSession, Callable[[], AbstractContextManager[Any]]], Any]
+
+
+def assert_equivalent(backend: Backend, tmp_path: Path, body: Body) -> None:
+    """Run ``body`` directly on A and recorded-then-replayed on B; both must agree.
+
+    ``body(session, recorded)`` does its work inside ``with recorded():``, which is the
+    deferred block on B and nothing on A; what it returns must be the same in both runs.
+    """
+    a, b = backend.engine("a"), backend.engine("b")
+    reset(a)
+    reset(b)
+    path = tmp_path / "ops.dbm"
+    with make_sessions(a)() as session:
+        seen_directly = body(session, contextlib.nullcontext)
+        session.commit()
+    with make_sessions(b)() as session:
+        seen_recording = body(session, lambda: session.deferred_operations(path))
+    with make_sessions(b)() as session:
+        assert session.reconnect_and_commit(path).applied
+    assert seen_recording == seen_directly
+    assert contents(b) == contents(a)
+
+
+def account(session: Session, code: str = "A-1") -> Account:
+    return session.scalars(select(Account).where(Account.code == code)).one()
+
+
+def test_update_of_object_expired_before_the_block(backend: Backend, tmp_path: Path) -> None:
+    """Updating a versioned object a commit before the block expired replays without conflict."""
+
+    def body(session: JournalingSession, recorded: Any) -> None:
+        loaded = account(session)
+        session.commit()  # expire_on_commit: the version counter is not loaded any more
+        with recorded():
+            loaded.balance = decimal.Decimal("11.00")
+
+    assert_equivalent(backend, tmp_path, body)
+
+
+def test_rollback_discards_a_statement_recorded_after_a_checkpoint(
+    backend: Backend, tmp_path: Path
+) -> None:
+    """An ORM update() executed after commit() and then rolled back is not replayed."""
+
+    def body(session: JournalingSession, recorded: Any) -> None:
+        with recorded():
+            session.commit()
+            session.execute(update(Task).where(Task.name == "compositing").values(name="gone"))
+            session.rollback()
+
+    assert_equivalent(backend, tmp_path, body)
+
+
+def test_delete_after_an_unflushed_change(backend: Backend, tmp_path: Path) -> None:
+    """Deleting an object changed in the same flush replays as a plain delete."""
+
+    def body(session: JournalingSession, recorded: Any) -> None:
+        with recorded():
+            tag = session.scalars(
+                select(Tag).where(Tag.label == "t3").options(selectinload(Tag.posts))
+            ).one()
+            tag.label = "changed, then deleted"
+            session.delete(tag)
+
+    assert_equivalent(backend, tmp_path, body)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: Replay._delete uses session.delete(), whose cascade loads the collection "
+    "from the database (no autoflush) and also deletes a child the journal moved away",
+)
+def test_replayed_delete_spares_a_child_moved_to_another_parent(
+    backend: Backend, tmp_path: Path
+) -> None:
+    """Moving a component to another version and deleting its old version keeps the component."""
+
+    def body(session: JournalingSession, recorded: Any) -> None:
+        with recorded():
+            first, second = session.scalars(
+                select(AssetVersion)
+                .join(AssetVersion.asset)
+                .where(Asset.name == "bc0050_light")
+                .order_by(AssetVersion.version)
+                .options(selectinload(AssetVersion.components))
+            ).all()
+            first.components[0].version = second
+            session.delete(first)
+
+    assert_equivalent(backend, tmp_path, body)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: marking a recorded flush done drops the backref changes SQLAlchemy queued "
+    "for an unloaded collection, so the lazy load that autoflushed shows the old rows",
+)
+def test_lazy_load_after_a_backref_change(backend: Backend, tmp_path: Path) -> None:
+    """A collection loaded after the other side of its backref changed shows the change."""
+
+    def body(session: JournalingSession, recorded: Any) -> list[str]:
+        with recorded():
+            leaf = session.scalars(select(Node).where(Node.name == "leaf")).one()
+            parent = leaf.parent
+            assert parent is not None
+            leaf.parent = None
+            return [child.name for child in parent.children]
+
+    assert_equivalent(backend, tmp_path, body)
+
+
+def test_collection_of_a_recorded_object_after_rollback(backend: Backend, tmp_path: Path) -> None:
+    """After rollback() to a checkpoint, an object created before it shows its collection."""
+
+    def body(session: JournalingSession, recorded: Any) -> list[str]:
+        with recorded():
+            post = Post(title="checkpointed")
+            session.add(post)
+            session.commit()
+            post.tags.append(Tag(label="rolled back"))
+            session.flush()
+            session.rollback()
+            return [tag.label for tag in post.tags]
+
+    assert_equivalent(backend, tmp_path, body)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: Recorder.rolled_back does not restore collections; the expired collection "
+    "of a loaded object reloads from the database, losing links recorded before the checkpoint",
+)
+def test_collection_of_a_loaded_object_after_rollback(backend: Backend, tmp_path: Path) -> None:
+    """After rollback() to a checkpoint, a loaded object's collection shows its links there."""
+
+    def body(session: JournalingSession, recorded: Any) -> list[str]:
+        with recorded():
+            post = session.scalars(
+                select(Post).where(Post.title == "p2").options(selectinload(Post.tags))
+            ).one()
+            post.tags.append(session.scalars(select(Tag).where(Tag.label == "t3")).one())
+            session.commit()
+            post.title = "rolled back"
+            session.flush()
+            session.rollback()
+            return sorted(tag.label for tag in post.tags)
+
+    assert_equivalent(backend, tmp_path, body)
+
+
+def test_object_expunged_in_the_block_can_be_added_back(backend: Backend, tmp_path: Path) -> None:
+    """An object recorded, expunged and added back to the recording session stays recordable."""
+
+    def body(session: JournalingSession, recorded: Any) -> None:
+        with recorded():
+            task = Task(name="expunged and added back")
+            session.add(task)
+            session.flush()
+            session.expunge(task)
+            session.add(task)
+
+    assert_equivalent(backend, tmp_path, body)
+
+
+def test_statement_under_no_autoflush(backend: Backend, tmp_path: Path) -> None:
+    """An ORM update() under no_autoflush does not see pending objects, recorded or not."""
+
+    def body(session: JournalingSession, recorded: Any) -> None:
+        with recorded(), session.no_autoflush:
+            session.add(Task(name="pending"))
+            session.execute(update(Task).where(Task.name == "pending").values(name="updated"))
+
+    assert_equivalent(backend, tmp_path, body)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="divergence: commit() in a block does not expire objects, so assigning a value "
+    "equal to the loaded one is no change there, but an UPDATE (version bump) directly",
+)
+def test_noop_assignment_after_checkpoint_bumps_version(backend: Backend, tmp_path: Path) -> None:
+    """Assigning an unchanged value after commit() bumps the version counter as directly."""
+
+    def body(session: JournalingSession, recorded: Any) -> None:
+        with recorded():
+            loaded = account(session)
+            session.commit()
+            loaded.balance = decimal.Decimal("10.00")
+
+    assert_equivalent(backend, tmp_path, body)
