@@ -529,20 +529,9 @@ class Recorder:
                 links[key] = self._target(instance_state(value), state, key)
             elif value:
                 added[key] = [self._target(instance_state(v), state, key) for v in value]
-        operation: dict[str, Any] = {
-            "op": "insert",
-            "class": plan.class_path,
-            "table": plan.table,
-            "ref": ref,
-            "values": values,
-        }
-        if refs:
-            operation["refs"] = refs
-        if links:
-            operation["links"] = links
-        if added:
-            operation["added"] = added
-        return operation
+        return _operation(
+            "insert", plan, {"ref": ref, "values": values}, refs=refs, links=links, added=added
+        )
 
     def _settle_new(self, new: Sequence[InstanceState[Any]], mark: int) -> None:
         """Leave recorded new objects as a flush would, once their batch is on disk.
@@ -628,22 +617,15 @@ class Recorder:
             return None
         self._note_tables(plan)
         values, refs = self._column_values(state, plan, changed)
-        operation: dict[str, Any] = {
-            "op": "update",
-            "class": plan.class_path,
-            "table": plan.table,
-            "target": self._target(state, None, None),
-            "values": values,
-            "old": old,
-        }
-        if refs:
-            operation["refs"] = refs
-        if links:
-            operation["links"] = links
-        if added:
-            operation["added"] = added
-        if removed:
-            operation["removed"] = removed
+        operation = _operation(
+            "update",
+            plan,
+            {"target": self._target(state, None, None), "values": values, "old": old},
+            refs=refs,
+            links=links,
+            added=added,
+            removed=removed,
+        )
         if plan.version is not None and (changed or links) and plan.version not in changed:
             self._load_version(state, plan)
             current = state.dict.get(plan.version)
@@ -674,13 +656,9 @@ class Recorder:
                     continue  # set without being loaded: the row's value is unknown
             if key in data:
                 old[key] = _plain(data[key], state, key, self)
-        operation: dict[str, Any] = {
-            "op": "delete",
-            "class": plan.class_path,
-            "table": plan.table,
-            "target": self._target(state, None, None),
-            "old": old,
-        }
+        operation = _operation(
+            "delete", plan, {"target": self._target(state, None, None), "old": old}
+        )
         if plan.version is not None:
             operation["version"] = data.get(plan.version)
         return operation
@@ -822,6 +800,17 @@ def journal_io(session: Session) -> JournalIO:
     session installed a runner that keeps the event loop free (``_journal_io``)."""
     runner: JournalIO | None = getattr(session, "_journal_io", None)
     return runner or _call
+
+
+def _operation(
+    kind: str, plan: _MapperPlan, fields: dict[str, Any], **optional: Any
+) -> dict[str, Any]:
+    """An operation dictionary; optional parts are left out when empty."""
+    operation = {"op": kind, "class": plan.class_path, "table": plan.table, **fields}
+    for key, value in optional.items():
+        if value:
+            operation[key] = value
+    return operation
 
 
 def has_flushed_changes(session: Session) -> bool:
