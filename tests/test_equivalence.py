@@ -840,6 +840,23 @@ def test_replayed_delete_spares_a_child_moved_to_another_parent(
     assert_equivalent(backend, tmp_path, body)
 
 
+def test_parent_and_child_deleted_in_one_flush(backend: Backend, tmp_path: Path) -> None:
+    """A node deleted before its child in the same flush replays as the unit of work orders it."""
+
+    def body(session: JournalingSession, recorded: Any) -> None:
+        with recorded():
+            nodes = {
+                node.name: node
+                for node in session.scalars(
+                    select(Node).options(selectinload(Node.children), selectinload(Node.parent))
+                )
+            }
+            session.delete(nodes["left"])
+            session.delete(nodes["leaf"])
+
+    assert_equivalent(backend, tmp_path, body)
+
+
 @pytest.mark.xfail(
     strict=True,
     reason="bug: marking a recorded flush done drops the backref changes SQLAlchemy queued "
