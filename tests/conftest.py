@@ -30,6 +30,8 @@ CONNECT_TIMEOUT = 5
 # A connection leaked by an earlier test can hold locks on the tables being dropped; fail
 # after this many seconds with a message instead of hanging the whole run.
 LOCK_TIMEOUT = 10
+# How many times more often each fault of tests/reliability is injected under --soak.
+SOAK_FACTOR = 10
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +65,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help=(
             "comma list of database backends to run database tests on "
             f"({', '.join(BACKENDS)}); overrides ORM_JOURNAL_BACKENDS; default sqlite"
+        ),
+    )
+    parser.addoption(
+        "--soak",
+        action="store_true",
+        default=False,
+        help=(
+            "run the reliability campaign (tests/reliability) at soak size: every fault "
+            f"injected {SOAK_FACTOR} times as often as in the default run"
         ),
     )
 
@@ -211,3 +222,9 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
 def sqlite_url(tmp_path: Path) -> str:
     """The URL of a new, empty SQLite database file in ``tmp_path``."""
     return f"sqlite:///{tmp_path / 'db.sqlite'}"
+
+
+@pytest.fixture(scope="session")
+def soak(pytestconfig: pytest.Config) -> int:
+    """The factor by which reliability tests multiply their counts: 1, or more with --soak."""
+    return SOAK_FACTOR if pytestconfig.getoption("--soak") else 1
