@@ -26,11 +26,14 @@ import json
 import os
 import platform
 import queue
+import shutil
 import socket
 import sqlite3
 import struct
+import tempfile
 import time
 import uuid
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata
@@ -479,13 +482,21 @@ def open_readonly(path: str | os.PathLike[str]) -> sqlite3.Connection:
     except sqlite3.Error as err:
         raise JournalCorruptError(f"cannot open journal {target}: {err}", path=target) from err
     try:
-        application_id = conn.execute("PRAGMA application_id").fetchone()[0]
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        application_id, version = _identity(conn)
     except sqlite3.Error as err:
         conn.close()
-        raise JournalCorruptError(
-            f"{target} is not an orm-journal file ({err})", path=target
-        ) from err
+        if not _left_by_a_dead_writer(target):
+            raise JournalCorruptError(
+                f"{target} is not an orm-journal file ({err})", path=target
+            ) from err
+        conn = _recovered_copy(target)
+        try:
+            application_id, version = _identity(conn)
+        except sqlite3.Error as copy_err:
+            conn.close()
+            raise JournalCorruptError(
+                f"{target} is not an orm-journal file ({copy_err})", path=target
+            ) from copy_err
     if application_id != APPLICATION_ID:
         conn.close()
         raise JournalCorruptError(
@@ -499,6 +510,63 @@ def open_readonly(path: str | os.PathLike[str]) -> sqlite3.Connection:
             f"{FORMAT_VERSION}: use the orm-journal release that wrote it",
             path=target,
         )
+    return conn
+
+
+def _identity(conn: sqlite3.Connection) -> tuple[int, int]:
+    """The file's SQLite application id and user version (our format version)."""
+    application_id = conn.execute("PRAGMA application_id").fetchone()[0]
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    return application_id, version
+
+
+def _left_by_a_dead_writer(target: Path) -> bool:
+    """Whether ``target`` has the rollback journal or write-ahead log of a writer."""
+    return any(Path(f"{target}{suffix}").exists() for suffix in ("-journal", "-wal"))
+
+
+class _RecoveredCopy(sqlite3.Connection):
+    """A connection to a private copy of a journal; the copy goes when it is closed."""
+
+    scratch = ""
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+def _recovered_copy(target: Path) -> sqlite3.Connection:
+    """Open a copy of a journal whose writer died in the middle of a transaction.
+
+    A writer killed while SQLite changes the file (sealing switches it out of WAL mode,
+    for one) leaves a hot rollback journal or a write-ahead log whose index must be
+    rebuilt. Only a connection that may write can recover those, and reading must never
+    change the journal: so SQLite recovers a private copy, which is read instead.
+    """
+    scratch = tempfile.mkdtemp(prefix="orm-journal-read-")
+    copy = Path(scratch) / target.name
+    try:
+        for suffix in ("", "-wal", "-journal"):
+            source = Path(f"{target}{suffix}")
+            if source.exists():
+                shutil.copyfile(source, f"{copy}{suffix}")
+        conn = sqlite3.connect(
+            copy, isolation_level=None, check_same_thread=False, factory=_RecoveredCopy
+        )
+    except (OSError, sqlite3.Error) as err:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise JournalCorruptError(
+            f"cannot read journal {target}: its writer stopped mid-write and a copy to "
+            f"recover from could not be made ({err}); free space in {tempfile.gettempdir()} "
+            "and try again",
+            path=target,
+        ) from err
+    assert isinstance(conn, _RecoveredCopy)
+    conn.scratch = scratch
+    # Also when a caller drops the connection without closing it.
+    weakref.finalize(conn, shutil.rmtree, scratch, True)
     return conn
 
 

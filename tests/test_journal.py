@@ -493,3 +493,37 @@ def test_sigkill_while_appending_keeps_every_acknowledged_batch(tmp_path: Path) 
         assert len(numbers) >= acknowledged
         for batch in batches:
             assert [op["batch"] for op in batch.operations] == [batch.number] * 50
+
+
+HOT_JOURNAL_WRITER = textwrap.dedent(
+    """
+    import os, signal, sqlite3, sys
+    conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+    conn.execute("PRAGMA cache_size = 1")  # spill changed pages into the file itself
+    conn.execute("BEGIN IMMEDIATE")
+    conn.execute("UPDATE records SET value = zeroblob(length(value))")
+    os.kill(os.getpid(), signal.SIGKILL)
+    """
+)
+
+
+def test_writer_killed_mid_transaction_leaves_a_readable_journal(tmp_path: Path) -> None:
+    """A hot rollback journal (a writer killed while sealing) is recovered on a copy.
+
+    Regression: a writer killed while sealing switches the file out of WAL mode left a
+    hot rollback journal; the read-only reader could not roll it back and called the
+    journal "not an orm-journal file".
+    """
+    path = tmp_path / "ops.dbm"
+    write_journal(path, batches=20, size=20)
+    proc = subprocess.run([sys.executable, "-c", HOT_JOURNAL_WRITER, str(path)], check=False)
+    assert proc.returncode == -signal.SIGKILL
+    hot = Path(f"{path}-journal")
+    assert hot.exists()
+    files = {p: p.read_bytes() for p in (path, hot)}
+
+    with Journal(path) as journal:
+        assert journal.state == "sealed"
+        journal.verify()
+        assert [b.number for b in journal.batches()] == list(range(1, 21))
+    assert {p: p.read_bytes() for p in (path, hot)} == files
