@@ -487,9 +487,9 @@ def reconnect_and_commit(
         count = header.operation_count or 0
         session.rollback()
         replay = Replay(session, journal, on_conflict)
-        _ensure_ledger(session)
-        locked = False
+        locked = committing = False
         try:
+            _ensure_ledger(session)
             connection = session.connection()
             # Already applied means nothing to do, even if the schema moved on since.
             if _applied(connection, journal_id):
@@ -514,12 +514,16 @@ def reconnect_and_commit(
                 replay.apply()
             if locked:
                 _unlock(connection, journal_id)
+            committing = True
             session.commit()
         except BaseException as err:
-            if locked:
+            if locked and not committing:
                 with contextlib.suppress(SQLAlchemyError):
                     _unlock(session.connection(), journal_id)
-            session.rollback()
+            with contextlib.suppress(SQLAlchemyError):
+                session.rollback()
+            if committing and isinstance(err, DBAPIError):
+                raise _commit_failed(session, path, journal_id, err) from err
             if isinstance(err, DBAPIError) and not isinstance(err, IntegrityError):
                 raise DeferredOperationError(
                     f"journal {path}: the database failed during replay "
@@ -535,6 +539,45 @@ def reconnect_and_commit(
         identities=replay.placeholders(),
         conflicts=replay.conflicts,
         duration=time.monotonic() - started,
+    )
+
+
+def _commit_failed(
+    session: Session, path: str | os.PathLike[str], journal_id: str, err: DBAPIError
+) -> DeferredOperationError:
+    """The error for a COMMIT whose answer never came: say what the ledger now shows.
+
+    The connection can fail after the server committed and before its answer arrived,
+    so "nothing was applied" would be a guess. A fresh connection asks the ledger; a
+    commit still completing on the server is not shown yet, which is why that answer
+    still sends the user to the safe action (replay again) rather than declaring a loss.
+    """
+    cause = f"{type(err.orig).__name__}: {str(err.orig).strip().splitlines()[0]}"
+    try:
+        with session.get_bind().engine.connect() as conn:
+            applied = _applied(conn, journal_id)
+    except SQLAlchemyError:
+        applied = None
+    if applied:
+        outcome = (
+            "the commit reached the database and the ledger shows the journal applied: "
+            "nothing more to do (replaying it again returns applied=False)"
+        )
+    elif applied is None:
+        outcome = (
+            "the database cannot be reached to tell whether the commit landed: replay the "
+            "journal again once it is back; the ledger makes that safe, it applies the "
+            "journal only if this commit did not"
+        )
+    else:
+        outcome = (
+            "the ledger does not show the journal applied: replay it again; the ledger "
+            "makes that safe even if this commit is still completing on the server"
+        )
+    return DeferredOperationError(
+        f"journal {path}: the connection failed while committing ({cause}); {outcome}. "
+        "The journal is unchanged",
+        path=path,
     )
 
 
