@@ -555,7 +555,12 @@ def iter_raw_records(
 
 
 def _split(key: object, value: object, path: Path) -> RawRecord:
-    if not isinstance(key, str) or not key.isdigit() or not isinstance(value, bytes):
+    # isascii: str.isdigit() also accepts digits such as "²" that int() refuses.
+    if (
+        not isinstance(key, str)
+        or not (key.isascii() and key.isdigit())
+        or not isinstance(value, bytes)
+    ):
         raise JournalCorruptError(f"journal {path} holds a malformed record {key!r}", path=path)
     if len(value) < PREFIX_SIZE:
         raise JournalCorruptError(f"journal {path}: record {int(key)} is truncated", path=path)
@@ -574,7 +579,9 @@ def decode_json(record: RawRecord, path: Path) -> dict[str, Any]:
     """Decode a header or seal body (plain JSON: nothing executable)."""
     try:
         value = json.loads(record.body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+    except (ValueError, RecursionError) as err:
+        # Runs before verification, on bytes anyone may have written: a value error is
+        # also an over-long integer, and nesting deep enough exhausts the stack.
         raise JournalCorruptError(
             f"journal {path}: record {record.sequence} is not valid JSON", path=path
         ) from err
