@@ -547,7 +547,8 @@ def iter_raw_records(
         cursor = conn.execute(sql)
         for key, value in cursor:
             yield _split(key, value, path)
-    except sqlite3.Error as err:
+    # A key whose bytes are not UTF-8 fails in the sqlite3 module, not in SQLite.
+    except (sqlite3.Error, UnicodeDecodeError) as err:
         raise JournalCorruptError(
             f"journal {path} cannot be read: {err}; the file is damaged or not a journal",
             path=path,
