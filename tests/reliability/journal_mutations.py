@@ -192,6 +192,20 @@ class SetKey:
 
 
 @dataclasses.dataclass(frozen=True)
+class SetTextKeyBytes:
+    """Give one record a TEXT key made of arbitrary bytes (not necessarily UTF-8)."""
+
+    record: int
+    key: bytes
+
+    def apply(self, path: Path) -> None:
+        with connect(path) as conn:
+            key, _ = pick(conn, self.record)
+            conn.execute("UPDATE records SET key = CAST(? AS TEXT) WHERE key = ?", (self.key, key))
+        conn.close()
+
+
+@dataclasses.dataclass(frozen=True)
 class SetValue:
     """Store another SQLite value (text, number, NULL) in place of one record's blob."""
 
@@ -244,15 +258,32 @@ class EditJson:
 
 
 def rechain(path: Path, key: bytes | None) -> None:
-    """Recompute every record's tag in key order, as a forger (or a bit-rot repairer) would."""
+    """Recompute every tag in key order, and the seal's counts, as a forger would."""
     with connect(path) as conn:
         tag = GENESIS
+        operations = 0
         for sequence, (row_key, value) in enumerate(rows(conn)):
-            if not isinstance(value, bytes) or len(value) < TAG:
+            if not isinstance(value, bytes) or len(value) < TAG + 5:
                 continue
-            tag = chain_tag(key, tag, sequence, value[TAG:])
-            conn.execute("UPDATE records SET value = ? WHERE key = ?", (tag + value[TAG:], row_key))
+            signed_part = value[TAG:]
+            if signed_part[:1] == b"B":
+                operations += int.from_bytes(signed_part[1:5], "big")
+            elif signed_part[:1] == b"S":
+                signed_part = signed_part[:5] + _reseal(signed_part[5:], sequence, operations, tag)
+            tag = chain_tag(key, tag, sequence, signed_part)
+            conn.execute("UPDATE records SET value = ? WHERE key = ?", (tag + signed_part, row_key))
     conn.close()
+
+
+def _reseal(body: bytes, records: int, operations: int, digest: bytes) -> bytes:
+    try:
+        seal = json.loads(body)
+    except ValueError:
+        return body
+    if not isinstance(seal, dict):
+        return body
+    seal.update(records=records, operations=operations, digest=digest.hex())
+    return json.dumps(seal).encode()
 
 
 record_indexes = st.integers(-8, 8)
@@ -265,6 +296,7 @@ sqlite_keys = st.one_of(
     st.text(max_size=14),
     st.binary(max_size=14),
 )
+json_leaves = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8)
 json_texts = st.one_of(
     st.sampled_from(
         [
@@ -291,10 +323,10 @@ json_texts = st.one_of(
             "",
         ]
     ),
-    st.recursive(
-        st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
-        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner),
-        max_leaves=6,
+    st.one_of(
+        json_leaves,
+        st.lists(json_leaves, max_size=3),
+        st.dictionaries(st.text(max_size=6), json_leaves, max_size=3),
     ).map(json.dumps),
     st.text(max_size=30),
 )
@@ -326,6 +358,7 @@ record_mutations: st.SearchStrategy[Mutation] = st.one_of(
     st.builds(SetField, record_indexes, kind=st.binary(min_size=1, max_size=1)),
     st.builds(SetField, record_indexes, count=st.integers(0, 2**32 - 1)),
     st.builds(SetKey, record_indexes, sqlite_keys, st.booleans()),
+    st.builds(SetTextKeyBytes, record_indexes, st.binary(min_size=1, max_size=14)),
     st.builds(
         SetValue,
         record_indexes,

@@ -11,12 +11,14 @@ after the journal verified unchanged.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import decimal
 import os
 import pathlib
 import signal
+import sqlite3
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -36,9 +38,11 @@ from journal import (
 )
 from tests.reliability.journal_mutations import (
     EditJson,
+    FlipBytes,
     Mutation,
     SetField,
     SetKey,
+    SetTextKeyBytes,
     batch_bodies,
     raw_mutations,
     rechain,
@@ -341,7 +345,8 @@ def test_decoder_sees_arbitrary_bodies(
                 mutation.apply(path)
             except Exception:
                 break
-        rechain(path, None)
+        with contextlib.suppress(sqlite3.Error):  # a key sqlite3 cannot decode stops the forger
+            rechain(path, None)
         read_everything(path, None, trusted=False)
         assert not marker.exists(), "an untrusted read ran journal content"
 
@@ -380,8 +385,9 @@ def test_reading_a_pristine_copy_is_clean(
         EditJson(last=False, field=None, text="[" * 50_000 + "]" * 50_000),
         EditJson(last=True, field="operations", text="1e400"),
         SetKey(record=1, key="00000000000²", copy=False),
+        SetTextKeyBytes(record=1, key=b"00000000000\xf2"),
     ],
-    ids=["long-integer", "deep-nesting", "infinite-count", "unicode-digit-key"],
+    ids=["long-integer", "deep-nesting", "infinite-count", "unicode-digit-key", "non-utf8-key"],
 )
 @pytest.mark.parametrize("name", ["signed-sealed", "unsigned-sealed"])
 def test_found_by_fuzzing(
@@ -394,5 +400,22 @@ def test_found_by_fuzzing(
     """Damage that once escaped as ValueError, RecursionError or OverflowError is a JournalCorruptError."""
     outcome = mutated_case(
         workspace, pristine[name], [mutation], marker_of(pristine, tmp_path_factory)
+    )
+    assert outcome.steps["open"] == "JournalCorruptError"
+
+
+@pytest.mark.parametrize("name", ["signed-incomplete", "unsigned-sealed"])
+def test_schema_text_that_is_not_utf8(
+    workspace: Path,
+    pristine: dict[str, Pristine],
+    tmp_path_factory: pytest.TempPathFactory,
+    name: str,
+) -> None:
+    """A schema whose SQL text is not UTF-8 (the sqlite3 module fails to decode SQLite's error) is a JournalCorruptError."""
+    outcome = mutated_case(
+        workspace,
+        pristine[name],
+        [FlipBytes(((3969, 128),))],
+        marker_of(pristine, tmp_path_factory),
     )
     assert outcome.steps["open"] == "JournalCorruptError"
