@@ -210,7 +210,7 @@ def mutated_case(
     """Apply ``mutations`` to a copy of ``original``, read it all, and check the rules."""
     path = workspace / "journal.dbm"
     for leftover in workspace.iterdir():
-        leftover.unlink()
+        leftover.unlink(missing_ok=True)
     path.write_bytes(original.data)
     for mutation in mutations:
         try:
@@ -245,7 +245,7 @@ def test_arbitrary_bytes(workspace: Path, soak: int) -> None:
     def case(data: bytes, prefixed: bool, key: bytes | None) -> None:
         path = workspace / "noise.dbm"
         for leftover in workspace.iterdir():
-            leftover.unlink()
+            leftover.unlink(missing_ok=True)
         path.write_bytes(sqlite_header + data if prefixed else data)
         outcome = read_everything(path, key, trusted=False)
         assert not outcome.ok("verify"), "noise verified as a journal"
@@ -337,7 +337,7 @@ def test_decoder_sees_arbitrary_bodies(
         count, data = body
         path = workspace / "journal.dbm"
         for leftover in workspace.iterdir():
-            leftover.unlink()
+            leftover.unlink(missing_ok=True)
         path.write_bytes(pristine[name].data)
         SetField(record, count=count, body=data).apply(path)
         for mutation in more:
