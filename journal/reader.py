@@ -318,7 +318,8 @@ def _make_header(header: dict[str, Any], seal: dict[str, Any] | None, path: Path
             operation_count=None if seal is None else int(seal["operations"]),
             digest=None if seal is None else str(seal["digest"]),
         )
-    except (KeyError, TypeError, ValueError) as err:
+    except (KeyError, TypeError, ValueError, OverflowError) as err:
+        # OverflowError: JSON reads 1e400 as infinity, which int() refuses.
         if isinstance(err, JournalCorruptError):
             raise
         raise JournalCorruptError(

@@ -175,9 +175,11 @@ class JournalWriter:
                 outer_stack=False,
             )
         except Exception as err:
+            _discard(target)
             os.close(lock_fd)
             raise JournalError(
-                f"cannot create journal {target}: {err}; check the directory is writable",
+                f"cannot create journal {target}: {err}; check the directory is writable "
+                "and its file system has free space",
                 path=target,
             ) from err
         journal_id = str(uuid.uuid4())
@@ -200,7 +202,7 @@ class JournalWriter:
             }
             writer._write([(KIND_HEADER, 0, _json(header))])
         except BaseException:
-            writer.close()
+            writer._abort()
             raise
         _fsync_directory(target.parent)
         return writer
@@ -297,21 +299,43 @@ class JournalWriter:
             "sealed_at": dt.datetime.now(dt.UTC).isoformat(),
             "meta": dict(meta or {}),
         }
-        self._write([(KIND_SEAL, 0, _json(seal))])
         # A sealed journal must be one self-contained file that can be copied anywhere.
-        busy, _, _ = self._call("PRAGMA wal_checkpoint(TRUNCATE)")[0]
-        mode = self._call("PRAGMA journal_mode = DELETE")[0][0]
-        if busy or mode != "delete":
+        # Fold the write-ahead log in before the seal exists: folding grows the file by
+        # every batch, so a full disk fails here, while the journal is still truthfully
+        # unsealed, rather than after a seal that an error then calls absent.
+        self._fold()
+        self._write([(KIND_SEAL, 0, _json(seal))])
+        try:
+            # Only the seal's few pages are left to fold now.
+            self._fold()
+            mode = self._call("PRAGMA journal_mode = DELETE")[0][0]
+            if mode != "delete":
+                self._fail(RuntimeError(f"SQLite kept journal_mode {mode!r}"))
+        except JournalError as err:
             raise JournalError(
-                f"journal {self.path} is sealed but its write-ahead log could not be folded "
-                "into the file; copy it together with its -wal file",
+                f"journal {self.path} is sealed and complete, but its write-ahead log could "
+                f"not be folded into the file ({err.__cause__ or err}); do not record it "
+                "again: replay it as it is, or copy it together with its -wal file",
                 path=self.path,
-            )
+            ) from err
         self.close()
         self._sealed = True
 
+    def _fold(self) -> None:
+        busy, _, _ = self._call("PRAGMA wal_checkpoint(TRUNCATE)")[0]
+        if busy:
+            self._fail(RuntimeError("SQLite reported the write-ahead log busy"))
+
     def close(self) -> None:
         """Close without sealing (an unsealed journal is refused by replay); idempotent."""
+        self._close(discard=False)
+
+    def _abort(self) -> None:
+        # Creation failed before the header was on disk: what is left at the path is not
+        # a journal, and would only make the next attempt fail with FileExistsError.
+        self._close(discard=True)
+
+    def _close(self, *, discard: bool) -> None:
         if self._closed:
             return
         self._closed = True
@@ -320,6 +344,9 @@ class JournalWriter:
         except Exception:
             pass
         finally:
+            # Still under the lock, so no other writer can have opened the path meanwhile.
+            if discard:
+                _discard(self.path)
             os.close(self._lock_fd)
 
     def __enter__(self) -> JournalWriter:
@@ -373,7 +400,8 @@ class JournalWriter:
         self._broken = f"{type(err).__name__}: {err}"
         raise JournalError(
             f"journal {self.path}: a write failed ({self._broken}); the journal keeps every "
-            "batch acknowledged before and stays unsealed, so replay will refuse it",
+            "batch acknowledged before and stays unsealed, so replay will refuse it. Free "
+            "space on its file system (or fix the file system) and record again",
             path=self.path,
         ) from err
 
@@ -445,6 +473,11 @@ def _lock(path: Path, *, overwrite: bool) -> int:
         for suffix in ("-wal", "-shm", "-journal"):
             Path(f"{path}{suffix}").unlink(missing_ok=True)
     return fd
+
+
+def _discard(path: Path) -> None:
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
 
 
 def _fsync_directory(directory: Path) -> None:
@@ -582,7 +615,8 @@ def iter_raw_records(
         cursor = conn.execute(sql)
         for key, value in cursor:
             yield _split(key, value, path)
-    except sqlite3.Error as err:
+    # A key whose bytes are not UTF-8 fails in the sqlite3 module, not in SQLite.
+    except (sqlite3.Error, UnicodeDecodeError) as err:
         raise JournalCorruptError(
             f"journal {path} cannot be read: {err}; the file is damaged or not a journal",
             path=path,
@@ -590,7 +624,12 @@ def iter_raw_records(
 
 
 def _split(key: object, value: object, path: Path) -> RawRecord:
-    if not isinstance(key, str) or not key.isdigit() or not isinstance(value, bytes):
+    # isascii: str.isdigit() also accepts digits such as "²" that int() refuses.
+    if (
+        not isinstance(key, str)
+        or not (key.isascii() and key.isdigit())
+        or not isinstance(value, bytes)
+    ):
         raise JournalCorruptError(f"journal {path} holds a malformed record {key!r}", path=path)
     if len(value) < PREFIX_SIZE:
         raise JournalCorruptError(f"journal {path}: record {int(key)} is truncated", path=path)
@@ -609,7 +648,9 @@ def decode_json(record: RawRecord, path: Path) -> dict[str, Any]:
     """Decode a header or seal body (plain JSON: nothing executable)."""
     try:
         value = json.loads(record.body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+    except (ValueError, RecursionError) as err:
+        # Runs before verification, on bytes anyone may have written: a value error is
+        # also an over-long integer, and nesting deep enough exhausts the stack.
         raise JournalCorruptError(
             f"journal {path}: record {record.sequence} is not valid JSON", path=path
         ) from err
