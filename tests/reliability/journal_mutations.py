@@ -238,6 +238,14 @@ class EditJson:
     field: str | None
     text: str
 
+    def __repr__(self) -> str:
+        # Some texts are 100 kB of nesting; hypothesis warns (an error here) when it
+        # has to print a falsifying example that long.
+        text = (
+            repr(self.text) if len(self.text) <= 40 else f"{self.text[:20]!r}...({len(self.text)})"
+        )
+        return f"EditJson(last={self.last}, field={self.field!r}, text={text})"
+
     def apply(self, path: Path) -> None:
         with connect(path) as conn:
             key, value = pick(conn, -1 if self.last else 0)

@@ -253,42 +253,35 @@ def test_arbitrary_bytes(workspace: Path, soak: int) -> None:
     case()
 
 
-def test_raw_damage(
+@pytest.mark.parametrize(
+    ("mutations", "examples"),
+    [
+        pytest.param(raw_mutations, 200, id="raw_damage"),
+        pytest.param(record_mutations, 300, id="record_damage"),
+    ],
+)
+def test_damage(
     workspace: Path,
     pristine: dict[str, Pristine],
     tmp_path_factory: pytest.TempPathFactory,
     soak: int,
+    mutations: st.SearchStrategy[Mutation],
+    examples: int,
 ) -> None:
-    """Flipped, cut, inserted and overwritten bytes and pages are refused or change nothing read."""
+    """Damaged journals are refused, or read back exactly as they were written.
+
+    Raw damage is to the file's bytes and pages; record damage goes through SQLite:
+    values, kinds, counts, keys, header and seal rows edited, rows deleted or copied.
+    """
     marker = marker_of(pristine, tmp_path_factory)
 
-    @settings(max_examples=200 * soak, **SETTINGS)
+    @settings(max_examples=examples * soak, **SETTINGS)
     @given(
         name=st.sampled_from(sorted(pristine)),
-        mutations=st.lists(raw_mutations, min_size=1, max_size=3),
+        applied=st.lists(mutations, min_size=1, max_size=3),
     )
-    def case(name: str, mutations: list[Mutation]) -> None:
-        mutated_case(workspace, pristine[name], mutations, marker)
-
-    case()
-
-
-def test_record_damage(
-    workspace: Path,
-    pristine: dict[str, Pristine],
-    tmp_path_factory: pytest.TempPathFactory,
-    soak: int,
-) -> None:
-    """Edited values, kinds, counts, keys, header and seal rows, deleted or copied rows are refused."""
-    marker = marker_of(pristine, tmp_path_factory)
-
-    @settings(max_examples=300 * soak, **SETTINGS)
-    @given(
-        name=st.sampled_from(sorted(pristine)),
-        mutations=st.lists(record_mutations, min_size=1, max_size=3),
-    )
-    def case(name: str, mutations: list[Mutation]) -> None:
-        mutated_case(workspace, pristine[name], mutations, marker)
+    def case(name: str, applied: list[Mutation]) -> None:
+        mutated_case(workspace, pristine[name], applied, marker)
 
     case()
 

@@ -13,7 +13,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -59,25 +58,9 @@ with make_sessions(engine)() as session:
 
 def start_child(url: str, path: Path) -> subprocess.Popen[str]:
     """Start the recording child; return once it is about to open the journal."""
-    proc = subprocess.Popen(
-        [sys.executable, "-c", CHILD, url, str(path)],
-        cwd=workload.REPO,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    assert proc.stdout.readline().strip() == "go"
+    proc = workload.spawn(CHILD, url, str(path))
+    workload.read_until(proc, "go")
     return proc
-
-
-def read_until(proc: subprocess.Popen[str], wanted: str) -> list[str]:
-    assert proc.stdout is not None
-    lines = []
-    for line in proc.stdout:
-        lines.append(line.strip())
-        if line.strip() == wanted:
-            return lines
-    raise AssertionError(f"the recording child ended before {wanted!r}: {lines}")
 
 
 def batch_titles(path: Path) -> list[list[str]]:
@@ -115,7 +98,7 @@ def test_sigkill_while_recording_keeps_acknowledged_batches(
         # Kill after a random acknowledged flush (or none), at a random moment of the
         # work that follows it: the next flush, a checkpoint, a rewind or the seal.
         target = rng.randint(-1, FLUSHES - 1)
-        lines = [] if target < 0 else read_until(proc, f"ack {target}")
+        lines = [] if target < 0 else workload.read_until(proc, f"ack {target}")
         time.sleep(rng.uniform(0, 2 * duration / FLUSHES))
         os.kill(proc.pid, signal.SIGKILL)
         rest, _ = proc.communicate(timeout=60)

@@ -10,8 +10,6 @@ from __future__ import annotations
 import os
 import random
 import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -43,31 +41,10 @@ print("applied", result.applied, flush=True)
 )
 
 
-def start_child(url: str, path: Path) -> subprocess.Popen[str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-c", CHILD, url, str(path)],
-        cwd=workload.REPO,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    return proc
-
-
-def read_until_go(proc: subprocess.Popen[str]) -> list[str]:
-    assert proc.stdout is not None
-    lines = []
-    for line in proc.stdout:
-        lines.append(line.strip())
-        if line.strip() == "go":
-            return lines
-    raise AssertionError(f"the replayer exited before starting: {lines}")
-
-
 def calibrate(backend: Backend, path: Path) -> float:
     """Seconds a whole replay takes in a child, from 'go' to its answer."""
-    proc = start_child(backend.url, path)
-    read_until_go(proc)
+    proc = workload.spawn(CHILD, backend.url, str(path))
+    workload.read_until(proc, "go")
     started = time.monotonic()
     assert proc.stdout is not None
     answer = proc.stdout.readline()
@@ -101,8 +78,8 @@ def test_sigkill_mid_replay_is_all_or_nothing(backend: Backend, tmp_path: Path, 
         workload.record(engine, path)
         with open(path, "rb") as f:
             journal_bytes = f.read()
-        proc = start_child(backend.url, path)
-        lines = read_until_go(proc)
+        proc = workload.spawn(CHILD, backend.url, str(path))
+        lines = workload.read_until(proc, "go")
         time.sleep(rng.uniform(0, duration * 1.1))
         os.kill(proc.pid, signal.SIGKILL)
         rest, _ = proc.communicate(timeout=60)

@@ -11,6 +11,8 @@ rolled-back transaction advanced stays advanced).
 from __future__ import annotations
 
 import decimal
+import subprocess
+import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -115,6 +117,32 @@ def applied_ids(engine: Engine) -> list[str]:
 def replay(engine: Engine, path: Path, **kw: Any) -> ReplayResult:
     with make_sessions(engine)() as session:
         return session.reconnect_and_commit(path, **kw)
+
+
+# -- child processes ----------------------------------------------------------------------
+
+
+def spawn(script: str, *args: str) -> subprocess.Popen[str]:
+    """Run ``script`` with ``python -c`` from the checkout, reading its output as text."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, *args],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    return proc
+
+
+def read_until(proc: subprocess.Popen[str], wanted: str) -> list[str]:
+    """Read ``proc``'s output lines up to and including ``wanted``."""
+    assert proc.stdout is not None
+    lines = []
+    for line in proc.stdout:
+        lines.append(line.strip())
+        if lines[-1] == wanted:
+            return lines
+    raise AssertionError(f"the child process ended before printing {wanted!r}: {lines}")
 
 
 # -- connections of other processes ---------------------------------------------------------
