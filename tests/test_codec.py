@@ -221,7 +221,32 @@ def test_native_values_are_plain_msgpack() -> None:
         (2**64, 1, b"\x01" + bytes(8)),
         ((), 2, b"\x90"),
         (Decimal("-1.50"), 3, b"-1.50"),
+        (
+            datetime(2024, 2, 29, 13, 14, 15, 16, fold=1),
+            4,
+            bytes.fromhex("07e8 02 1d 0d 0e 0f 00000010 01"),
+        ),
+        (
+            datetime(2024, 2, 29, 13, 14, 15, 16, tzinfo=UTC),
+            4,
+            bytes.fromhex("07e8 02 1d 0d 0e 0f 00000010 00 01 0000000000000000"),
+        ),
+        (
+            datetime(2024, 2, 29, tzinfo=timezone(timedelta(hours=-5), "EST")),
+            4,
+            bytes.fromhex("07e8 02 1d 00 00 00 00000000 00 02 fffffffbcf1dcc00") + b"EST",
+        ),
+        (
+            datetime(2024, 2, 29, tzinfo=ZoneInfo("Europe/Paris")),
+            4,
+            bytes.fromhex("07e8 02 1d 00 00 00 00000000 00 03") + b"Europe/Paris",
+        ),
         (date(2024, 2, 29), 5, b"\x07\xe8\x02\x1d"),
+        (
+            time(1, 2, 3, 4, tzinfo=timezone(timedelta(minutes=90))),
+            6,
+            bytes.fromhex("01 02 03 00000004 00 01 0000000141dd7600"),
+        ),
         (
             timedelta(days=-1, seconds=1, microseconds=2),
             7,
