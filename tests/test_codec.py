@@ -25,6 +25,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from journal import Journal, JournalWriter
 from journal.codec import EnumRef, OpaqueValue, decode, encode
 from journal.exc import JournalCorruptError
 from tests.strategies import Color, Level, Mode, Perm, sql_values, value_trees
@@ -346,6 +347,22 @@ def test_unserialisable_value_raises_type_error() -> None:
     with pytest.raises(TypeError, match=r"builtins\.generator"):
         encode({"rows": (n for n in range(3))})
     assert encode([7]) == msgpack.packb([7])  # the pooled packer was left clean
+
+
+def test_unserialisable_value_leaves_the_journal_writable(tmp_path: pathlib.Path) -> None:
+    """A batch the codec refuses raises TypeError from append; the journal goes on unchanged."""
+    with JournalWriter.create(tmp_path / "ops.journal") as writer:
+        writer.append([{"n": 1}])
+        with pytest.raises(TypeError, match=r"builtins\.generator"):
+            writer.append([{"n": 2}, {"rows": (n for n in range(3))}])
+        assert (writer.batches, writer.operations) == (1, 1)
+        writer.append([{"n": 3}])
+        writer.seal()
+    with Journal(tmp_path / "ops.journal") as journal:
+        assert [(b.number, b.operations) for b in journal.batches()] == [
+            (1, [{"n": 1}]),
+            (2, [{"n": 3}]),
+        ]
 
 
 def test_enum_defined_in_a_function_raises_type_error() -> None:
