@@ -159,10 +159,9 @@ def _default(value: object) -> msgpack.ExtType:
     if type(value) is datetime:
         # The most frequent typed value by far (a timestamp in most rows), so it is encoded
         # here without further calls: one struct packs the fields and the time zone tail.
-        tz = value.tzinfo
-        entry = _DATETIME_LAYOUTS.get(id(tz))
-        if entry is None or entry[0] is not tz:
-            entry = _datetime_layout(tz)
+        entry = _last_layout
+        if entry[0] is not value.tzinfo:
+            entry = _datetime_layout(value.tzinfo)
         if entry[1] is None:
             return _encode_dill(value)
         return _new_ext(
@@ -192,19 +191,28 @@ def _default(value: object) -> msgpack.ExtType:
     return _encode_dill(value)
 
 
+_Layout = tuple[tzinfo | None, struct.Struct | None, bytes]
+
 # (tzinfo, struct of the fields and the tail, tail) by the identity of the tzinfo object,
 # which the entry keeps alive so its id cannot be reused (equality would not do:
 # timezone.utc == timezone(timedelta(0), "X")). None, for naive values, is a key too.
-_DATETIME_LAYOUTS: dict[int, tuple[tzinfo | None, struct.Struct | None, bytes]] = {}
+_DATETIME_LAYOUTS: dict[int, _Layout] = {}
+# The layout used last: the datetimes of a batch mostly share one time zone, and checking
+# it costs less than the lookup. Replaced whole, so threads never see half an update.
+_last_layout: _Layout = (None, struct.Struct(f"{_DATETIME_HEAD.format}0s"), b"")
 
 
-def _datetime_layout(tz: tzinfo | None) -> tuple[tzinfo | None, struct.Struct | None, bytes]:
-    tail = _tz_tail(tz)
-    if tail is None:
-        return (tz, None, b"")  # not cached: only time zones we store keep a reference
-    entry = (tz, struct.Struct(f"{_DATETIME_HEAD.format}{len(tail)}s"), tail)
-    if len(_DATETIME_LAYOUTS) < 1024:
-        _DATETIME_LAYOUTS[id(tz)] = entry
+def _datetime_layout(tz: tzinfo | None) -> _Layout:
+    global _last_layout
+    entry = _DATETIME_LAYOUTS.get(id(tz))
+    if entry is None or entry[0] is not tz:
+        tail = _tz_tail(tz)
+        if tail is None:
+            return (tz, None, b"")  # not cached: only time zones we store keep a reference
+        entry = (tz, struct.Struct(f"{_DATETIME_HEAD.format}{len(tail)}s"), tail)
+        if len(_DATETIME_LAYOUTS) < 1024:
+            _DATETIME_LAYOUTS[id(tz)] = entry
+    _last_layout = entry
     return entry
 
 

@@ -203,6 +203,15 @@ def test_utc_keeps_its_identity() -> None:
     assert decode(encode(datetime(2024, 1, 1, tzinfo=UTC))).tzinfo is UTC
 
 
+def test_interleaved_equal_zones_keep_their_own_identity() -> None:
+    """Datetimes alternating between zones equal to each other each keep their own zone."""
+    zones = [UTC, timezone(timedelta(0), "X"), None, ZoneInfo("UTC"), timezone(timedelta(0))]
+    value = [datetime(2024, 1, 1, minute=i, tzinfo=zones[i % 5]) for i in range(20)]
+    decoded = decode(encode(value))
+    assert_same(decoded, value)
+    assert [d.tzinfo is UTC for d in decoded] == [z is UTC for z in zones] * 4
+
+
 def test_decimals_ignore_the_callers_context() -> None:
     """Decimals decode exactly even when the caller's context has a tiny precision."""
     value = Decimal("1.234567890123456789012345678901234567890")
