@@ -349,6 +349,9 @@ class JournalWriter:
         BEGIN, sqlitedict would run the writes in a transaction of their own.
         """
         began = self._send("BEGIN IMMEDIATE")
+        # Hand the GIL over for a moment: msgpack encodes without releasing it, so the
+        # worker could otherwise only start the BEGIN once this thread waits for it.
+        time.sleep(0)
         try:
             sequence, tag, items, operations = self._records, self._tag, [], 0
             for kind, count, body in records:
