@@ -181,6 +181,9 @@ def _default(value: object) -> msgpack.ExtType:
                 ),
             ),
         )
+    if type(value) is Decimal:
+        # Next in frequency (money columns): also without a further call.
+        return _new_ext(_ExtType, (_DECIMAL, str(value).encode("ascii")))
     encoder = _ENCODERS.get(type(value))
     if encoder is not None:
         return encoder(value)
@@ -304,11 +307,11 @@ def _encode_dill(value: object) -> msgpack.ExtType:
 
 
 # Exact types only: a subclass could carry state or behaviour these payloads would drop.
+# (datetime and Decimal are handled in _default itself.)
 _ENCODERS: dict[type, Callable[[Any], msgpack.ExtType]] = {
     # strict_types msgpack hands over only the ints it cannot fit in 64 bits
     int: lambda n: _ext(_BIGINT, n.to_bytes(n.bit_length() // 8 + 1, "big", signed=True)),
     tuple: lambda v: _ext(_TUPLE, encode(list(v))),
-    Decimal: lambda v: _ext(_DECIMAL, str(v).encode("ascii")),
     date: lambda v: _ext(_DATE, _DATE_HEAD.pack(v.year, v.month, v.day)),
     time: _encode_time,
     timedelta: lambda v: _ext(_TIMEDELTA, _TIMEDELTA_HEAD.pack(v.days, v.seconds, v.microseconds)),
