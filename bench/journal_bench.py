@@ -1,8 +1,7 @@
 """Append rate of the journal file against raw ``sqlite3`` writing the same bytes (issue 2).
 
-Both sides write ``--n`` insert operations, as the recorder produces them for the
-``_common`` workload (checked against a small real recording before any clock starts), in
-batches of
+Both sides write ``--n`` insert operations, as recording the ``_common`` workload produces
+them (checked against a small real recording before any clock starts), in batches of
 ``--batch`` into a fresh file with the same durability: WAL, ``synchronous=FULL``, one
 commit per batch, the write-ahead log folded into the file at the end. The journal side
 is ``JournalWriter.create(...)``, ``append(batch)`` per batch, ``seal()``: it encodes,
