@@ -1,6 +1,7 @@
 """Append rate of the journal file against raw ``sqlite3`` writing the same bytes (issue 2).
 
-Both sides write ``--n`` insert operations, as the recorder produces them, in batches of
+Both sides write ``--n`` insert operations, as recording the ``_common`` workload produces
+them (checked against a small real recording before any clock starts), in batches of
 ``--batch`` into a fresh file with the same durability: WAL, ``synchronous=FULL``, one
 commit per batch, the write-ahead log folded into the file at the end. The journal side
 is ``JournalWriter.create(...)``, ``append(batch)`` per batch, ``seal()``: it encodes,
@@ -19,9 +20,23 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from _common import EPOCH, best, child_values, report, settle, stopwatch, verdict
+from _common import (
+    CHILDREN_PER_PARENT,
+    Workload,
+    best,
+    child_values,
+    make_engine,
+    parent_values,
+    record,
+    report,
+    reset_tables,
+    settle,
+    sqlite_url,
+    stopwatch,
+    verdict,
+)
 
-from journal import JournalWriter, codec
+from journal import Journal, JournalWriter, codec
 
 TARGET = 0.5
 # tag (32 bytes) + kind (1) + operation count (4): the journal's per-record prefix.
@@ -29,32 +44,66 @@ RECORD_PREFIX = bytes(37)
 
 
 def operations(n: int) -> list[dict[str, Any]]:
-    """``n`` inserts as the recorder writes them: parents, each followed by ten linked children."""
+    """``n`` inserts as recording the workload writes them: each parent, then its children.
+
+    Family ``i`` is parent ``i`` (ref ``11 i + 1``) and its ten children, with the values of
+    :func:`_common.parent_values` and :func:`_common.child_values`, keys in column order.
+    """
     ops = []
+    family_size = 1 + CHILDREN_PER_PARENT
     for ref in range(1, n + 1):
-        parent = (ref - 1) // 11 * 11 + 1
-        if ref == parent:
+        family, position = divmod(ref - 1, family_size)
+        if position == 0:
             ops.append(
                 {
                     "op": "insert",
-                    "class": "app.models:Parent",
+                    "class": "_common:Parent",
                     "table": "parent",
                     "ref": ref,
-                    "values": {"name": f"parent-{ref:07d}", "created_at": EPOCH, "active": True},
+                    "values": parent_values(family),
                 }
             )
             continue
         ops.append(
             {
                 "op": "insert",
-                "class": "app.models:Child",
+                "class": "_common:Child",
                 "table": "child",
                 "ref": ref,
-                "values": child_values(parent, ref - parent),
-                "links": {"parent": parent},
+                "values": child_values(family, position - 1),
+                "links": {"parent": ref - position},
             }
         )
     return ops
+
+
+def check_operations(directory: Path) -> None:
+    """Fail unless :func:`operations` equals what recording two families writes, key order too."""
+    workload = Workload(parents=2)
+    engine = make_engine(sqlite_url(directory / "check.sqlite"))
+    try:
+        reset_tables(engine)
+        record(engine, directory / "check.journal", workload.object_chunks())
+    finally:
+        engine.dispose()
+    with Journal(directory / "check.journal") as journal:
+        recorded = [op for _, op in journal.operations()]
+    expected = operations(workload.objects)
+    if _ordered(recorded) != _ordered(expected):
+        raise SystemExit(
+            "journal_bench: the benchmark's operations differ from what recording writes;"
+            f"\nrecorded: {recorded[:2]}\nbench:    {expected[:2]}"
+        )
+
+
+def _ordered(value: Any) -> Any:
+    # Equal is not enough: dictionaries compare equal in any order and Decimal("1.0")
+    # equals Decimal("1"), but the encoded bytes (and their size) differ.
+    if isinstance(value, dict):
+        return [(key, _ordered(item)) for key, item in value.items()]
+    if isinstance(value, list):
+        return [_ordered(item) for item in value]
+    return (type(value), repr(value))
 
 
 def batches_of(ops: list[dict[str, Any]], size: int) -> list[list[dict[str, Any]]]:
@@ -94,6 +143,8 @@ def main() -> None:
     parser.add_argument("--dir", type=Path, default=None, help="where to write (default: tmp)")
     args = parser.parse_args()
 
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+        check_operations(Path(tmp))
     batches = batches_of(operations(args.n), args.batch)
     encode_times: list[float] = []
     with stopwatch(encode_times):

@@ -34,7 +34,7 @@ import tempfile
 import time
 import uuid
 import weakref
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -257,11 +257,14 @@ class JournalWriter:
         if not operations:
             return self._batches
         number = self._batches + 1
-        records = []
-        for start in range(0, len(operations), CHUNK_OPERATIONS):
-            chunk = operations[start : start + CHUNK_OPERATIONS]
-            records.append((KIND_BATCH, len(chunk), codec.encode([number, list(chunk)])))
-        self._write(records)
+        chunks = (
+            operations[start : start + CHUNK_OPERATIONS]
+            for start in range(0, len(operations), CHUNK_OPERATIONS)
+        )
+        # Encoded lazily: _write has the transaction begun while the chunks are encoded.
+        self._write(
+            (KIND_BATCH, len(chunk), codec.encode([number, list(chunk)])) for chunk in chunks
+        )
         self._batches = number
         return number
 
@@ -367,14 +370,32 @@ class JournalWriter:
         if self._closed:
             raise JournalError(f"journal {self.path} is closed", path=self.path)
 
-    def _write(self, records: Sequence[tuple[bytes, int, bytes]]) -> None:
-        sequence, tag, items = self._records, self._tag, []
-        for kind, count, body in records:
-            signed_part = _PREFIX.pack(kind, count) + body
-            tag = chain_tag(self._key, tag, sequence, signed_part)
-            items.append((key_for(sequence), sqlite3.Binary(tag + signed_part)))
-            sequence += 1
-        self._call("BEGIN IMMEDIATE")
+    def _write(self, records: Iterable[tuple[bytes, int, bytes]]) -> None:
+        """Write ``records`` (kind, operation count, body) in one transaction, durably.
+
+        SQLite's worker thread begins the transaction while this thread produces, chains
+        and signs the records, so a batch waits for the worker once (COMMIT), not twice.
+        Nothing is written before the BEGIN is known to have succeeded: after a failed
+        BEGIN, sqlitedict would run the writes in a transaction of their own.
+        """
+        began = self._send("BEGIN IMMEDIATE")
+        # Hand the GIL over for a moment: msgpack encodes without releasing it, so the
+        # worker could otherwise only start the BEGIN once this thread waits for it.
+        time.sleep(0)
+        try:
+            sequence, tag, items, operations = self._records, self._tag, [], 0
+            for kind, count, body in records:
+                signed_part = _PREFIX.pack(kind, count) + body
+                tag = chain_tag(self._key, tag, sequence, signed_part)
+                items.append((key_for(sequence), sqlite3.Binary(tag + signed_part)))
+                sequence += 1
+                operations += count
+        except BaseException:
+            # E.g. a value the codec refuses: the journal stays as it was, and writable.
+            self._receive(began)
+            self._call("ROLLBACK")
+            raise
+        self._receive(began)
         try:
             self._store.update(items)
         except Exception as err:
@@ -382,7 +403,7 @@ class JournalWriter:
         self._commit()
         self._records = sequence
         self._tag = tag
-        self._operations += sum(count for _, count, _ in records)
+        self._operations += operations
 
     def _commit(self) -> None:
         # An explicit COMMIT statement rather than sqlitedict's commit(): a failing
@@ -391,8 +412,17 @@ class JournalWriter:
         self._call("COMMIT")
 
     def _call(self, sql: str, args: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+        return self._receive(self._send(sql, args))
+
+    def _send(self, sql: str, args: Sequence[object] = ()) -> queue.Queue[Any]:
         try:
-            return _roundtrip(self._store, sql, args, WRITE_TIMEOUT)
+            return _send(self._store, sql, args)
+        except Exception as err:
+            self._fail(err)
+
+    def _receive(self, responses: queue.Queue[Any]) -> list[tuple[Any, ...]]:
+        try:
+            return _receive(self._store, responses, WRITE_TIMEOUT)
         except Exception as err:
             self._fail(err)
 
@@ -406,18 +436,25 @@ class JournalWriter:
         ) from err
 
 
-def _roundtrip(
-    store: sqlitedict.SqliteDict, sql: str, args: Sequence[object], timeout: float
-) -> list[tuple[Any, ...]]:
-    """Run one statement on sqlitedict's worker thread and wait a bounded time for it.
+def _send(store: sqlitedict.SqliteDict, sql: str, args: Sequence[object]) -> queue.Queue[Any]:
+    """Queue one statement for sqlitedict's worker thread; :func:`_receive` waits for it.
 
     Uses ``SqliteMultithread.execute(req, arg, res)`` with our own response queue so the
-    wait can time out and notice a dead worker; ``_RESPONSE_NO_MORE`` is sqlitedict's
-    end-of-response marker (checked on sqlitedict 2.1.0).
+    wait can time out and notice a dead worker (checked on sqlitedict 2.1.0).
+    """
+    responses: queue.Queue[Any] = queue.Queue()
+    store.conn.execute(sql, tuple(args), res=responses)
+    return responses
+
+
+def _receive(
+    store: sqlitedict.SqliteDict, responses: queue.Queue[Any], timeout: float
+) -> list[tuple[Any, ...]]:
+    """Wait a bounded time for the rows of a statement sent by :func:`_send`; raise its error.
+
+    ``_RESPONSE_NO_MORE`` is sqlitedict's end-of-response marker (checked on 2.1.0).
     """
     worker = store.conn
-    responses: queue.Queue[Any] = queue.Queue()
-    worker.execute(sql, tuple(args), res=responses)
     deadline = time.monotonic() + timeout
     rows: list[tuple[Any, ...]] = []
     while True:

@@ -25,6 +25,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from journal import Journal, JournalWriter
 from journal.codec import EnumRef, OpaqueValue, decode, encode
 from journal.exc import JournalCorruptError
 from tests.strategies import Color, Level, Mode, Perm, sql_values, value_trees
@@ -202,6 +203,15 @@ def test_utc_keeps_its_identity() -> None:
     assert decode(encode(datetime(2024, 1, 1, tzinfo=UTC))).tzinfo is UTC
 
 
+def test_interleaved_equal_zones_keep_their_own_identity() -> None:
+    """Datetimes alternating between zones equal to each other each keep their own zone."""
+    zones = [UTC, timezone(timedelta(0), "X"), None, ZoneInfo("UTC"), timezone(timedelta(0))]
+    value = [datetime(2024, 1, 1, minute=i, tzinfo=zones[i % 5]) for i in range(20)]
+    decoded = decode(encode(value))
+    assert_same(decoded, value)
+    assert [d.tzinfo is UTC for d in decoded] == [z is UTC for z in zones] * 4
+
+
 def test_decimals_ignore_the_callers_context() -> None:
     """Decimals decode exactly even when the caller's context has a tiny precision."""
     value = Decimal("1.234567890123456789012345678901234567890")
@@ -221,7 +231,32 @@ def test_native_values_are_plain_msgpack() -> None:
         (2**64, 1, b"\x01" + bytes(8)),
         ((), 2, b"\x90"),
         (Decimal("-1.50"), 3, b"-1.50"),
+        (
+            datetime(2024, 2, 29, 13, 14, 15, 16, fold=1),
+            4,
+            bytes.fromhex("07e8 02 1d 0d 0e 0f 00000010 01"),
+        ),
+        (
+            datetime(2024, 2, 29, 13, 14, 15, 16, tzinfo=UTC),
+            4,
+            bytes.fromhex("07e8 02 1d 0d 0e 0f 00000010 00 01 0000000000000000"),
+        ),
+        (
+            datetime(2024, 2, 29, tzinfo=timezone(timedelta(hours=-5), "EST")),
+            4,
+            bytes.fromhex("07e8 02 1d 00 00 00 00000000 00 02 fffffffbcf1dcc00") + b"EST",
+        ),
+        (
+            datetime(2024, 2, 29, tzinfo=ZoneInfo("Europe/Paris")),
+            4,
+            bytes.fromhex("07e8 02 1d 00 00 00 00000000 00 03") + b"Europe/Paris",
+        ),
         (date(2024, 2, 29), 5, b"\x07\xe8\x02\x1d"),
+        (
+            time(1, 2, 3, 4, tzinfo=timezone(timedelta(minutes=90))),
+            6,
+            bytes.fromhex("01 02 03 00000004 00 01 0000000141dd7600"),
+        ),
         (
             timedelta(days=-1, seconds=1, microseconds=2),
             7,
@@ -321,6 +356,22 @@ def test_unserialisable_value_raises_type_error() -> None:
     with pytest.raises(TypeError, match=r"builtins\.generator"):
         encode({"rows": (n for n in range(3))})
     assert encode([7]) == msgpack.packb([7])  # the pooled packer was left clean
+
+
+def test_unserialisable_value_leaves_the_journal_writable(tmp_path: pathlib.Path) -> None:
+    """A batch the codec refuses raises TypeError from append; the journal goes on unchanged."""
+    with JournalWriter.create(tmp_path / "ops.journal") as writer:
+        writer.append([{"n": 1}])
+        with pytest.raises(TypeError, match=r"builtins\.generator"):
+            writer.append([{"n": 2}, {"rows": (n for n in range(3))}])
+        assert (writer.batches, writer.operations) == (1, 1)
+        writer.append([{"n": 3}])
+        writer.seal()
+    with Journal(tmp_path / "ops.journal") as journal:
+        assert [(b.number, b.operations) for b in journal.batches()] == [
+            (1, [{"n": 1}]),
+            (2, [{"n": 3}]),
+        ]
 
 
 def test_enum_defined_in_a_function_raises_type_error() -> None:
