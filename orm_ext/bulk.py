@@ -21,14 +21,17 @@ Everything else replays through the unit of work.
 
 from __future__ import annotations
 
+import datetime as dt
+import decimal
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import Connection, Dialect, Insert, TextualSelect, insert, select, text
 from sqlalchemy.orm import Mapper
 from sqlalchemy.schema import sort_tables_and_constraints
+from sqlalchemy.sql import sqltypes
 
 from journal import Batch
 from orm_ext.exc import DeferredOperationError, ReplayConflictError
@@ -239,8 +242,162 @@ def _insert_returning(
     connection = replay.session.connection(bind_arguments={"mapper": mapper})
     keys: list[Any] = []
     for run in _runs(_core_rows(mapper, rows)):
-        keys.extend(connection.execute(statement, run).scalars())
+        found = _insert_unnest(connection, statement, run)
+        keys.extend(connection.execute(statement, run).scalars() if found is None else found)
     return keys
+
+
+# -- PostgreSQL: one short statement of arrays instead of a long multi-row VALUES ----------
+
+# Rows per statement: a page of arrays is one short statement, parsed once and prepared
+# by psycopg; larger pages only cost memory.
+UNNEST_PAGE_SIZE = 5_000
+
+_NONE = type(None)
+# Per column type, the Python types psycopg dumps into an array exactly as it dumps each
+# value alone (it adapts a list by its first non-null element, so one type per column).
+_ARRAY_TYPES: tuple[tuple[type[Any], frozenset[type[Any]]], ...] = (
+    (sqltypes.Boolean, frozenset({bool})),
+    (sqltypes.Integer, frozenset({int})),
+    (sqltypes.Numeric, frozenset({int, float, decimal.Decimal})),
+    (sqltypes.Float, frozenset({int, float, decimal.Decimal})),
+    (sqltypes.String, frozenset({str})),
+    (sqltypes.DateTime, frozenset({dt.datetime})),
+    (sqltypes.Date, frozenset({dt.date})),
+    (sqltypes.Time, frozenset({dt.time})),
+)
+
+
+@dataclass(frozen=True)
+class _ArrayColumn:
+    key: str | None  # the row's key, or None for a scalar column default
+    default: Any
+    process: Callable[[Any], Any] | None
+    accepts: frozenset[type[Any]]
+
+
+@dataclass(frozen=True)
+class _UnnestPlan:
+    statement: TextualSelect
+    columns: tuple[_ArrayColumn, ...]
+
+    def arrays(self, rows: list[dict[str, Any]]) -> dict[str, list[Any]] | None:
+        """One list per column, or None if a column mixes types psycopg cannot put in one array."""
+        arrays = {}
+        for i, column in enumerate(self.columns):
+            key = column.key
+            values = [column.default] * len(rows) if key is None else [r[key] for r in rows]
+            if column.process is not None:
+                values = [column.process(v) for v in values]
+            kinds = set(map(type, values))
+            kinds.discard(_NONE)
+            if len(kinds) > 1 or not kinds <= column.accepts:
+                return None
+            # The first value decides between psycopg's dumpers with and without zone.
+            if kinds & {dt.datetime, dt.time} and (
+                len({v.tzinfo is None for v in values if v is not None}) > 1
+            ):
+                return None
+            arrays[f"c{i}"] = values
+        return arrays
+
+
+_unnest_plans: dict[tuple[Any, ...], _UnnestPlan | None] = {}
+
+
+def _insert_unnest(
+    connection: Connection, statement: Insert, rows: list[dict[str, Any]]
+) -> list[Any] | None:
+    """Insert ``rows`` as ``INSERT ... SELECT ... FROM unnest(arrays)``; their keys in order.
+
+    SQLAlchemy's multi-row ``INSERT ... SELECT ... FROM (VALUES ...) ORDER BY`` names every
+    value, so a page of 1,000 rows is a statement of thousands of parameters that psycopg
+    parses anew each time (its cache stops at 50 parameters) and the server plans anew.
+    With one array per column the statement is the same short text for any number of rows.
+    Keys come back in row order the way SQLAlchemy itself takes them for this table: the
+    rows are inserted in parameter order and the autoincrement keys sorted. Returns None
+    where that does not apply; the caller then uses SQLAlchemy's statement.
+    """
+    dialect = connection.dialect
+    if dialect.name != "postgresql" or dialect.driver != "psycopg":
+        return None
+    signature = (statement.table, tuple(rows[0]), dialect)
+    try:
+        plan = _unnest_plans[signature]
+    except KeyError:
+        plan = _unnest_plans[signature] = _plan_unnest(dialect, statement, tuple(rows[0]))
+    if plan is None:
+        return None
+    arrays = plan.arrays(rows)
+    if arrays is None:
+        return None
+    keys: list[Any] = []
+    for start in range(0, len(rows), UNNEST_PAGE_SIZE):
+        page = {name: values[start : start + UNNEST_PAGE_SIZE] for name, values in arrays.items()}
+        found = list(connection.execute(plan.statement, page).scalars())
+        expected = min(UNNEST_PAGE_SIZE, len(rows) - start)
+        if len(found) != expected:
+            raise DeferredOperationError(
+                f"an INSERT of {expected} rows returned {len(found)} keys; nothing was applied"
+            )
+        found.sort()
+        keys.extend(found)
+    return keys
+
+
+def _plan_unnest(dialect: Dialect, statement: Insert, keys: tuple[str, ...]) -> _UnnestPlan | None:
+    # SQLAlchemy's own compilation of the statement decides the columns, their casts, bind
+    # processors and scalar defaults, and whether it would sort returned keys (an
+    # autoincrement "implicit sentinel"). These are private attributes of the compiler
+    # (checked on SQLAlchemy 2.1); anything unexpected falls back to the public path.
+    compiled: Any = statement.compile(dialect=dialect, column_keys=list(keys), for_executemany=True)
+    imv = compiled._insertmanyvalues
+    if imv is None or not (
+        imv.sort_by_parameter_order and imv.implicit_sentinel and imv.num_sentinel_columns == 1
+    ):
+        return None
+    prefetch = set(compiled.insert_prefetch)
+    columns = []
+    names = []
+    casts = []
+    used = set()
+    for i, (column, _, _, binds) in enumerate(imv.insert_crud_params):
+        if len(binds) != 1:
+            return None
+        impl = column.type._unwrapped_dialect_impl(dialect)
+        accepts = next((ok for kind, ok in _ARRAY_TYPES if isinstance(impl, kind)), None)
+        if accepts is None or isinstance(impl, sqltypes.Enum) or getattr(impl, "collation", None):
+            return None
+        if column.key in keys:
+            key, default = column.key, None
+            used.add(key)
+        elif column in prefetch:
+            arg, is_scalar, _, _ = column._default_description_tuple
+            if not is_scalar:
+                return None
+            key, default = None, arg
+        else:
+            return None
+        process = compiled._bind_processors.get(next(iter(binds)))
+        columns.append(_ArrayColumn(key, default, process, accepts))
+        names.append(dialect.identifier_preparer.format_column(column))
+        cast = compiled.render_bind_cast(column.type, impl, "")
+        if not cast.startswith("::"):
+            return None
+        casts.append(f"CAST(:c{i} AS {cast[2:]}[])")
+    if used != set(keys):
+        return None
+    table = dialect.identifier_preparer.format_table(statement.table)
+    pk = dialect.identifier_preparer.format_column(imv.sentinel_columns[0])
+    if ":" in "".join([table, pk, *names]):
+        return None  # text() would take it for a parameter
+    placeholders = ", ".join(f"p{i}" for i in range(len(columns)))
+    sql = (
+        f"INSERT INTO {table} ({', '.join(names)}) SELECT {placeholders} "
+        f"FROM unnest({', '.join(casts)}) WITH ORDINALITY AS imp_sen({placeholders}, sen_counter) "
+        f"ORDER BY sen_counter RETURNING {pk}"
+    )
+    return _UnnestPlan(text(sql).columns(imv.sentinel_columns[0]), tuple(columns))
 
 
 def _sqlite_rowids(
