@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, Dialect, Insert, TextualSelect, insert, select, text
+from sqlalchemy import Connection, Dialect, Insert, insert, select
 from sqlalchemy.orm import Mapper
 from sqlalchemy.schema import sort_tables_and_constraints
 from sqlalchemy.sql import sqltypes
@@ -242,7 +242,7 @@ def _insert_returning(
     connection = replay.session.connection(bind_arguments={"mapper": mapper})
     keys: list[Any] = []
     for run in _runs(_core_rows(mapper, rows)):
-        found = _insert_unnest(connection, statement, run)
+        found = _insert_unnest(connection, statement, run, replay.path)
         keys.extend(connection.execute(statement, run).scalars() if found is None else found)
     return keys
 
@@ -278,7 +278,7 @@ class _ArrayColumn:
 
 @dataclass(frozen=True)
 class _UnnestPlan:
-    statement: TextualSelect
+    statement: str
     columns: tuple[_ArrayColumn, ...]
 
     def arrays(self, rows: list[dict[str, Any]]) -> dict[str, list[Any]] | None:
@@ -306,7 +306,7 @@ _unnest_plans: dict[tuple[Any, ...], _UnnestPlan | None] = {}
 
 
 def _insert_unnest(
-    connection: Connection, statement: Insert, rows: list[dict[str, Any]]
+    connection: Connection, statement: Insert, rows: list[dict[str, Any]], path: str
 ) -> list[Any] | None:
     """Insert ``rows`` as ``INSERT ... SELECT ... FROM unnest(arrays)``; their keys in order.
 
@@ -334,13 +334,14 @@ def _insert_unnest(
     keys: list[Any] = []
     for start in range(0, len(rows), UNNEST_PAGE_SIZE):
         page = {name: values[start : start + UNNEST_PAGE_SIZE] for name, values in arrays.items()}
-        found = list(connection.execute(plan.statement, page).scalars())
+        found = sorted(connection.exec_driver_sql(plan.statement, page).scalars().all())
         expected = min(UNNEST_PAGE_SIZE, len(rows) - start)
         if len(found) != expected:
             raise DeferredOperationError(
-                f"an INSERT of {expected} rows returned {len(found)} keys; nothing was applied"
+                f"journal {path}: an INSERT of {expected} rows into {statement.table.description} "
+                f"returned {len(found)} keys; nothing was applied",
+                path=path,
             )
-        found.sort()
         keys.extend(found)
     return keys
 
@@ -384,20 +385,23 @@ def _plan_unnest(dialect: Dialect, statement: Insert, keys: tuple[str, ...]) -> 
         cast = compiled.render_bind_cast(column.type, impl, "")
         if not cast.startswith("::"):
             return None
-        casts.append(f"CAST(:c{i} AS {cast[2:]}[])")
+        casts.append(f"%(c{i})b::{cast[2:]}[]")
     if used != set(keys):
         return None
     table = dialect.identifier_preparer.format_table(statement.table)
-    pk = dialect.identifier_preparer.format_column(imv.sentinel_columns[0])
-    if ":" in "".join([table, pk, *names]):
-        return None  # text() would take it for a parameter
+    sentinel = imv.sentinel_columns[0]
+    pk = dialect.identifier_preparer.format_column(sentinel)
+    if "%" in "".join([table, pk, *names]):
+        return None  # the driver would take it for a parameter
+    if sentinel.type._cached_result_processor(dialect, None) is not None:
+        return None  # the driver's keys are what SQLAlchemy would return
     placeholders = ", ".join(f"p{i}" for i in range(len(columns)))
     sql = (
         f"INSERT INTO {table} ({', '.join(names)}) SELECT {placeholders} "
         f"FROM unnest({', '.join(casts)}) WITH ORDINALITY AS imp_sen({placeholders}, sen_counter) "
         f"ORDER BY sen_counter RETURNING {pk}"
     )
-    return _UnnestPlan(text(sql).columns(imv.sentinel_columns[0]), tuple(columns))
+    return _UnnestPlan(sql, tuple(columns))
 
 
 def _sqlite_rowids(
