@@ -100,17 +100,25 @@ def _bulk_plan(replay: Replay, numbered: list[tuple[int, dict[str, Any]]]) -> Bu
                 return None
         by_mapper[mapper].append((sequence, op))
         refs_here[op["ref"]] = mapper
+    # Rows that existed at recording time which links name: target mapper -> key -> first
+    # operation naming it.
+    existing: dict[Mapper[Any], dict[Any, tuple[int, dict[str, Any]]]] = defaultdict(dict)
     for mapper, ops in by_mapper.items():
-        for _, op in ops:
+        for sequence, op in ops:
             if "added" in op:
                 return None  # a collection recorded on this side
             links = op.get("links")
-            if links is not None:
-                for target in links.values():
-                    if type(target) is int and refs_here.get(target) is mapper:
-                        return None  # row-level order within one table
+            if links:
+                for key, target in links.items():
+                    if type(target) is int:
+                        if refs_here.get(target) is mapper:
+                            return None  # row-level order within one table
+                    elif isinstance(target, list):
+                        existing[mapper.relationships[key].mapper].setdefault(
+                            target[0], (sequence, op)
+                        )
             refs = op.get("refs")
-            if refs is not None and any(ref in refs_here for ref, _ in refs.values()):
+            if refs and any(ref in refs_here for ref, _ in refs.values()):
                 return None
     tables = {mapper.local_table: mapper for mapper in by_mapper}
     order: list[Mapper[Any]] = []
@@ -121,7 +129,7 @@ def _bulk_plan(replay: Replay, numbered: list[tuple[int, dict[str, Any]]]) -> Bu
                 return None
         else:
             order.append(tables[table])
-    return BulkInsert([(m, by_mapper[m]) for m in order])
+    return BulkInsert([(m, by_mapper[m]) for m in order], existing)
 
 
 @dataclass
@@ -129,52 +137,27 @@ class BulkInsert:
     """Inserts of one batch, grouped by class in foreign-key order."""
 
     groups: list[tuple[Mapper[Any], list[tuple[int, dict[str, Any]]]]]
+    existing: dict[Mapper[Any], dict[Any, tuple[int, dict[str, Any]]]]
 
     def execute(self, replay: Replay) -> None:
         self._check_targets(replay)
         for mapper, ops in self.groups:
-            plan = plan_for(mapper)
-            pk_attr = plan.primary_key[0]
-            # key -> (foreign key attribute, primary key attribute of the target)
-            foreign = {
-                key: (pairs[0][0], plan_for(mapper.relationships[key].mapper).primary_key[0])
-                for key, pairs in plan.many_to_one_pairs.items()
-            }
-            identities = replay.identities
-            rows = []
-            for _, op in ops:
-                # Placeholders in an insert are always under "refs", never in "values".
-                row = dict(op["values"])
-                for key, (ref, attribute) in op.get("refs", {}).items():
-                    row[key] = replay.key_of(ref)[attribute]
-                for key, target in op.get("links", {}).items():
-                    local, remote = foreign[key]
-                    if target is None:
-                        row[local] = None
-                    elif type(target) is int:
-                        row[local] = (identities.get(target) or replay.key_of(target))[remote]
-                    else:
-                        row[local] = target[0]
-                rows.append(row)
+            pk_attr = plan_for(mapper).primary_key[0]
+            rows = _rows(replay, mapper, ops)
             if _sqlite_rowids(replay, mapper, pk_attr, rows):
                 keys = _insert_with_rowids(replay, mapper, pk_attr, rows)
             else:
                 keys = _insert_returning(replay, mapper, pk_attr, rows)
+            identities, ref_classes = replay.identities, replay.ref_classes
             for (_, op), key in zip(ops, keys, strict=True):
-                replay.identities[op["ref"]] = {pk_attr: key}
-                replay.ref_classes[op["ref"]] = mapper
+                ref = op["ref"]
+                identities[ref] = {pk_attr: key}
+                ref_classes[ref] = mapper
 
     def _check_targets(self, replay: Replay) -> None:
         # A link to a row that existed at recording time must still find it: the unit of
         # work path raises for a missing target, so the bulk path must too.
-        wanted: dict[Mapper[Any], dict[Any, tuple[int, dict[str, Any]]]] = defaultdict(dict)
-        for mapper, ops in self.groups:
-            for sequence, op in ops:
-                for key, target in op.get("links", {}).items():
-                    if isinstance(target, list):
-                        target_mapper = mapper.relationships[key].mapper
-                        wanted[target_mapper].setdefault(target[0], (sequence, op))
-        for target_mapper, keys in wanted.items():
+        for target_mapper, keys in self.existing.items():
             column = target_mapper.primary_key[0]
             found: set[Any] = set()
             values = list(keys)
@@ -186,6 +169,39 @@ class BulkInsert:
             for value, (sequence, op) in keys.items():
                 if value not in found:
                     raise missing_target(replay, sequence, op, target_mapper, [value])
+
+
+def _rows(
+    replay: Replay, mapper: Mapper[Any], ops: list[tuple[int, dict[str, Any]]]
+) -> list[dict[str, Any]]:
+    """The attribute values of each insert, with links and placeholders resolved to keys."""
+    plan = plan_for(mapper)
+    # key -> (foreign key attribute, primary key attribute of the target)
+    foreign = {
+        key: (pairs[0][0], plan_for(mapper.relationships[key].mapper).primary_key[0])
+        for key, pairs in plan.many_to_one_pairs.items()
+    }
+    identities = replay.identities
+    rows = []
+    for _, op in ops:
+        # Placeholders in an insert are always under "refs", never in "values".
+        row = dict(op["values"])
+        refs = op.get("refs")
+        if refs:
+            for key, (ref, attribute) in refs.items():
+                row[key] = replay.key_of(ref)[attribute]
+        links = op.get("links")
+        if links:
+            for key, target in links.items():
+                local, remote = foreign[key]
+                if target is None:
+                    row[local] = None
+                elif type(target) is int:
+                    row[local] = (identities.get(target) or replay.key_of(target))[remote]
+                else:
+                    row[local] = target[0]
+        rows.append(row)
+    return rows
 
 
 def missing_target(
