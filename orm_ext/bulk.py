@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import weakref
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -304,7 +305,10 @@ class _UnnestPlan:
             key = column.key
             values = [column.default] * len(rows) if key is None else [r[key] for r in rows]
             if column.process is not None:
-                values = [column.process(v) for v in values]
+                try:
+                    values = [column.process(v) for v in values]
+                except Exception:
+                    return None  # SQLAlchemy's statement raises it as a StatementError
             kinds = set(map(type, values))
             kinds.discard(_NONE)
             if len(kinds) > 1 or not kinds <= column.accepts:
@@ -318,7 +322,10 @@ class _UnnestPlan:
         return arrays
 
 
-_unnest_plans: dict[tuple[Any, ...], _UnnestPlan | None] = {}
+# Per dialect (an engine's), per table and set of row keys; gone with the engine.
+_unnest_plans: weakref.WeakKeyDictionary[Dialect, dict[tuple[Any, ...], _UnnestPlan | None]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def _insert_unnest(
@@ -337,11 +344,12 @@ def _insert_unnest(
     dialect = connection.dialect
     if dialect.name != "postgresql" or dialect.driver != "psycopg":
         return None
-    signature = (statement.table, tuple(rows[0]), dialect)
+    plans = _unnest_plans.setdefault(dialect, {})
+    signature = (statement.table, tuple(rows[0]))
     try:
-        plan = _unnest_plans[signature]
+        plan = plans[signature]
     except KeyError:
-        plan = _unnest_plans[signature] = _plan_unnest(dialect, statement, tuple(rows[0]))
+        plan = plans[signature] = _plan_unnest(dialect, statement, tuple(rows[0]))
     if plan is None:
         return None
     arrays = plan.arrays(rows)

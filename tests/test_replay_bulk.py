@@ -12,7 +12,7 @@ from sqlalchemy import DateTime, ForeignKey, Numeric, String, Text, event, selec
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from orm_ext import bulk
+from orm_ext import DeferredOperationError, bulk
 from tests.conftest import Backend
 from tests.scenario import make_sessions
 
@@ -167,3 +167,16 @@ def test_postgresql_sends_one_short_insert_per_table(
     assert len(inserts) == 2
     assert all("unnest(" in s and len(s) < 1000 for s in inserts)
     assert rows(b) == rows(a)
+
+
+def test_a_value_the_column_type_refuses_fails_the_replay_cleanly(
+    databases: tuple[Engine, Engine], tmp_path: Path
+) -> None:
+    """A recorded value the column's type refuses makes the replay fail with nothing applied."""
+    _, b = databases
+    path = tmp_path / "ops.dbm"
+    with make_sessions(b)() as session, session.deferred_operations(path):
+        session.add_all([Sample(label="fine"), Sample(label="odd", flag="yes")])  # type: ignore[arg-type]
+    with make_sessions(b)() as session, pytest.raises(DeferredOperationError, match="failed"):
+        session.reconnect_and_commit(path)
+    assert rows(b) == {"bulk_sample": [], "bulk_item": []}
