@@ -16,7 +16,9 @@ unit of work would do with the same objects:
 Tables are written in the order ``sort_tables`` gives (SQLAlchemy's own dependency sort
 of foreign keys, the one the unit of work follows between mappers); within a table rows
 keep their recorded order (``sort_by_parameter_order``) so keys map back to placeholders.
-Everything else replays through the unit of work.
+On PostgreSQL with psycopg the rows of a table go as one array per column through
+``INSERT ... SELECT ... FROM unnest(...)`` (see :func:`_insert_unnest`). Everything else
+replays through the unit of work.
 """
 
 from __future__ import annotations
