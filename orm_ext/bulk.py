@@ -16,19 +16,25 @@ unit of work would do with the same objects:
 Tables are written in the order ``sort_tables`` gives (SQLAlchemy's own dependency sort
 of foreign keys, the one the unit of work follows between mappers); within a table rows
 keep their recorded order (``sort_by_parameter_order``) so keys map back to placeholders.
-Everything else replays through the unit of work.
+On PostgreSQL with psycopg the rows of a table go as one array per column through
+``INSERT ... SELECT ... FROM unnest(...)`` (see :func:`_insert_unnest`). Everything else
+replays through the unit of work.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import decimal
+import weakref
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import Connection, Dialect, Insert, insert, select
 from sqlalchemy.orm import Mapper
 from sqlalchemy.schema import sort_tables_and_constraints
+from sqlalchemy.sql import sqltypes
 
 from journal import Batch
 from orm_ext.exc import DeferredOperationError, ReplayConflictError
@@ -97,17 +103,25 @@ def _bulk_plan(replay: Replay, numbered: list[tuple[int, dict[str, Any]]]) -> Bu
                 return None
         by_mapper[mapper].append((sequence, op))
         refs_here[op["ref"]] = mapper
+    # Rows that existed at recording time which links name: target mapper -> key -> first
+    # operation naming it.
+    existing: dict[Mapper[Any], dict[Any, tuple[int, dict[str, Any]]]] = defaultdict(dict)
     for mapper, ops in by_mapper.items():
-        for _, op in ops:
+        for sequence, op in ops:
             if "added" in op:
                 return None  # a collection recorded on this side
             links = op.get("links")
-            if links is not None:
-                for target in links.values():
-                    if type(target) is int and refs_here.get(target) is mapper:
-                        return None  # row-level order within one table
+            if links:
+                for key, target in links.items():
+                    if type(target) is int:
+                        if refs_here.get(target) is mapper:
+                            return None  # row-level order within one table
+                    elif isinstance(target, list):
+                        existing[mapper.relationships[key].mapper].setdefault(
+                            target[0], (sequence, op)
+                        )
             refs = op.get("refs")
-            if refs is not None and any(ref in refs_here for ref, _ in refs.values()):
+            if refs and any(ref in refs_here for ref, _ in refs.values()):
                 return None
     tables = {mapper.local_table: mapper for mapper in by_mapper}
     order: list[Mapper[Any]] = []
@@ -118,7 +132,7 @@ def _bulk_plan(replay: Replay, numbered: list[tuple[int, dict[str, Any]]]) -> Bu
                 return None
         else:
             order.append(tables[table])
-    return BulkInsert([(m, by_mapper[m]) for m in order])
+    return BulkInsert([(m, by_mapper[m]) for m in order], existing)
 
 
 @dataclass
@@ -126,52 +140,27 @@ class BulkInsert:
     """Inserts of one batch, grouped by class in foreign-key order."""
 
     groups: list[tuple[Mapper[Any], list[tuple[int, dict[str, Any]]]]]
+    existing: dict[Mapper[Any], dict[Any, tuple[int, dict[str, Any]]]]
 
     def execute(self, replay: Replay) -> None:
         self._check_targets(replay)
         for mapper, ops in self.groups:
-            plan = plan_for(mapper)
-            pk_attr = plan.primary_key[0]
-            # key -> (foreign key attribute, primary key attribute of the target)
-            foreign = {
-                key: (pairs[0][0], plan_for(mapper.relationships[key].mapper).primary_key[0])
-                for key, pairs in plan.many_to_one_pairs.items()
-            }
-            identities = replay.identities
-            rows = []
-            for _, op in ops:
-                # Placeholders in an insert are always under "refs", never in "values".
-                row = dict(op["values"])
-                for key, (ref, attribute) in op.get("refs", {}).items():
-                    row[key] = replay.key_of(ref)[attribute]
-                for key, target in op.get("links", {}).items():
-                    local, remote = foreign[key]
-                    if target is None:
-                        row[local] = None
-                    elif type(target) is int:
-                        row[local] = (identities.get(target) or replay.key_of(target))[remote]
-                    else:
-                        row[local] = target[0]
-                rows.append(row)
+            pk_attr = plan_for(mapper).primary_key[0]
+            rows = _rows(replay, mapper, ops)
             if _sqlite_rowids(replay, mapper, pk_attr, rows):
                 keys = _insert_with_rowids(replay, mapper, pk_attr, rows)
             else:
                 keys = _insert_returning(replay, mapper, pk_attr, rows)
+            identities, ref_classes = replay.identities, replay.ref_classes
             for (_, op), key in zip(ops, keys, strict=True):
-                replay.identities[op["ref"]] = {pk_attr: key}
-                replay.ref_classes[op["ref"]] = mapper
+                ref = op["ref"]
+                identities[ref] = {pk_attr: key}
+                ref_classes[ref] = mapper
 
     def _check_targets(self, replay: Replay) -> None:
         # A link to a row that existed at recording time must still find it: the unit of
         # work path raises for a missing target, so the bulk path must too.
-        wanted: dict[Mapper[Any], dict[Any, tuple[int, dict[str, Any]]]] = defaultdict(dict)
-        for mapper, ops in self.groups:
-            for sequence, op in ops:
-                for key, target in op.get("links", {}).items():
-                    if isinstance(target, list):
-                        target_mapper = mapper.relationships[key].mapper
-                        wanted[target_mapper].setdefault(target[0], (sequence, op))
-        for target_mapper, keys in wanted.items():
+        for target_mapper, keys in self.existing.items():
             column = target_mapper.primary_key[0]
             found: set[Any] = set()
             values = list(keys)
@@ -183,6 +172,39 @@ class BulkInsert:
             for value, (sequence, op) in keys.items():
                 if value not in found:
                     raise missing_target(replay, sequence, op, target_mapper, [value])
+
+
+def _rows(
+    replay: Replay, mapper: Mapper[Any], ops: list[tuple[int, dict[str, Any]]]
+) -> list[dict[str, Any]]:
+    """The attribute values of each insert, with links and placeholders resolved to keys."""
+    plan = plan_for(mapper)
+    # key -> (foreign key attribute, primary key attribute of the target)
+    foreign = {
+        key: (pairs[0][0], plan_for(mapper.relationships[key].mapper).primary_key[0])
+        for key, pairs in plan.many_to_one_pairs.items()
+    }
+    identities = replay.identities
+    rows = []
+    for _, op in ops:
+        # Placeholders in an insert are always under "refs", never in "values".
+        row = dict(op["values"])
+        refs = op.get("refs")
+        if refs:
+            for key, (ref, attribute) in refs.items():
+                row[key] = replay.key_of(ref)[attribute]
+        links = op.get("links")
+        if links:
+            for key, target in links.items():
+                local, remote = foreign[key]
+                if target is None:
+                    row[local] = None
+                elif type(target) is int:
+                    row[local] = (identities.get(target) or replay.key_of(target))[remote]
+                else:
+                    row[local] = target[0]
+        rows.append(row)
+    return rows
 
 
 def missing_target(
@@ -239,8 +261,173 @@ def _insert_returning(
     connection = replay.session.connection(bind_arguments={"mapper": mapper})
     keys: list[Any] = []
     for run in _runs(_core_rows(mapper, rows)):
-        keys.extend(connection.execute(statement, run).scalars())
+        found = _insert_unnest(connection, statement, run, replay.path)
+        keys.extend(connection.execute(statement, run).scalars() if found is None else found)
     return keys
+
+
+# -- PostgreSQL: one short statement of arrays instead of a long multi-row VALUES ----------
+
+# Rows per statement: a page of arrays is one short statement, parsed once and prepared
+# by psycopg; larger pages only cost memory.
+UNNEST_PAGE_SIZE = 5_000
+
+_NONE = type(None)
+# Per column type, the Python types psycopg dumps into an array exactly as it dumps each
+# value alone (it adapts a list by its first non-null element, so one type per column).
+_ARRAY_TYPES: tuple[tuple[type[Any], frozenset[type[Any]]], ...] = (
+    (sqltypes.Boolean, frozenset({bool})),
+    (sqltypes.Integer, frozenset({int})),
+    (sqltypes.Numeric, frozenset({int, float, decimal.Decimal})),
+    (sqltypes.Float, frozenset({int, float, decimal.Decimal})),
+    (sqltypes.String, frozenset({str})),
+    (sqltypes.DateTime, frozenset({dt.datetime})),
+    (sqltypes.Date, frozenset({dt.date})),
+    (sqltypes.Time, frozenset({dt.time})),
+)
+
+
+@dataclass(frozen=True)
+class _ArrayColumn:
+    key: str | None  # the row's key, or None for a scalar column default
+    default: Any
+    process: Callable[[Any], Any] | None
+    accepts: frozenset[type[Any]]
+
+
+@dataclass(frozen=True)
+class _UnnestPlan:
+    statement: str
+    columns: tuple[_ArrayColumn, ...]
+
+    def arrays(self, rows: list[dict[str, Any]]) -> dict[str, list[Any]] | None:
+        """One list per column, or None if a column mixes types psycopg cannot put in one array."""
+        arrays = {}
+        for i, column in enumerate(self.columns):
+            key = column.key
+            values = [column.default] * len(rows) if key is None else [r[key] for r in rows]
+            if column.process is not None:
+                try:
+                    values = [column.process(v) for v in values]
+                except Exception:
+                    return None  # SQLAlchemy's statement raises it as a StatementError
+            kinds = set(map(type, values))
+            kinds.discard(_NONE)
+            if len(kinds) > 1 or not kinds <= column.accepts:
+                return None
+            # The first value decides between psycopg's dumpers with and without zone.
+            if kinds & {dt.datetime, dt.time} and (
+                len({v.tzinfo is None for v in values if v is not None}) > 1
+            ):
+                return None
+            arrays[f"c{i}"] = values
+        return arrays
+
+
+# Per dialect (an engine's), per table and set of row keys; gone with the engine.
+_unnest_plans: weakref.WeakKeyDictionary[Dialect, dict[tuple[Any, ...], _UnnestPlan | None]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _insert_unnest(
+    connection: Connection, statement: Insert, rows: list[dict[str, Any]], path: str
+) -> list[Any] | None:
+    """Insert ``rows`` as ``INSERT ... SELECT ... FROM unnest(arrays)``; their keys in order.
+
+    SQLAlchemy's multi-row ``INSERT ... SELECT ... FROM (VALUES ...) ORDER BY`` names every
+    value, so a page of 1,000 rows is a statement of thousands of parameters that psycopg
+    parses anew each time (its cache stops at 50 parameters) and the server plans anew.
+    With one array per column the statement is the same short text for any number of rows.
+    Keys come back in row order the way SQLAlchemy itself takes them for this table: the
+    rows are inserted in parameter order and the autoincrement keys sorted. Returns None
+    where that does not apply; the caller then uses SQLAlchemy's statement.
+    """
+    dialect = connection.dialect
+    if dialect.name != "postgresql" or dialect.driver != "psycopg":
+        return None
+    plans = _unnest_plans.setdefault(dialect, {})
+    signature = (statement.table, tuple(rows[0]))
+    try:
+        plan = plans[signature]
+    except KeyError:
+        plan = plans[signature] = _plan_unnest(dialect, statement, tuple(rows[0]))
+    if plan is None:
+        return None
+    arrays = plan.arrays(rows)
+    if arrays is None:
+        return None
+    keys: list[Any] = []
+    for start in range(0, len(rows), UNNEST_PAGE_SIZE):
+        page = {name: values[start : start + UNNEST_PAGE_SIZE] for name, values in arrays.items()}
+        found = sorted(connection.exec_driver_sql(plan.statement, page).scalars().all())
+        expected = min(UNNEST_PAGE_SIZE, len(rows) - start)
+        if len(found) != expected:
+            raise DeferredOperationError(
+                f"journal {path}: an INSERT of {expected} rows into {statement.table.description} "
+                f"returned {len(found)} keys; nothing was applied",
+                path=path,
+            )
+        keys.extend(found)
+    return keys
+
+
+def _plan_unnest(dialect: Dialect, statement: Insert, keys: tuple[str, ...]) -> _UnnestPlan | None:
+    # SQLAlchemy's own compilation of the statement decides the columns, their casts, bind
+    # processors and scalar defaults, and whether it would sort returned keys (an
+    # autoincrement "implicit sentinel"). These are private attributes of the compiler
+    # (checked on SQLAlchemy 2.1); anything unexpected falls back to the public path.
+    compiled: Any = statement.compile(dialect=dialect, column_keys=list(keys), for_executemany=True)
+    imv = compiled._insertmanyvalues
+    if imv is None or not (
+        imv.sort_by_parameter_order and imv.implicit_sentinel and imv.num_sentinel_columns == 1
+    ):
+        return None
+    prefetch = set(compiled.insert_prefetch)
+    columns = []
+    names = []
+    casts = []
+    used = set()
+    for i, (column, _, _, binds) in enumerate(imv.insert_crud_params):
+        if len(binds) != 1:
+            return None
+        impl = column.type._unwrapped_dialect_impl(dialect)
+        accepts = next((ok for kind, ok in _ARRAY_TYPES if isinstance(impl, kind)), None)
+        if accepts is None or isinstance(impl, sqltypes.Enum) or getattr(impl, "collation", None):
+            return None
+        if column.key in keys:
+            key, default = column.key, None
+            used.add(key)
+        elif column in prefetch:
+            arg, is_scalar, _, _ = column._default_description_tuple
+            if not is_scalar:
+                return None
+            key, default = None, arg
+        else:
+            return None
+        process = compiled._bind_processors.get(next(iter(binds)))
+        columns.append(_ArrayColumn(key, default, process, accepts))
+        names.append(dialect.identifier_preparer.format_column(column))
+        cast = compiled.render_bind_cast(column.type, impl, "")
+        if not cast.startswith("::"):
+            return None
+        casts.append(f"%(c{i})b::{cast[2:]}[]")
+    if used != set(keys):
+        return None
+    table = dialect.identifier_preparer.format_table(statement.table)
+    sentinel = imv.sentinel_columns[0]
+    pk = dialect.identifier_preparer.format_column(sentinel)
+    if "%" in "".join([table, pk, *names]):
+        return None  # the driver would take it for a parameter
+    if sentinel.type._cached_result_processor(dialect, None) is not None:
+        return None  # the driver's keys are what SQLAlchemy would return
+    placeholders = ", ".join(f"p{i}" for i in range(len(columns)))
+    sql = (
+        f"INSERT INTO {table} ({', '.join(names)}) SELECT {placeholders} "
+        f"FROM unnest({', '.join(casts)}) WITH ORDINALITY AS imp_sen({placeholders}, sen_counter) "
+        f"ORDER BY sen_counter RETURNING {pk}"
+    )
+    return _UnnestPlan(sql, tuple(columns))
 
 
 def _sqlite_rowids(
