@@ -219,8 +219,8 @@ def _on_execute(orm_context: ORMExecuteState) -> Result[Any] | None:
         if log.isEnabledFor(logging.DEBUG):
             log.debug("Reusing query results: %s", entry.sql or _render(orm_context))
         return _serve(entry.rows)
-    sql = _log_query(orm_context)
-    reads = _tables_read(key[0], statement)
+    sql = _log_query(orm_context) if log.isEnabledFor(logging.INFO) else None
+    reads = key[0].reads or _tables_read(key[0], statement)
     if not reads:
         return None  # a sequence, a clock or a constant: cheap to ask and maybe volatile
     rows = _capture(orm_context.invoke_statement())
@@ -254,9 +254,10 @@ def _memo_key(orm_context: ORMExecuteState, statement: Any) -> _Key | None:
     if cache_key is None:
         return None
     shape = _shape(cache_key.key, orm_context, statement)
-    options = orm_context.execution_options
-    if shape.passes or orm_context.is_executemany:
+    given: Any = orm_context.parameters
+    if shape.passes or isinstance(given, list):  # a list of parameter sets: executemany
         return None
+    options = orm_context.execution_options
     for name in _PASS_THROUGH_OPTIONS:
         if options.get(name):
             return None
@@ -265,12 +266,13 @@ def _memo_key(orm_context: ORMExecuteState, statement: Any) -> _Key | None:
         return None
     if load._autoflush:
         orm_context.session._autoflush()
-    bind = _bind(orm_context)
-    if bind is None:
+    bind_arguments = orm_context.bind_arguments
+    try:
+        bind = orm_context.session.get_bind(**bind_arguments)
+    except exc.UnboundExecutionError:
         return None
     # SQLAlchemy 2.1 keeps Select.params() values in the cache key; 2.0 has no such field.
     collected = getattr(cache_key, "params", None)
-    given: Any = orm_context.parameters
     params = {**collected, **given} if collected and given else collected or given or {}
     try:
         # Resolved as the compiler resolves them (and only after the autoflush, which may
@@ -283,7 +285,12 @@ def _memo_key(orm_context: ORMExecuteState, statement: Any) -> _Key | None:
             ]
         )
         frozen_options = _frozen_items(options, _IGNORED_OPTIONS)
-        binding = _frozen_items(orm_context.bind_arguments, _IGNORED_BIND_ARGUMENTS)
+        # Usually only the arguments that restate the statement: nothing to freeze.
+        binding = (
+            ()
+            if bind_arguments.keys() <= _IGNORED_BIND_ARGUMENTS
+            else _frozen_items(bind_arguments, _IGNORED_BIND_ARGUMENTS)
+        )
     except _Unkeyable:
         return None
     return (shape, values, frozen_options, binding, bind)
@@ -334,7 +341,7 @@ def _capture(result: Result[Any]) -> _Rows:
 
 def _frozen_items(mapping: Mapping[str, Any], ignored: frozenset[str]) -> Hashable:
     # In the mapping's order: options merged in another order only make a miss.
-    return tuple((k, _frozen(v)) for k, v in mapping.items() if k not in ignored)
+    return tuple([(k, _frozen(v)) for k, v in mapping.items() if k not in ignored])
 
 
 # Equal values the database can tell apart (0.0 and -0.0, Decimal("1.0") and
