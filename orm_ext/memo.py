@@ -65,7 +65,7 @@ class QueryMemo:
     :ivar invalidations: memoized results dropped because something they read changed.
     """
 
-    __slots__ = ("_entries", "_readers", "hits", "invalidations", "misses")
+    __slots__ = ("_entries", "_layouts", "_readers", "hits", "invalidations", "misses")
 
     def __init__(self) -> None:
         self.hits = 0
@@ -73,6 +73,10 @@ class QueryMemo:
         self.invalidations = 0
         self._entries: dict[_Key, _Entry] = {}
         self._readers: dict[str, set[_Key]] = {}
+        # The first result's metadata per statement variant (a key without its bound
+        # values), shared by later results laid out the same way: each result's own would
+        # keep its whole query context alive, and the garbage collector busy.
+        self._layouts: dict[Hashable, _Rows] = {}
 
     def __len__(self) -> int:
         """Return how many results are memoized."""
@@ -88,6 +92,7 @@ class QueryMemo:
         """Forget every memoized result; the counters are kept."""
         self._entries.clear()
         self._readers.clear()
+        self._layouts.clear()
 
     def _store(self, key: _Key, entry: _Entry) -> None:
         self._entries[key] = entry
@@ -223,7 +228,9 @@ def _on_execute(orm_context: ORMExecuteState) -> Result[Any] | None:
     reads = key[0].reads or _tables_read(key[0], statement)
     if not reads:
         return None  # a sequence, a clock or a constant: cheap to ask and maybe volatile
-    rows = _capture(orm_context.invoke_statement())
+    variant = (key[0], *key[2:])
+    rows = _capture(orm_context.invoke_statement(), memo._layouts.get(variant))
+    memo._layouts.setdefault(variant, rows)
     memo._store(key, _Entry(rows, reads, sql))
     memo.misses += 1
     return _serve(rows)
@@ -313,17 +320,20 @@ def _shape(structure: Hashable, orm_context: ORMExecuteState, statement: Any) ->
     return shape
 
 
-def _capture(result: Result[Any]) -> _Rows:
+def _capture(result: Result[Any], like: _Rows | None) -> _Rows:
     """Consume ``result`` into rows that can be served again, as ``Result.freeze()`` does.
 
     The other function that uses SQLAlchemy internals (checked on 2.1.9). ``freeze()``
     copies the result's metadata without its row processors; an ORM result has none, so
-    its metadata is kept as it is, which spares building a copy on every miss. The ORM
-    marks results of joined eager loads of collections as requiring ``unique()`` and shows
-    it no other way.
+    its metadata is kept as it is, which spares building a copy on every miss, or ``like``'s
+    is used if it names the same keys with the very same entities (an ORM result's come
+    from the compiled statement, so another execution of it shares them, while a column
+    object built anew with each statement does not). The ORM marks results of joined eager
+    loads of collections as requiring ``unique()`` and shows it no other way.
     """
     source: Any = result
     metadata: Any = source._metadata
+    attributes = source._attributes
     if not (
         type(metadata) is SimpleResultMetaData
         and metadata._processors is None
@@ -331,12 +341,31 @@ def _capture(result: Result[Any]) -> _Rows:
         and metadata._translated_indexes is None
     ):
         metadata = metadata._for_freeze()
+    elif like is not None and _same_layout(metadata, attributes, like):
+        metadata, attributes = like.metadata, like.attributes
     scalars: bool = source._source_supports_scalars
     # _allrows() rather than fetchall(), as freeze() does, so that a result of the asyncio
     # extension (whose fetchall() is a coroutine) is consumed inside its greenlet.
     data = list(source._raw_row_iterator()) if scalars else source._allrows()
     unique = source._unique_filter_state is not None
-    return _Rows(metadata, data, source._attributes, scalars, unique)
+    return _Rows(metadata, data, attributes, scalars, unique)
+
+
+def _same_layout(metadata: Any, attributes: Mapping[Any, Any], like: _Rows) -> bool:
+    """Say whether an ORM result is laid out as ``like``: the very same keys and entities."""
+    other: Any = like.metadata
+    if type(other) is not SimpleResultMetaData or metadata._keys != other._keys:
+        return False
+    if attributes.keys() != like.attributes.keys():
+        return False
+    if any(value is not like.attributes[name] for name, value in attributes.items()):
+        return False
+    mine, theirs = metadata._keymap, other._keymap
+    for key in metadata._keys:
+        # Identity first: comparing two SQL expressions with == builds a third one.
+        if mine[key][2] is not theirs[key][2] or mine[key][:2] != theirs[key][:2]:
+            return False
+    return True
 
 
 def _frozen_items(mapping: Mapping[str, Any], ignored: frozenset[str]) -> Hashable:

@@ -240,6 +240,17 @@ def test_a_hit_serves_rows_as_the_database_did(
     assert (memo.hits, memo.misses) == (2, 1)
 
 
+def test_each_miss_keys_its_rows_by_its_own_columns(db: Db, session: JournalingSession) -> None:
+    """A miss's rows are keyed by the column objects of the statement that was executed."""
+    with session.reusing_query_results() as memo:
+        for wanted in (1, 2, 3):
+            books = func.count(Book.id).label("books")
+            stmt = select(Author.id, books).outerjoin(Author.books).where(Author.id == wanted)
+            row = session.execute(stmt.group_by(Author.id)).one()
+            assert (row._mapping[Author.id], row._mapping[books]) == (wanted, [2, 0, 0][wanted - 1])
+    assert memo.misses == 3
+
+
 def test_entity_tuples_are_served_with_the_same_instances(
     db: Db, session: JournalingSession
 ) -> None:
