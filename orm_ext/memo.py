@@ -237,7 +237,10 @@ def _on_execute(orm_context: ORMExecuteState) -> Result[Any] | None:
 
 
 def _serve(rows: _Rows) -> Result[Any]:
-    """Return a new result over ``rows``: what calling a ``FrozenResult`` returns."""
+    """Return a new result over ``rows``: what calling a ``FrozenResult`` returns.
+
+    Uses SQLAlchemy internals as ``_capture`` does: a result's attributes have no setter.
+    """
     result: IteratorResult[Any] = IteratorResult(
         rows.metadata, iter(rows.data), _source_supports_scalars=rows.scalars
     )
@@ -323,13 +326,14 @@ def _shape(structure: Hashable, orm_context: ORMExecuteState, statement: Any) ->
 def _capture(result: Result[Any], like: _Rows | None) -> _Rows:
     """Consume ``result`` into rows that can be served again, as ``Result.freeze()`` does.
 
-    The other function that uses SQLAlchemy internals (checked on 2.1.9). ``freeze()``
-    copies the result's metadata without its row processors; an ORM result has none, so
-    its metadata is kept as it is, which spares building a copy on every miss, or ``like``'s
-    is used if it names the same keys with the very same entities (an ORM result's come
-    from the compiled statement, so another execution of it shares them, while a column
-    object built anew with each statement does not). The ORM marks results of joined eager
-    loads of collections as requiring ``unique()`` and shows it no other way.
+    With its helpers ``_same_layout`` and ``_serve``, the other place that uses SQLAlchemy
+    internals (checked on 2.1.9), those ``Result.freeze()`` uses. ``freeze()`` copies the
+    result's metadata without its row processors; an ORM result has none, so its metadata
+    is kept as it is, which spares building a copy on every miss. ``like``'s is kept instead
+    if it names the same keys with the very same entity objects: an ORM result's entities
+    come from the cached compiled statement, so other executions of it share them, while a
+    column object built anew with each statement does not. The ORM marks results of joined
+    eager loads of collections as requiring ``unique()`` and shows it no other way.
     """
     source: Any = result
     metadata: Any = source._metadata
@@ -352,7 +356,10 @@ def _capture(result: Result[Any], like: _Rows | None) -> _Rows:
 
 
 def _same_layout(metadata: Any, attributes: Mapping[Any, Any], like: _Rows) -> bool:
-    """Say whether an ORM result is laid out as ``like``: the very same keys and entities."""
+    """Say whether an ORM result is laid out as ``like``: the very same keys and entities.
+
+    Reads the metadata's internals for ``_capture`` (checked on 2.1.9).
+    """
     other: Any = like.metadata
     if type(other) is not SimpleResultMetaData or metadata._keys != other._keys:
         return False
