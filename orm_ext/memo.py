@@ -1,9 +1,9 @@
 """The query memo behind ``JournalingSession.reusing_query_results()`` (SPEC §6).
 
 A SELECT is keyed by the statement's structural cache key, the typed effective values of
-its bound parameters, its execution options and its bind. The first execution is frozen
-(``Result.freeze()``); identical ones are served from the same rows: no round trip, and
-the very same ORM instances, not re-merged.
+its bound parameters, its execution options and its bind. The first execution's rows are
+kept as ``Result.freeze()`` keeps them; identical ones are served from the same rows: no
+round trip, and the very same ORM instances, not re-merged.
 
 Nothing this session changes is served stale: pending changes are autoflushed before a
 lookup; a flush or DML statement drops the entries reading the tables it writes; raw SQL
@@ -31,7 +31,8 @@ from decimal import Decimal
 from typing import Any, NamedTuple
 
 from sqlalchemy import Table, event, exc, inspect
-from sqlalchemy.engine import FrozenResult, Result
+from sqlalchemy.engine import IteratorResult, Result
+from sqlalchemy.engine.result import ResultMetaData, SimpleResultMetaData
 from sqlalchemy.orm import ORMExecuteState, RelationshipDirection, Session, SessionTransaction
 from sqlalchemy.sql import visitors
 from sqlalchemy.sql.expression import ColumnClause, Select, TableClause, TextClause, TextualSelect
@@ -49,10 +50,11 @@ _IGNORED_OPTIONS = frozenset({"compiled_cache", "logging_token"})
 _IGNORED_BIND_ARGUMENTS = frozenset({"bind", "clause", "mapper"})
 _PASS_THROUGH_OPTIONS = ("stream_results", "yield_per", "populate_existing")
 _SELECT = re.compile(r"(?:\s+|--[^\n]*|/\*.*?\*/|\()*select\b", re.DOTALL | re.IGNORECASE)
-# The tables a statement structure reads never change and finding them compiles the ORM
-# statement, so they are kept per structure, bounded like SQLAlchemy's compiled cache.
-_READS_LIMIT = 1000
-_reads_by_structure: dict[Hashable, frozenset[str]] = {}
+# What the memo learns about a statement structure (the tables it reads, whether it must
+# pass through) never changes and costs a compilation or several look-ups, so it is kept
+# per structure, bounded like SQLAlchemy's compiled cache.
+_SHAPES_LIMIT = 1000
+_shapes: dict[Hashable, _Shape] = {}
 
 
 class QueryMemo:
@@ -63,14 +65,18 @@ class QueryMemo:
     :ivar invalidations: memoized results dropped because something they read changed.
     """
 
-    __slots__ = ("_entries", "_readers", "hits", "invalidations", "misses")
+    __slots__ = ("_entries", "_layouts", "_readers", "hits", "invalidations", "misses")
 
     def __init__(self) -> None:
         self.hits = 0
         self.misses = 0
         self.invalidations = 0
-        self._entries: dict[Hashable, _Entry] = {}
-        self._readers: dict[str, set[Hashable]] = {}
+        self._entries: dict[_Key, _Entry] = {}
+        self._readers: dict[str, set[_Key]] = {}
+        # The first result's metadata per statement variant (a key without its bound
+        # values), shared by later results laid out the same way: each result's own would
+        # keep its whole query context alive, and the garbage collector busy.
+        self._layouts: dict[Hashable, _Rows] = {}
 
     def __len__(self) -> int:
         """Return how many results are memoized."""
@@ -86,8 +92,9 @@ class QueryMemo:
         """Forget every memoized result; the counters are kept."""
         self._entries.clear()
         self._readers.clear()
+        self._layouts.clear()
 
-    def _store(self, key: Hashable, entry: _Entry) -> None:
+    def _store(self, key: _Key, entry: _Entry) -> None:
         self._entries[key] = entry
         for name in entry.reads:
             self._readers.setdefault(name, set()).add(key)
@@ -100,7 +107,7 @@ class QueryMemo:
             self.invalidations += len(self._entries)
             self.clear()
             return
-        doomed = self._readers.pop(_ANY, set())
+        doomed: set[_Key] = self._readers.pop(_ANY, set())
         for name in names:
             doomed.update(self._readers.pop(name, ()))
         for key in doomed:
@@ -109,9 +116,37 @@ class QueryMemo:
                 self._readers.get(name, set()).discard(key)
 
 
-class _Entry(NamedTuple):
-    frozen: FrozenResult[Any]
+class _Shape:
+    """What holds for every statement of one structure (one cache key tuple).
+
+    Memo keys hold the shape, hashed and compared by identity, instead of the structure,
+    which is hashed once per execution, to find the shape. A structure seen again after the
+    shapes were emptied gets a new shape, so older keys only miss.
+    """
+
+    __slots__ = ("passes", "reads")
+
+    def __init__(self, *, passes: bool) -> None:
+        self.passes = passes  # a row lock, a relationship load or a refresh
+        self.reads: frozenset[str] | None = None  # found on the first miss
+
+
+class _Rows(NamedTuple):
+    """A result's rows and what serving them again needs, as ``Result.freeze()`` keeps them."""
+
+    metadata: ResultMetaData
+    data: list[Any]
+    attributes: Mapping[Any, Any]
+    scalars: bool
     unique: bool
+
+
+# The shape, the bound values, the execution options, the bind arguments and the bind.
+_Key = tuple[_Shape, Hashable, Hashable, Hashable, Any]
+
+
+class _Entry(NamedTuple):
+    rows: _Rows
     reads: frozenset[str]
     sql: str | None
 
@@ -179,9 +214,8 @@ def _on_execute(orm_context: ORMExecuteState) -> Result[Any] | None:
             else:
                 memo._invalidate(None)
             return None
-    prepared = None if _must_pass_through(orm_context) else _cache_key(orm_context)
-    key = None if prepared is None else _memo_key(orm_context, *prepared)
-    if prepared is None or key is None:
+    key = _memo_key(orm_context, statement)
+    if key is None:
         _log_query(orm_context)
         return None
     entry = memo._entries.get(key)
@@ -189,98 +223,161 @@ def _on_execute(orm_context: ORMExecuteState) -> Result[Any] | None:
         memo.hits += 1
         if log.isEnabledFor(logging.DEBUG):
             log.debug("Reusing query results: %s", entry.sql or _render(orm_context))
-        return _serve(entry)
-    sql = _log_query(orm_context)
-    reads = _tables_read(prepared[0].key, statement)
+        return _serve(entry.rows)
+    sql = _log_query(orm_context) if log.isEnabledFor(logging.INFO) else None
+    reads = key[0].reads or _tables_read(key[0], statement)
     if not reads:
         return None  # a sequence, a clock or a constant: cheap to ask and maybe volatile
-    result = orm_context.invoke_statement()
-    entry = _Entry(result.freeze(), _requires_unique(result), reads, sql)
-    memo._store(key, entry)
+    variant = (key[0], *key[2:])
+    rows = _capture(orm_context.invoke_statement(), memo._layouts.get(variant))
+    memo._layouts.setdefault(variant, rows)
+    memo._store(key, _Entry(rows, reads, sql))
     memo.misses += 1
-    return _serve(entry)
+    return _serve(rows)
 
 
-def _serve(entry: _Entry) -> Result[Any]:
-    result = entry.frozen()
+def _serve(rows: _Rows) -> Result[Any]:
+    """Return a new result over ``rows``: what calling a ``FrozenResult`` returns.
+
+    Uses SQLAlchemy internals as ``_capture`` does: a result's attributes have no setter.
+    """
+    result: IteratorResult[Any] = IteratorResult(
+        rows.metadata, iter(rows.data), _source_supports_scalars=rows.scalars
+    )
+    result._attributes = rows.attributes  # type: ignore[assignment]
     # A joined eager load of a collection repeats parent rows and SQLAlchemy insists on
     # unique() for it, which freeze() forgets: such a result is served uniqued.
-    return result.unique() if entry.unique else result
+    return result.unique() if rows.unique else result
 
 
-def _must_pass_through(orm_context: ORMExecuteState) -> bool:
-    """Say whether a SELECT must reach the database whatever the memo holds."""
-    options = orm_context.execution_options
-    if orm_context.is_executemany or any(options.get(o) for o in _PASS_THROUGH_OPTIONS):
-        return True
-    if not orm_context.is_orm_statement:
-        return False
-    path = orm_context.loader_strategy_path
-    return (
-        (path is not None and not path.is_root)
-        or orm_context.is_column_load
-        or orm_context.lazy_loaded_from is not None
-    )
-
-
-def _cache_key(orm_context: ORMExecuteState) -> tuple[Any, Mapping[str, Any]] | None:
-    """Autoflush, then return the statement's cache key and ``params()`` values, or None.
+def _memo_key(orm_context: ORMExecuteState, statement: Any) -> _Key | None:
+    """Autoflush, then return the memo key of a SELECT, or None if it must pass through.
 
     One of the two functions that use SQLAlchemy internals (checked on 2.1.9): nothing
-    public shows a row lock, the legacy ``Query`` load flags or the cache key the compiled
-    cache uses, or runs the ORM's autoflush (which is skipped while a flush is running);
-    it must run here because ``do_orm_execute`` comes before SQLAlchemy's own.
+    public shows the legacy ``Query`` load flags or the cache key the compiled cache uses,
+    or runs the ORM's autoflush (which is skipped while a flush is running); it must run
+    here because ``do_orm_execute`` comes before SQLAlchemy's own. The cache key is
+    memoized on the statement, so the execution that follows a miss does not compute it
+    again.
     """
-    statement: Any = orm_context.statement
-    load: Any = orm_context.load_options
-    if getattr(statement, "_for_update_arg", None) is not None:
-        return None
-    if load._populate_existing or load._yield_per:
-        return None
-    if load._autoflush:
-        orm_context.session._autoflush()
     cache_key = statement._generate_cache_key()
     if cache_key is None:
         return None
-    # SQLAlchemy 2.1 keeps Select.params() values in the cache key; 2.0 has no such field.
-    return cache_key, getattr(cache_key, "params", None) or {}
-
-
-def _requires_unique(result: Result[Any]) -> bool:
-    """Say whether ``result`` raises unless ``unique()`` is called on it.
-
-    The other function that uses SQLAlchemy internals (checked on 2.1.9): the ORM marks
-    results of joined eager loads of collections so, and shows it no other way.
-    """
-    return getattr(result, "_unique_filter_state", None) is not None
-
-
-def _memo_key(
-    orm_context: ORMExecuteState, cache_key: Any, collected: Mapping[str, Any]
-) -> Hashable | None:
-    """Return the memo key of a SELECT, or None if a value cannot be keyed exactly."""
-    given: Any = orm_context.parameters or {}
-    params = {**collected, **given} if collected else given
-    bind = _bind(orm_context)
-    if bind is None:
+    shape = _shape(cache_key.key, orm_context, statement)
+    given: Any = orm_context.parameters
+    if shape.passes or isinstance(given, list):  # a list of parameter sets: executemany
         return None
+    options = orm_context.execution_options
+    for name in _PASS_THROUGH_OPTIONS:
+        if options.get(name):
+            return None
+    load: Any = orm_context.load_options
+    if load._populate_existing or load._yield_per or load._lazy_loaded_from is not None:
+        return None
+    if load._autoflush:
+        orm_context.session._autoflush()
+    bind_arguments = orm_context.bind_arguments
     try:
-        # Resolved as the compiler resolves them: a value given to execute() or params()
-        # wins; otherwise the bound value, a callable one called (and only then).
+        bind = orm_context.session.get_bind(**bind_arguments)
+    except exc.UnboundExecutionError:
+        return None
+    # SQLAlchemy 2.1 keeps Select.params() values in the cache key; 2.0 has no such field.
+    collected = getattr(cache_key, "params", None)
+    params = {**collected, **given} if collected and given else collected or given or {}
+    try:
+        # Resolved as the compiler resolves them (and only after the autoflush, which may
+        # give a pending object the key a callable value reads): a value given to execute()
+        # or params() wins; otherwise the bound value, a callable one called.
         values = tuple(
-            _frozen(params[b.key]) if b.key in params else _frozen(b.effective_value)
-            for b in cache_key.bindparams
+            [
+                _frozen(params[b.key]) if b.key in params else _frozen(b.effective_value)
+                for b in cache_key.bindparams
+            ]
         )
-        options = _frozen_items(orm_context.execution_options, _IGNORED_OPTIONS)
-        binding = _frozen_items(orm_context.bind_arguments, _IGNORED_BIND_ARGUMENTS)
+        frozen_options = _frozen_items(options, _IGNORED_OPTIONS)
+        # Usually only the arguments that restate the statement: nothing to freeze.
+        binding = (
+            ()
+            if bind_arguments.keys() <= _IGNORED_BIND_ARGUMENTS
+            else _frozen_items(bind_arguments, _IGNORED_BIND_ARGUMENTS)
+        )
     except _Unkeyable:
         return None
-    return (cache_key.key, values, options, binding, bind)
+    return (shape, values, frozen_options, binding, bind)
+
+
+def _shape(structure: Hashable, orm_context: ORMExecuteState, statement: Any) -> _Shape:
+    """Return the shape of the statements of ``structure``, made on first sight."""
+    shape = _shapes.get(structure)
+    if shape is None:
+        # A row lock, the path of a relationship load and a refresh are all in the cache key.
+        path = orm_context.loader_strategy_path
+        passes = (
+            getattr(statement, "_for_update_arg", None) is not None
+            or (path is not None and not path.is_root)
+            or orm_context.is_column_load
+        )
+        if len(_shapes) >= _SHAPES_LIMIT:
+            _shapes.clear()
+        shape = _shapes[structure] = _Shape(passes=passes)
+    return shape
+
+
+def _capture(result: Result[Any], like: _Rows | None) -> _Rows:
+    """Consume ``result`` into rows that can be served again, as ``Result.freeze()`` does.
+
+    With its helpers ``_same_layout`` and ``_serve``, the other place that uses SQLAlchemy
+    internals (checked on 2.1.9), those ``Result.freeze()`` uses. ``freeze()`` copies the
+    result's metadata without its row processors; an ORM result has none, so its metadata
+    is kept as it is, which spares building a copy on every miss. ``like``'s is kept instead
+    if it names the same keys with the very same entity objects: an ORM result's entities
+    come from the cached compiled statement, so other executions of it share them, while a
+    column object built anew with each statement does not. The ORM marks results of joined
+    eager loads of collections as requiring ``unique()`` and shows it no other way.
+    """
+    source: Any = result
+    metadata: Any = source._metadata
+    attributes = source._attributes
+    if not (
+        type(metadata) is SimpleResultMetaData
+        and metadata._processors is None
+        and metadata._tuplefilter is None
+        and metadata._translated_indexes is None
+    ):
+        metadata = metadata._for_freeze()
+    elif like is not None and _same_layout(metadata, attributes, like):
+        metadata, attributes = like.metadata, like.attributes
+    scalars: bool = source._source_supports_scalars
+    # _allrows() rather than fetchall(), as freeze() does, so that a result of the asyncio
+    # extension (whose fetchall() is a coroutine) is consumed inside its greenlet.
+    data = list(source._raw_row_iterator()) if scalars else source._allrows()
+    unique = source._unique_filter_state is not None
+    return _Rows(metadata, data, attributes, scalars, unique)
+
+
+def _same_layout(metadata: Any, attributes: Mapping[Any, Any], like: _Rows) -> bool:
+    """Say whether an ORM result is laid out as ``like``: the very same keys and entities.
+
+    Reads the metadata's internals for ``_capture`` (checked on 2.1.9).
+    """
+    other: Any = like.metadata
+    if type(other) is not SimpleResultMetaData or metadata._keys != other._keys:
+        return False
+    if attributes.keys() != like.attributes.keys():
+        return False
+    if any(value is not like.attributes[name] for name, value in attributes.items()):
+        return False
+    mine, theirs = metadata._keymap, other._keymap
+    for key in metadata._keys:
+        # Identity first: comparing two SQL expressions with == builds a third one.
+        if mine[key][2] is not theirs[key][2] or mine[key][:2] != theirs[key][:2]:
+            return False
+    return True
 
 
 def _frozen_items(mapping: Mapping[str, Any], ignored: frozenset[str]) -> Hashable:
     # In the mapping's order: options merged in another order only make a miss.
-    return tuple((k, _frozen(v)) for k, v in mapping.items() if k not in ignored)
+    return tuple([(k, _frozen(v)) for k, v in mapping.items() if k not in ignored])
 
 
 # Equal values the database can tell apart (0.0 and -0.0, Decimal("1.0") and
@@ -344,16 +441,14 @@ def _root_text(statement: Any) -> str | None:
     return statement.text if isinstance(statement, TextClause) else None
 
 
-def _tables_read(structure: Hashable, statement: Any) -> frozenset[str]:
-    names = _reads_by_structure.get(structure)
+def _tables_read(shape: _Shape, statement: Any) -> frozenset[str]:
+    names = shape.reads
     if names is None:
         try:
             names = frozenset(_table_names(statement, final_froms=True))
         except exc.SQLAlchemyError:
             names = frozenset({_ANY})
-        if len(_reads_by_structure) >= _READS_LIMIT:
-            _reads_by_structure.clear()
-        _reads_by_structure[structure] = names
+        shape.reads = names
     return names
 
 

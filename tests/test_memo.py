@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from sqlalchemy import (
     Boolean,
     Column,
     ColumnElement,
+    Date,
     ForeignKey,
     String,
     Table,
@@ -22,6 +24,7 @@ from sqlalchemy import (
     func,
     insert,
     lambda_stmt,
+    literal,
     select,
     text,
     update,
@@ -209,6 +212,60 @@ def test_core_and_column_selects_are_memoized(db: Db, session: JournalingSession
         assert session.scalar(select(func.count()).select_from(Author)) == 3
         assert session.scalar(select(func.count()).select_from(Author)) == 3
     assert db.selects() == 1
+
+
+@pytest.mark.parametrize("form", ["orm", "core"])
+def test_a_hit_serves_rows_as_the_database_did(
+    db: Db, session: JournalingSession, form: str
+) -> None:
+    """Hit rows equal the database's: values converted once, keyed by name and by column."""
+    day = literal(dt.date(2024, 1, 2), Date).label("day")
+    author = Author.__table__.c if form == "core" else Author
+    book = Book.__table__.c if form == "core" else Book
+
+    def stmt() -> Any:
+        return (
+            select(author.id, book.title, day)
+            .join_from(Author.__table__, Book.__table__)
+            .order_by(book.id)
+        )
+
+    plain = session.execute(stmt()).all()  # outside the block: straight from the database
+    with session.reusing_query_results() as memo:
+        first = session.execute(stmt()).all()
+        second = session.execute(stmt()).all()
+        mapped = [(r._mapping[author.id], r.title, r.day) for r in session.execute(stmt())]
+    assert first == second == mapped == plain
+    assert [(r.id, r.title) for r in first] == [(1, "one"), (1, "two")]
+    assert (memo.hits, memo.misses) == (2, 1)
+
+
+def test_each_miss_keys_its_rows_by_its_own_columns(db: Db, session: JournalingSession) -> None:
+    """A miss's rows are keyed by the column objects of the statement that was executed."""
+    with session.reusing_query_results() as memo:
+        for wanted in (1, 2, 3):
+            books = func.count(Book.id).label("books")
+            stmt = select(Author.id, books).outerjoin(Author.books).where(Author.id == wanted)
+            row = session.execute(stmt.group_by(Author.id)).one()
+            assert (row._mapping[Author.id], row._mapping[books]) == (wanted, [2, 0, 0][wanted - 1])
+    assert memo.misses == 3
+
+
+def test_entity_tuples_are_served_with_the_same_instances(
+    db: Db, session: JournalingSession
+) -> None:
+    """A SELECT of two entities is served as rows of the very same instances."""
+    stmt = select(Book, Author).join(Book.author).order_by(Book.id)
+    with session.reusing_query_results() as memo:
+        first = session.execute(stmt).all()
+        second = session.execute(stmt).all()
+        assert session.execute(stmt).unique().all() == first
+    assert [(b.title, a.name) for b, a in first] == [("one", "ann"), ("two", "ann")]
+    assert all(
+        x is y for r1, r2 in zip(first, second, strict=True) for x, y in zip(r1, r2, strict=True)
+    )
+    assert second[0].Book is first[0].Book
+    assert memo.hits == 2
 
 
 def test_joined_eager_collections_are_served_uniqued(db: Db, session: JournalingSession) -> None:
