@@ -30,7 +30,7 @@ import os
 import re
 import uuid
 import weakref
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Container, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -56,6 +56,9 @@ __all__ = ["DeferredOperations", "Recorder", "install", "refuse_if_recorded"]
 REF: Final = "orm_journal.ref"
 # Key in InstanceState.info: [(journal position, values after that batch)], see _remember.
 SHADOW: Final = "orm_journal.shadow"
+# Key in InstanceState.info: the path of the journal an object was recorded into; such an
+# object must never be attached to another session (see refuse_if_recorded).
+RECORDED: Final = "orm_journal.recorded"
 
 _PLAIN_TYPES: Final = frozenset(
     {
@@ -213,9 +216,9 @@ class Recorder:
         self.saved_expire_on_commit = session.expire_on_commit
         self.guarded: list[sqlalchemy.Connection] = []
         self.pending: dict[InstanceState[Any], int] = {}  # refs of the flush being recorded
-        # (batch, state) of objects created since the last checkpoint: a rollback may
-        # discard their insert (see _forget_discarded).
-        self.created: list[tuple[int, weakref.ref[InstanceState[Any]]]] = []
+        # (batch, states) of objects created since the last checkpoint, one entry per
+        # flush: a rollback may discard their insert (see _forget_discarded).
+        self.created: list[tuple[int, list[weakref.ref[InstanceState[Any]]]]] = []
         self.io: JournalIO = _call
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -320,14 +323,14 @@ class Recorder:
             history = state.info.get(SHADOW)
             if not history:
                 continue
-            kept = [entry for entry in history if entry[0] <= target.batches]
+            plan = plan_for(state.mapper)
+            kept = [entry for entry in _history(history, plan) if entry[0] <= target.batches]
             obj = state.obj()
             if not kept or obj is None:
                 del state.info[SHADOW]
                 continue
             state.info[SHADOW] = kept
             _, values, links = kept[-1]
-            plan = plan_for(state.mapper)
             pairs = (
                 values.items()
                 if isinstance(values, dict)
@@ -353,25 +356,14 @@ class Recorder:
         SQLAlchemy has expunged them; without their placeholder key and journal marks they
         can be added and recorded afresh, as they could be inserted again after a rollback.
         """
-        kept = []
-        for batch, ref in self.created:
-            state = ref()
-            if state is None:
-                continue
+        kept = [entry for entry in self.created if entry[0] <= batches]
+        for batch, refs in self.created:
             if batch <= batches:
-                kept.append((batch, ref))
                 continue
-            _recorded.pop(state, None)
-            info = state.info
-            info.pop(SHADOW, None)
-            number = info.pop(REF, None)
-            obj = state.obj()
-            if obj is not None:
-                data = state.dict
-                for key in plan_for(state.mapper).primary_key:
-                    value = data.get(key)
-                    if isinstance(value, Placeholder) and value.ref == number:
-                        del data[key]
+            for ref in refs:
+                state = ref()
+                if state is not None:
+                    _forget_insert(state)
         self.created = kept
 
     def discard_uncommitted(self) -> None:
@@ -450,9 +442,6 @@ class Recorder:
         for state, links in relinked:
             self._sync_foreign_keys(state, plan_for(state.mapper), links)
         _mark_flushed(session, new, dirty, deleted)
-        path = str(self.path)
-        for state in new:
-            _recorded[state] = path
         for state, key, value in versions:
             obj = state.obj()
             if obj is not None:
@@ -497,6 +486,8 @@ class Recorder:
         if history is None:
             state.info[SHADOW] = [(mark, values, links)]
             return
+        if not isinstance(history, list):
+            history = state.info[SHADOW] = _history(history, plan)
         history.append((mark, values, links))
         # A rollback never goes back beyond the last checkpoint (commit), so of the
         # entries up to it only the newest can still be needed.
@@ -540,9 +531,15 @@ class Recorder:
         synchronised from many-to-one targets, collections known to hold only what this
         block added, and a first snapshot for a later rollback (see :meth:`_snapshot`).
         """
+        if not new:
+            return
+        self.created.append((mark, [weakref.ref(state) for state in new]))
+        pending = self.pending
+        path = str(self.path)
         for state in new:
-            ref = state.info[REF] = self.pending[state]
-            self.created.append((mark, weakref.ref(state)))
+            info = state.info
+            ref = info[REF] = pending[state]
+            info[RECORDED] = path
             data = state.dict
             for key in plan_for(state.mapper).primary_key:
                 if data.get(key) is None:
@@ -561,18 +558,22 @@ class Recorder:
             for key in plan.columns:
                 if key not in data:
                     data[key] = None
-            weak = {}
-            for key in plan.many_to_one:
-                value = data.get(key)
-                if value is not None:
-                    weak[key] = weakref.ref(value)
-            if weak:
-                self._sync_foreign_keys(state, plan, weak)
+            weak: tuple[weakref.ref[Any] | None, ...] = ()
+            if plan.many_to_one:
+                targets = [data.get(key) for key in plan.many_to_one]
+                weak = tuple(None if t is None else weakref.ref(t) for t in targets)
+                pairs = zip(plan.many_to_one, targets, strict=True)
+                linked = [k for k, t in pairs if t is not None]
+                if linked:
+                    self._sync_foreign_keys(state, plan, linked)
             obj = state.obj()
             for key in plan.collections:
                 if key not in data:
                     set_committed_value(obj, key, ())
-            state.info[SHADOW] = [(mark, plan.column_values(data), weak)]
+            # The first snapshot in its compact form (see _history): one flat tuple, as
+            # most recorded objects are never changed again and the garbage collector
+            # walks every container they keep.
+            state.info[SHADOW] = (mark, *plan.column_values(data), *weak)
 
     def _update(
         self, state: InstanceState[Any], versions: list[tuple[InstanceState[Any], str, Any]]
@@ -713,7 +714,7 @@ class Recorder:
         return list(state.key[1])
 
     def _sync_foreign_keys(
-        self, state: InstanceState[Any], plan: _MapperPlan, links: dict[str, Any]
+        self, state: InstanceState[Any], plan: _MapperPlan, links: Container[str]
     ) -> None:
         data = state.dict
         for key, pairs in plan.many_to_one_pairs.items():
@@ -782,9 +783,6 @@ _recording_connections: weakref.WeakKeyDictionary[sqlalchemy.Connection, str] = 
 )
 # Set on the session while its transaction holds flushed, uncommitted writes.
 _FLUSHED: Final = "_orm_journal_flushed"
-# Objects recorded into a journal, with the journal's path: they must never be attached
-# to a session again. Weak, so recorded objects are freed as soon as the user drops them.
-_recorded: weakref.WeakKeyDictionary[InstanceState[Any], str] = weakref.WeakKeyDictionary()
 
 
 JournalIO = Callable[..., Any]
@@ -851,6 +849,40 @@ def _alembic_revision(session: Session) -> str | None:
         return None
 
 
+Snapshot = tuple[int, "dict[str, Any] | tuple[Any, ...]", dict[str, "weakref.ref[Any] | None"]]
+"""One entry of an object's SHADOW history: (batch, column values, many-to-one links)."""
+
+
+def _history(shadow: list[Snapshot] | tuple[Any, ...], plan: _MapperPlan) -> list[Snapshot]:
+    """The SHADOW history of an object, expanded from the compact first snapshot if needed.
+
+    A new object's first snapshot is stored as one flat tuple: its batch, its values in
+    ``plan.columns`` order, then a weak reference (or ``None``: no link) per
+    ``plan.many_to_one`` key.
+    """
+    if isinstance(shadow, list):
+        return shadow
+    columns = len(plan.columns)
+    values = shadow[1 : 1 + columns]
+    refs = shadow[1 + columns :]
+    links = {k: ref for k, ref in zip(plan.many_to_one, refs, strict=True) if ref is not None}
+    return [(shadow[0], values, links)]
+
+
+def _forget_insert(state: InstanceState[Any]) -> None:
+    """Take the journal's marks and placeholder key off an object whose insert was discarded."""
+    info = state.info
+    info.pop(RECORDED, None)
+    info.pop(SHADOW, None)
+    number = info.pop(REF, None)
+    if state.obj() is not None:
+        data = state.dict
+        for key in plan_for(state.mapper).primary_key:
+            value = data.get(key)
+            if isinstance(value, Placeholder) and value.ref == number:
+                del data[key]
+
+
 def _is_orphan(state: InstanceState[Any]) -> bool:
     # Private: Mapper._is_orphan is what Session.flush() uses to find delete-orphan
     # candidates; there is no public equivalent. Checked on SQLAlchemy 2.0.x and 2.1.9.
@@ -910,7 +942,11 @@ def refuse_if_recorded(session: Session, instance: object) -> None:
     Adding it back to the session that is still recording that journal is fine.
     """
     state = instance_state(instance)  # before_attach only sees mapped instances
-    path = _recorded.get(state)
+    # Private: InstanceState.info is memoized into the state's __dict__; reading it from
+    # there does not create an info dictionary for every object any session attaches.
+    # Checked on SQLAlchemy 2.0.x and 2.1.9.
+    info = state.__dict__.get("info")
+    path = None if info is None else info.get(RECORDED)
     if path is None:
         return
     recorder = getattr(session, "_recorder", None)
