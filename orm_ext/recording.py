@@ -30,7 +30,7 @@ import os
 import re
 import uuid
 import weakref
-from collections.abc import Callable, Container, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -512,14 +512,19 @@ class Recorder:
                 del values[key]  # the database assigns it
         links: dict[str, Any] = {}
         added: dict[str, list[Any]] = {}
+        # Most targets are new objects of this very flush: their ref is in ``pending``
+        # (such a state never has a REF yet), and _target handles the rest.
+        pending = self.pending
         for key, many_to_one in plan.relationships:
             value = data.get(key)
             if value is None:
                 continue
             if many_to_one:
-                links[key] = self._target(instance_state(value), state, key)
+                target = instance_state(value)
+                links[key] = pending.get(target) or self._target(target, state, key)
             elif value:
-                added[key] = [self._target(instance_state(v), state, key) for v in value]
+                targets = [instance_state(v) for v in value]
+                added[key] = [pending.get(t) or self._target(t, state, key) for t in targets]
         return _operation(
             "insert", plan, {"ref": ref, "values": values}, refs=refs, links=links, added=added
         )
@@ -536,17 +541,19 @@ class Recorder:
         self.created.append((mark, [weakref.ref(state) for state in new]))
         pending = self.pending
         path = str(self.path)
+        settled = []
         for state in new:
             info = state.info
             ref = info[REF] = pending[state]
             info[RECORDED] = path
-            data = state.dict
-            for key in plan_for(state.mapper).primary_key:
-                if data.get(key) is None:
-                    data[key] = Placeholder(ref, key)
-        for state in new:
             plan = plan_for(state.mapper)
             data = state.dict
+            settled.append((state, plan, data))
+            for key in plan.primary_key:
+                if data.get(key) is None:
+                    data[key] = Placeholder(ref, key)
+        # Only now that every new object has its key can foreign keys be synchronised.
+        for state, plan, data in settled:
             for key, value in plan.scalar_defaults:
                 if key not in data:
                     data[key] = value
@@ -558,18 +565,20 @@ class Recorder:
             for key in plan.columns:
                 if key not in data:
                     data[key] = None
-            weak: tuple[weakref.ref[Any] | None, ...] = ()
-            if plan.many_to_one:
-                targets = [data.get(key) for key in plan.many_to_one]
-                weak = tuple(None if t is None else weakref.ref(t) for t in targets)
-                pairs = zip(plan.many_to_one, targets, strict=True)
-                linked = [k for k, t in pairs if t is not None]
-                if linked:
-                    self._sync_foreign_keys(state, plan, linked)
-            obj = state.obj()
+            weak: list[weakref.ref[Any] | None] = []
+            for key in plan.many_to_one:
+                target = data.get(key)
+                if target is None:
+                    weak.append(None)
+                    continue
+                weak.append(weakref.ref(target))
+                # As _sync_foreign_keys does for a relinked object.
+                target_data = instance_state(target).dict
+                for local, remote in plan.many_to_one_pairs[key]:
+                    data[local] = target_data.get(remote)
             for key in plan.collections:
                 if key not in data:
-                    set_committed_value(obj, key, ())
+                    set_committed_value(state.obj(), key, ())
             # The first snapshot in its compact form (see _history): one flat tuple, as
             # most recorded objects are never changed again and the garbage collector
             # walks every container they keep.
@@ -714,7 +723,7 @@ class Recorder:
         return list(state.key[1])
 
     def _sync_foreign_keys(
-        self, state: InstanceState[Any], plan: _MapperPlan, links: Container[str]
+        self, state: InstanceState[Any], plan: _MapperPlan, links: dict[str, Any]
     ) -> None:
         data = state.dict
         for key, pairs in plan.many_to_one_pairs.items():
