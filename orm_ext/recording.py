@@ -541,19 +541,19 @@ class Recorder:
         self.created.append((mark, [weakref.ref(state) for state in new]))
         pending = self.pending
         path = str(self.path)
-        settled = []
-        for state in new:
+        # Parallel lists rather than a tuple per object: anything kept alive through
+        # the loops adds to the garbage collector's work.
+        plans = [plan_for(state.mapper) for state in new]
+        datas = [state.dict for state in new]
+        for state, plan, data in zip(new, plans, datas, strict=True):
             info = state.info
             ref = info[REF] = pending[state]
             info[RECORDED] = path
-            plan = plan_for(state.mapper)
-            data = state.dict
-            settled.append((state, plan, data))
             for key in plan.primary_key:
                 if data.get(key) is None:
                     data[key] = Placeholder(ref, key)
         # Only now that every new object has its key can foreign keys be synchronised.
-        for state, plan, data in settled:
+        for state, plan, data in zip(new, plans, datas, strict=True):
             for key, value in plan.scalar_defaults:
                 if key not in data:
                     data[key] = value
