@@ -295,9 +295,20 @@ class Recorder:
         self.guarded.clear()
         self.io(self.writer.close)
         session.expire_on_commit = self.saved_expire_on_commit
-        for state in session.identity_map.all_states():
-            state.info.pop(SHADOW, None)
-        _forget_recorded_objects(session)
+        states = session.identity_map.all_states()
+        recorded = []
+        for state in states:
+            info = state.info
+            info.pop(SHADOW, None)
+            if REF in info:
+                recorded.append(state)
+        if len(recorded) == len(states) and not session.new and not session.deleted:
+            # Everything the session holds was created in the block (the usual case):
+            # detaching it all at once is what expunging each object amounts to. The
+            # base class's method: leaving the block is not an expiry the memo must see.
+            Session.expunge_all(session)
+        elif recorded:
+            _expunge(session, recorded)
         session.rollback()
         # Deletions of objects created in the block are reverted by the rollback above,
         # which puts them back into the identity map; they are recorded, not persistent.
@@ -934,15 +945,20 @@ def _open_connections(session: Session) -> list[sqlalchemy.Connection]:
 
 
 def _forget_recorded_objects(session: Session) -> None:
-    """Take every object created in the block out of the session, keeping its values.
+    """Take every object created in the block out of the session, keeping its values."""
+    states = [s for s in session.identity_map.all_states() if REF in s.info]
+    if states:
+        _expunge(session, states)
+
+
+def _expunge(session: Session, states: list[InstanceState[Any]]) -> None:
+    """Detach ``states`` from ``session``, keeping their values.
 
     Private API: Session._expunge_states detaches without the "expunge" cascade that
     Session.expunge() follows, which would also detach objects loaded from the database.
     Checked on SQLAlchemy 2.0.x and 2.1.9.
     """
-    states = [s for s in session.identity_map.all_states() if REF in s.info]
-    if states:
-        session._expunge_states(states)
+    session._expunge_states(states)
 
 
 def refuse_if_recorded(session: Session, instance: object) -> None:
