@@ -398,9 +398,9 @@ class Recorder:
             # The transaction records which objects this flush made persistent, so that
             # a later rollback() discards them exactly as it would after a real flush.
             session.begin()
-        new = [_state(o) for o in session.new]
-        deleted = [_state(o) for o in session.deleted]
-        dirty = [_state(o) for o in session.dirty]
+        new = list(map(instance_state, session.new))
+        deleted = list(map(instance_state, session.deleted))
+        dirty = list(map(instance_state, session.dirty))
         for state in dirty:
             if _is_orphan(state):
                 deleted.append(state)
@@ -432,7 +432,8 @@ class Recorder:
         for mapper in {state.mapper for state in (*new, *deleted)}:
             self._note_tables(plan_for(mapper))
         mark = self.writer.batches + 1
-        operations = [self._insert(state, self.pending[state]) for state in new]
+        first_ref = self.next_ref
+        operations = [self._insert(state, first_ref + n) for n, state in enumerate(new)]
         versions: list[tuple[InstanceState[Any], str, Any]] = []
         relinked: list[tuple[InstanceState[Any], dict[str, Any]]] = []
         for state in dirty:
@@ -514,7 +515,7 @@ class Recorder:
         """The insert operation of a new object (reads it, changes nothing)."""
         plan = plan_for(state.mapper)
         data = state.dict
-        values, refs = self._column_values(state, plan, plan.columns)
+        values, refs = self._column_values(state, data, plan.columns)
         for key, value in plan.scalar_defaults:
             if key not in data:
                 values[key] = value
@@ -536,9 +537,21 @@ class Recorder:
             elif value:
                 targets = [instance_state(v) for v in value]
                 added[key] = [pending.get(t) or self._target(t, state, key) for t in targets]
-        return _operation(
-            "insert", plan, {"ref": ref, "values": values}, refs=refs, links=links, added=added
-        )
+        # As _operation builds it, without its keyword arguments: one insert per new object.
+        operation: dict[str, Any] = {
+            "op": "insert",
+            "class": plan.class_path,
+            "table": plan.table,
+            "ref": ref,
+            "values": values,
+        }
+        if refs:
+            operation["refs"] = refs
+        if links:
+            operation["links"] = links
+        if added:
+            operation["added"] = added
+        return operation
 
     def _settle_new(self, new: Sequence[InstanceState[Any]], mark: int) -> None:
         """Leave recorded new objects as a flush would, once their batch is on disk.
@@ -549,7 +562,7 @@ class Recorder:
         """
         if not new:
             return
-        self.created.append((mark, [weakref.ref(state) for state in new]))
+        self.created.append((mark, list(map(weakref.ref, new))))
         pending = self.pending
         path = str(self.path)
         # Parallel lists rather than a tuple per object: anything kept alive through
@@ -637,7 +650,7 @@ class Recorder:
         if not (changed or links or added or removed):
             return None
         self._note_tables(plan)
-        values, refs = self._column_values(state, plan, changed)
+        values, refs = self._column_values(state, state.dict, changed)
         operation = _operation(
             "update",
             plan,
@@ -701,9 +714,8 @@ class Recorder:
             ) from err
 
     def _column_values(
-        self, state: InstanceState[Any], plan: _MapperPlan, keys: Iterable[str]
+        self, state: InstanceState[Any], data: dict[str, Any], keys: Iterable[str]
     ) -> tuple[dict[str, Any], dict[str, list[Any]]]:
-        data = state.dict
         values: dict[str, Any] = {}
         refs: dict[str, list[Any]] = {}
         for key in keys:
@@ -834,10 +846,6 @@ def _operation(
 def has_flushed_changes(session: Session) -> bool:
     """Whether the session's transaction holds writes flushed but not yet committed."""
     return bool(getattr(session, _FLUSHED, False))
-
-
-def _state(obj: object) -> InstanceState[Any]:
-    return instance_state(obj)
 
 
 def _describe(state: InstanceState[Any] | None) -> str:
