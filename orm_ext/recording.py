@@ -54,7 +54,8 @@ __all__ = ["DeferredOperations", "Recorder", "install", "refuse_if_recorded"]
 
 # Key in InstanceState.info: the journal-local number of an object created in a block.
 REF: Final = "orm_journal.ref"
-# Key in InstanceState.info: [(journal position, values after that batch)], see _remember.
+# Key in InstanceState.info: [(journal position, values after that batch)], see _remember;
+# a new object's first entry is kept in a compact form until needed, see _history.
 SHADOW: Final = "orm_journal.shadow"
 # Key in InstanceState.info: the path of the journal an object was recorded into; such an
 # object must never be attached to another session (see refuse_if_recorded).
