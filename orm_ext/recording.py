@@ -54,8 +54,12 @@ __all__ = ["DeferredOperations", "Recorder", "install", "refuse_if_recorded"]
 
 # Key in InstanceState.info: the journal-local number of an object created in a block.
 REF: Final = "orm_journal.ref"
-# Key in InstanceState.info: [(journal position, values after that batch)], see _remember.
+# Key in InstanceState.info: [(journal position, values after that batch)], see _remember;
+# a new object's first entry is kept in a compact form until needed, see _history.
 SHADOW: Final = "orm_journal.shadow"
+# Key in InstanceState.info: the path of the journal an object was recorded into; such an
+# object must never be attached to another session (see refuse_if_recorded).
+RECORDED: Final = "orm_journal.recorded"
 
 _PLAIN_TYPES: Final = frozenset(
     {
@@ -213,9 +217,9 @@ class Recorder:
         self.saved_expire_on_commit = session.expire_on_commit
         self.guarded: list[sqlalchemy.Connection] = []
         self.pending: dict[InstanceState[Any], int] = {}  # refs of the flush being recorded
-        # (batch, state) of objects created since the last checkpoint: a rollback may
-        # discard their insert (see _forget_discarded).
-        self.created: list[tuple[int, weakref.ref[InstanceState[Any]]]] = []
+        # (batch, states) of objects created since the last checkpoint, one entry per
+        # flush: a rollback may discard their insert (see _forget_discarded).
+        self.created: list[tuple[int, list[weakref.ref[InstanceState[Any]]]]] = []
         self.io: JournalIO = _call
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -292,9 +296,20 @@ class Recorder:
         self.guarded.clear()
         self.io(self.writer.close)
         session.expire_on_commit = self.saved_expire_on_commit
-        for state in session.identity_map.all_states():
-            state.info.pop(SHADOW, None)
-        _forget_recorded_objects(session)
+        states = session.identity_map.all_states()
+        recorded = []
+        for state in states:
+            info = state.info
+            info.pop(SHADOW, None)
+            if REF in info:
+                recorded.append(state)
+        if len(recorded) == len(states) and not session.new and not session.deleted:
+            # Everything the session holds was created in the block (the usual case):
+            # detaching it all at once is what expunging each object amounts to. The
+            # base class's method: leaving the block is not an expiry the memo must see.
+            Session.expunge_all(session)
+        elif recorded:
+            _expunge(session, recorded)
         session.rollback()
         # Deletions of objects created in the block are reverted by the rollback above,
         # which puts them back into the identity map; they are recorded, not persistent.
@@ -320,14 +335,14 @@ class Recorder:
             history = state.info.get(SHADOW)
             if not history:
                 continue
-            kept = [entry for entry in history if entry[0] <= target.batches]
+            plan = plan_for(state.mapper)
+            kept = [entry for entry in _history(history, plan) if entry[0] <= target.batches]
             obj = state.obj()
             if not kept or obj is None:
                 del state.info[SHADOW]
                 continue
             state.info[SHADOW] = kept
             _, values, links = kept[-1]
-            plan = plan_for(state.mapper)
             pairs = (
                 values.items()
                 if isinstance(values, dict)
@@ -353,25 +368,14 @@ class Recorder:
         SQLAlchemy has expunged them; without their placeholder key and journal marks they
         can be added and recorded afresh, as they could be inserted again after a rollback.
         """
-        kept = []
-        for batch, ref in self.created:
-            state = ref()
-            if state is None:
-                continue
+        kept = [entry for entry in self.created if entry[0] <= batches]
+        for batch, refs in self.created:
             if batch <= batches:
-                kept.append((batch, ref))
                 continue
-            _recorded.pop(state, None)
-            info = state.info
-            info.pop(SHADOW, None)
-            number = info.pop(REF, None)
-            obj = state.obj()
-            if obj is not None:
-                data = state.dict
-                for key in plan_for(state.mapper).primary_key:
-                    value = data.get(key)
-                    if isinstance(value, Placeholder) and value.ref == number:
-                        del data[key]
+            for ref in refs:
+                state = ref()
+                if state is not None:
+                    _forget_insert(state)
         self.created = kept
 
     def discard_uncommitted(self) -> None:
@@ -395,9 +399,9 @@ class Recorder:
             # The transaction records which objects this flush made persistent, so that
             # a later rollback() discards them exactly as it would after a real flush.
             session.begin()
-        new = [_state(o) for o in session.new]
-        deleted = [_state(o) for o in session.deleted]
-        dirty = [_state(o) for o in session.dirty]
+        new = list(map(instance_state, session.new))
+        deleted = list(map(instance_state, session.deleted))
+        dirty = list(map(instance_state, session.dirty))
         for state in dirty:
             if _is_orphan(state):
                 deleted.append(state)
@@ -429,7 +433,8 @@ class Recorder:
         for mapper in {state.mapper for state in (*new, *deleted)}:
             self._note_tables(plan_for(mapper))
         mark = self.writer.batches + 1
-        operations = [self._insert(state, self.pending[state]) for state in new]
+        first_ref = self.next_ref
+        operations = [self._insert(state, first_ref + n) for n, state in enumerate(new)]
         versions: list[tuple[InstanceState[Any], str, Any]] = []
         relinked: list[tuple[InstanceState[Any], dict[str, Any]]] = []
         for state in dirty:
@@ -450,9 +455,6 @@ class Recorder:
         for state, links in relinked:
             self._sync_foreign_keys(state, plan_for(state.mapper), links)
         _mark_flushed(session, new, dirty, deleted)
-        path = str(self.path)
-        for state in new:
-            _recorded[state] = path
         for state, key, value in versions:
             obj = state.obj()
             if obj is not None:
@@ -497,6 +499,8 @@ class Recorder:
         if history is None:
             state.info[SHADOW] = [(mark, values, links)]
             return
+        if not isinstance(history, list):
+            history = state.info[SHADOW] = _history(history, plan)
         history.append((mark, values, links))
         # A rollback never goes back beyond the last checkpoint (commit), so of the
         # entries up to it only the newest can still be needed.
@@ -512,7 +516,7 @@ class Recorder:
         """The insert operation of a new object (reads it, changes nothing)."""
         plan = plan_for(state.mapper)
         data = state.dict
-        values, refs = self._column_values(state, plan, plan.columns)
+        values, refs = self._column_values(state, data, plan.columns)
         for key, value in plan.scalar_defaults:
             if key not in data:
                 values[key] = value
@@ -521,17 +525,34 @@ class Recorder:
                 del values[key]  # the database assigns it
         links: dict[str, Any] = {}
         added: dict[str, list[Any]] = {}
+        # Most targets are new objects of this very flush: their ref is in ``pending``
+        # (such a state never has a REF yet), and _target handles the rest.
+        pending = self.pending
         for key, many_to_one in plan.relationships:
             value = data.get(key)
             if value is None:
                 continue
             if many_to_one:
-                links[key] = self._target(instance_state(value), state, key)
+                target = instance_state(value)
+                links[key] = pending.get(target) or self._target(target, state, key)
             elif value:
-                added[key] = [self._target(instance_state(v), state, key) for v in value]
-        return _operation(
-            "insert", plan, {"ref": ref, "values": values}, refs=refs, links=links, added=added
-        )
+                targets = [instance_state(v) for v in value]
+                added[key] = [pending.get(t) or self._target(t, state, key) for t in targets]
+        # As _operation builds it, without its keyword arguments: one insert per new object.
+        operation: dict[str, Any] = {
+            "op": "insert",
+            "class": plan.class_path,
+            "table": plan.table,
+            "ref": ref,
+            "values": values,
+        }
+        if refs:
+            operation["refs"] = refs
+        if links:
+            operation["links"] = links
+        if added:
+            operation["added"] = added
+        return operation
 
     def _settle_new(self, new: Sequence[InstanceState[Any]], mark: int) -> None:
         """Leave recorded new objects as a flush would, once their batch is on disk.
@@ -540,16 +561,24 @@ class Recorder:
         synchronised from many-to-one targets, collections known to hold only what this
         block added, and a first snapshot for a later rollback (see :meth:`_snapshot`).
         """
-        for state in new:
-            ref = state.info[REF] = self.pending[state]
-            self.created.append((mark, weakref.ref(state)))
-            data = state.dict
-            for key in plan_for(state.mapper).primary_key:
+        if not new:
+            return
+        self.created.append((mark, list(map(weakref.ref, new))))
+        pending = self.pending
+        path = str(self.path)
+        # Parallel lists rather than a tuple per object: anything kept alive through
+        # the loops adds to the garbage collector's work.
+        plans = [plan_for(state.mapper) for state in new]
+        datas = [state.dict for state in new]
+        for state, plan, data in zip(new, plans, datas, strict=True):
+            info = state.info
+            ref = info[REF] = pending[state]
+            info[RECORDED] = path
+            for key in plan.primary_key:
                 if data.get(key) is None:
                     data[key] = Placeholder(ref, key)
-        for state in new:
-            plan = plan_for(state.mapper)
-            data = state.dict
+        # Only now that every new object has its key can foreign keys be synchronised.
+        for state, plan, data in zip(new, plans, datas, strict=True):
             for key, value in plan.scalar_defaults:
                 if key not in data:
                     data[key] = value
@@ -561,18 +590,24 @@ class Recorder:
             for key in plan.columns:
                 if key not in data:
                     data[key] = None
-            weak = {}
+            weak: list[weakref.ref[Any] | None] = []
             for key in plan.many_to_one:
-                value = data.get(key)
-                if value is not None:
-                    weak[key] = weakref.ref(value)
-            if weak:
-                self._sync_foreign_keys(state, plan, weak)
-            obj = state.obj()
+                target = data.get(key)
+                if target is None:
+                    weak.append(None)
+                    continue
+                weak.append(weakref.ref(target))
+                # As _sync_foreign_keys does for a relinked object.
+                target_data = instance_state(target).dict
+                for local, remote in plan.many_to_one_pairs[key]:
+                    data[local] = target_data.get(remote)
             for key in plan.collections:
                 if key not in data:
-                    set_committed_value(obj, key, ())
-            state.info[SHADOW] = [(mark, plan.column_values(data), weak)]
+                    set_committed_value(state.obj(), key, ())
+            # The first snapshot in its compact form (see _history): one flat tuple, as
+            # most recorded objects are never changed again and the garbage collector
+            # walks every container they keep.
+            state.info[SHADOW] = (mark, *plan.column_values(data), *weak)
 
     def _update(
         self, state: InstanceState[Any], versions: list[tuple[InstanceState[Any], str, Any]]
@@ -616,7 +651,7 @@ class Recorder:
         if not (changed or links or added or removed):
             return None
         self._note_tables(plan)
-        values, refs = self._column_values(state, plan, changed)
+        values, refs = self._column_values(state, state.dict, changed)
         operation = _operation(
             "update",
             plan,
@@ -680,9 +715,8 @@ class Recorder:
             ) from err
 
     def _column_values(
-        self, state: InstanceState[Any], plan: _MapperPlan, keys: Iterable[str]
+        self, state: InstanceState[Any], data: dict[str, Any], keys: Iterable[str]
     ) -> tuple[dict[str, Any], dict[str, list[Any]]]:
-        data = state.dict
         values: dict[str, Any] = {}
         refs: dict[str, list[Any]] = {}
         for key in keys:
@@ -782,9 +816,6 @@ _recording_connections: weakref.WeakKeyDictionary[sqlalchemy.Connection, str] = 
 )
 # Set on the session while its transaction holds flushed, uncommitted writes.
 _FLUSHED: Final = "_orm_journal_flushed"
-# Objects recorded into a journal, with the journal's path: they must never be attached
-# to a session again. Weak, so recorded objects are freed as soon as the user drops them.
-_recorded: weakref.WeakKeyDictionary[InstanceState[Any], str] = weakref.WeakKeyDictionary()
 
 
 JournalIO = Callable[..., Any]
@@ -818,10 +849,6 @@ def has_flushed_changes(session: Session) -> bool:
     return bool(getattr(session, _FLUSHED, False))
 
 
-def _state(obj: object) -> InstanceState[Any]:
-    return instance_state(obj)
-
-
 def _describe(state: InstanceState[Any] | None) -> str:
     if state is None:
         return "an object"
@@ -849,6 +876,40 @@ def _alembic_revision(session: Session) -> str | None:
             return read_alembic_revision(conn)
     except (SQLAlchemyError, OSError):
         return None
+
+
+Snapshot = tuple[int, "dict[str, Any] | tuple[Any, ...]", dict[str, "weakref.ref[Any] | None"]]
+"""One entry of an object's SHADOW history: (batch, column values, many-to-one links)."""
+
+
+def _history(shadow: list[Snapshot] | tuple[Any, ...], plan: _MapperPlan) -> list[Snapshot]:
+    """The SHADOW history of an object, expanded from the compact first snapshot if needed.
+
+    A new object's first snapshot is stored as one flat tuple: its batch, its values in
+    ``plan.columns`` order, then a weak reference (or ``None``: no link) per
+    ``plan.many_to_one`` key.
+    """
+    if isinstance(shadow, list):
+        return shadow
+    columns = len(plan.columns)
+    values = shadow[1 : 1 + columns]
+    refs = shadow[1 + columns :]
+    links = {k: ref for k, ref in zip(plan.many_to_one, refs, strict=True) if ref is not None}
+    return [(shadow[0], values, links)]
+
+
+def _forget_insert(state: InstanceState[Any]) -> None:
+    """Take the journal's marks and placeholder key off an object whose insert was discarded."""
+    info = state.info
+    info.pop(RECORDED, None)
+    info.pop(SHADOW, None)
+    number = info.pop(REF, None)
+    if state.obj() is not None:
+        data = state.dict
+        for key in plan_for(state.mapper).primary_key:
+            value = data.get(key)
+            if isinstance(value, Placeholder) and value.ref == number:
+                del data[key]
 
 
 def _is_orphan(state: InstanceState[Any]) -> bool:
@@ -893,15 +954,20 @@ def _open_connections(session: Session) -> list[sqlalchemy.Connection]:
 
 
 def _forget_recorded_objects(session: Session) -> None:
-    """Take every object created in the block out of the session, keeping its values.
+    """Take every object created in the block out of the session, keeping its values."""
+    states = [s for s in session.identity_map.all_states() if REF in s.info]
+    if states:
+        _expunge(session, states)
+
+
+def _expunge(session: Session, states: list[InstanceState[Any]]) -> None:
+    """Detach ``states`` from ``session``, keeping their values.
 
     Private API: Session._expunge_states detaches without the "expunge" cascade that
     Session.expunge() follows, which would also detach objects loaded from the database.
     Checked on SQLAlchemy 2.0.x and 2.1.9.
     """
-    states = [s for s in session.identity_map.all_states() if REF in s.info]
-    if states:
-        session._expunge_states(states)
+    session._expunge_states(states)
 
 
 def refuse_if_recorded(session: Session, instance: object) -> None:
@@ -910,7 +976,11 @@ def refuse_if_recorded(session: Session, instance: object) -> None:
     Adding it back to the session that is still recording that journal is fine.
     """
     state = instance_state(instance)  # before_attach only sees mapped instances
-    path = _recorded.get(state)
+    # Private: InstanceState.info is memoized into the state's __dict__; reading it from
+    # there does not create an info dictionary for every object any session attaches.
+    # Checked on SQLAlchemy 2.0.x and 2.1.9.
+    info = state.__dict__.get("info")
+    path = None if info is None else info.get(RECORDED)
     if path is None:
         return
     recorder = getattr(session, "_recorder", None)

@@ -1,0 +1,132 @@
+"""Recording's compact bookkeeping behaves as the full form did (SPEC §3).
+
+A new object's first rollback snapshot is kept as one flat tuple, objects created by a
+flush are remembered per batch, and leaving the block detaches an all-recorded session
+at once; these tests pin what each of them must still show.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from journal import Journal
+from orm_ext import DeferredOperationError, Placeholder
+from tests.conftest import Backend
+from tests.models import Asset, AssetVersion, Task
+from tests.scenario import make_sessions, seed
+
+
+@pytest.fixture
+def world(backend: Backend) -> Any:
+    """Database A seeded with the scenario, and a JournalingSession factory."""
+    engine = backend.engine()
+    seed(engine)
+
+    class World:
+        pass
+
+    w = World()
+    w.engine, w.sessions = engine, make_sessions(engine)  # type: ignore[attr-defined]
+    return w
+
+
+def operations(path: Path) -> list[dict[str, Any]]:
+    with Journal(path) as journal:
+        journal.verify()
+        return [op for _, op in journal.operations()]
+
+
+def test_rollback_shows_an_unchanged_new_object_from_its_first_snapshot(
+    world: Any, tmp_path: Path
+) -> None:
+    """Unflushed changes to an object recorded before the checkpoint are undone, link too."""
+    with world.sessions() as session, session.deferred_operations(tmp_path / "ops.dbm"):
+        asset, other = Asset(name="first"), Asset(name="other")
+        version = AssetVersion(asset=asset, version=3, comment="kept")
+        session.add_all([version, other])
+        session.commit()
+        asset_key = asset.id
+        version.comment = "discarded"
+        version.asset = other
+        session.rollback()
+        assert (version.comment, version.version, version.is_published) == ("kept", 3, False)
+        assert version.asset is asset
+        assert version.asset_id == asset_key
+        assert isinstance(asset_key, Placeholder)
+        assert version.task is None and version.task_id is None
+
+
+def test_rollback_returns_to_the_last_checkpointed_change(world: Any, tmp_path: Path) -> None:
+    """An object changed in several batches shows the values of the last checkpoint."""
+    path = tmp_path / "ops.dbm"
+    with world.sessions() as session, session.deferred_operations(path):
+        version = AssetVersion(asset=Asset(name="a"), version=1, comment="one")
+        session.add(version)
+        session.commit()
+        version.comment = "two"
+        session.commit()
+        version.comment = "three"
+        session.flush()
+        version.comment = "four"
+        session.rollback()
+        assert version.comment == "two"
+        version.comment = "five"
+    comments = [o["values"]["comment"] for o in operations(path) if o["op"] == "update"]
+    assert comments == ["two", "five"]
+
+
+def test_rollback_discards_every_flush_since_the_checkpoint(world: Any, tmp_path: Path) -> None:
+    """Objects inserted by two flushes after the checkpoint become new objects again."""
+    path = tmp_path / "ops.dbm"
+    with world.sessions() as session, session.deferred_operations(path):
+        kept = Task(name="kept")
+        session.add(kept)
+        session.commit()
+        first, second = Task(name="first"), Task(name="second")
+        session.add(first)
+        session.flush()
+        session.add(second)
+        session.flush()
+        session.rollback()
+        assert first.id is None and second.id is None
+        assert isinstance(kept.id, Placeholder)
+        session.add(second)
+    assert [o["values"]["name"] for o in operations(path)] == ["kept", "second"]
+
+
+def test_recorded_object_is_refused_by_another_session(world: Any, tmp_path: Path) -> None:
+    """An object recorded into a journal cannot be added to any session afterwards."""
+    with world.sessions() as session, session.deferred_operations(tmp_path / "ops.dbm"):
+        task = Task(name="recorded")
+        session.add(task)
+    with Session(world.engine) as plain:
+        plain.add(Task(name="never recorded"))
+        with pytest.raises(DeferredOperationError, match="was recorded into journal"):
+            plain.add(task)
+
+
+@pytest.mark.parametrize("load_first", [False, True], ids=["only-recorded", "with-loaded"])
+def test_leaving_the_block_detaches_only_recorded_objects(
+    world: Any, tmp_path: Path, load_first: bool
+) -> None:
+    """Recorded objects leave the session with their values; loaded objects stay."""
+    with world.sessions() as session:
+        loaded = session.scalars(select(Asset)).first() if load_first else None
+        with session.deferred_operations(tmp_path / "ops.dbm"):
+            version = AssetVersion(asset=Asset(name="new asset"), version=7)
+            session.add(version)
+            session.flush()
+        assert version not in session and version.asset not in session
+        assert version.version == 7
+        assert version.asset.name == "new asset"
+        assert isinstance(version.asset_id, Placeholder)
+        if loaded is not None:
+            assert loaded in session
+            assert list(session) == [loaded]
+        else:
+            assert list(session) == []
