@@ -92,6 +92,20 @@ class Placeholder:
 
     ref: int
     attribute: str
+    # SQLAlchemy hashes every recorded object's identity key (which holds its
+    # placeholders) several times per flush; the generated __hash__ rebuilds a tuple
+    # each time.
+    _hash: int = dataclasses.field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_hash", hash((self.ref, self.attribute)))
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __reduce__(self) -> tuple[type[Placeholder], tuple[int, str]]:
+        # Rebuilt through __init__: string hashes differ between processes.
+        return (Placeholder, (self.ref, self.attribute))
 
     def __repr__(self) -> str:
         return f"<placeholder #{self.ref}.{self.attribute}: assigned by the database at replay>"

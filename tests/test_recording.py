@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, delete, func, insert, select, text, update
+from sqlalchemy import create_engine, delete, event, func, insert, select, text, update
 from sqlalchemy.orm import Session
 
 from journal import Journal, JournalIncompleteError, JournalLockedError
-from orm_ext import DeferredOperationError, JournalingSession, Placeholder
+from orm_ext import DeferredOperationError, JournalingSession, Placeholder, recording
 from tests.conftest import Backend
 from tests.models import (
     Account,
@@ -612,3 +612,29 @@ def test_object_discarded_by_rollback_can_be_added_again(world: Any, tmp_path: P
     [op] = operations(path)
     assert op["values"] == {"name": "again"}
     assert "refs" not in op
+
+
+def test_statement_hook_is_attached_only_while_recording(tmp_path: Path, sqlite_url: str) -> None:
+    """Outside a block a JournalingSession runs queries with no do_orm_execute listener.
+
+    Any such listener makes SQLAlchemy prepare each statement twice; the recorder's is
+    needed only to record ORM DML inside a block, also after a block ended by an error.
+    """
+
+    def hooked(session: JournalingSession) -> bool:
+        return event.contains(session, "do_orm_execute", recording._do_orm_execute)
+
+    engine = create_engine(sqlite_url)
+    seed(engine)
+    with make_sessions(engine)() as session:
+        assert not hooked(session)
+        with session.deferred_operations(tmp_path / "ok.dbm"):
+            assert hooked(session)
+            session.execute(update(Task).values(name="renamed"))
+        assert not hooked(session)
+        with pytest.raises(RuntimeError), session.deferred_operations(tmp_path / "failed.dbm"):
+            assert hooked(session)
+            raise RuntimeError("leaves the block")
+        assert not hooked(session)
+        assert session.scalars(select(Task.name)).all() == ["compositing"]
+    engine.dispose()
