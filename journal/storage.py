@@ -306,7 +306,7 @@ class JournalWriter:
         # Fold the write-ahead log in before the seal exists: folding grows the file by
         # every batch, so a full disk fails here, while the journal is still truthfully
         # unsealed, rather than after a seal that an error then calls absent.
-        self._fold()
+        self._fold(busy_ok=True)
         self._write([(KIND_SEAL, 0, _json(seal))])
         try:
             # Only the seal's few pages are left to fold now.
@@ -324,10 +324,16 @@ class JournalWriter:
         self.close()
         self._sealed = True
 
-    def _fold(self) -> None:
+    def _fold(self, *, busy_ok: bool = False) -> None:
         busy, _, _ = self._call("PRAGMA wal_checkpoint(TRUNCATE)")[0]
-        if busy:
-            self._fail(RuntimeError("SQLite reported the write-ahead log busy"))
+        # A reader of the journal (``orm-journal inspect``, say) holds the log busy; before
+        # the seal that is no failure: the fold after it is the one that must succeed.
+        if busy and not busy_ok:
+            raise JournalError(
+                f"journal {self.path}: a reader holds its write-ahead log; close readers of "
+                "the journal while it is sealed",
+                path=self.path,
+            )
 
     def close(self) -> None:
         """Close without sealing (an unsealed journal is refused by replay); idempotent."""
@@ -513,7 +519,9 @@ def _lock(path: Path, *, overwrite: bool) -> int:
 
 
 def _discard(path: Path) -> None:
-    for suffix in ("", "-wal", "-shm", "-journal"):
+    # The file itself last: once it is gone another writer may create the path, and its
+    # write-ahead log must not be the one removed here.
+    for suffix in ("-wal", "-shm", "-journal", ""):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
 
 

@@ -518,12 +518,18 @@ def reconnect_and_commit(
             session.commit()
         except BaseException as err:
             if locked and not committing:
+                # The connection taken above: after a failed flush the session would
+                # refuse to hand it out, and MariaDB's lock outlives the transaction.
                 with contextlib.suppress(SQLAlchemyError):
-                    _unlock(session.connection(), journal_id)
+                    _unlock(connection, journal_id)
             with contextlib.suppress(SQLAlchemyError):
                 session.rollback()
             if committing and isinstance(err, DBAPIError):
-                raise _commit_failed(session, path, journal_id, err) from err
+                if err.connection_invalidated:
+                    raise _commit_failed(session, path, journal_id, err) from err
+                # The server answered and refused the commit (a deferred constraint, a
+                # serialization failure): it rolled back, so nothing was applied.
+                raise _failed(os.fspath(path), "the commit", err) from err
             if isinstance(err, DBAPIError) and not isinstance(err, IntegrityError):
                 raise DeferredOperationError(
                     f"journal {path}: the database failed during replay "

@@ -527,3 +527,27 @@ def test_writer_killed_mid_transaction_leaves_a_readable_journal(tmp_path: Path)
         journal.verify()
         assert [b.number for b in journal.batches()] == list(range(1, 21))
     assert {p: p.read_bytes() for p in (path, hot)} == files
+
+
+def test_seal_with_a_reader_open_keeps_the_journal_sealed(tmp_path: Path) -> None:
+    """A reader holding the write-ahead log cannot make the seal lose the journal.
+
+    Regression: folding the log before writing the seal treated a busy log (an open
+    reader) as a failed write, so the journal stayed unsealed and its writer broken.
+    Now the seal is written, and only folding it into the file is reported.
+    """
+    path = tmp_path / "ops.dbm"
+    writer = JournalWriter.create(path)
+    for n in range(3):
+        writer.append([operation(n)])
+    with Journal(path) as reader:
+        batches = reader.batches()
+        next(batches)  # a read transaction stays open while the iteration is unfinished
+        with pytest.raises(JournalError, match="sealed and complete"):
+            writer.seal()
+        batches.close()
+    writer.close()
+    with Journal(path) as journal:
+        assert journal.state == "sealed"
+        journal.verify()
+        assert [b.number for b in journal.batches()] == [1, 2, 3]
