@@ -599,8 +599,27 @@ def _identity(conn: sqlite3.Connection) -> tuple[int, int]:
 
 
 def _left_by_a_dead_writer(target: Path) -> bool:
-    """Whether ``target`` has the rollback journal or write-ahead log of a writer."""
-    return any(Path(f"{target}{suffix}").exists() for suffix in ("-journal", "-wal"))
+    """Whether ``target`` has the rollback journal or write-ahead log of a dead writer.
+
+    :raises JournalLockedError: a live writer holds the journal: its files are changing,
+        and a copy of them could be torn.
+    """
+    if not any(Path(f"{target}{suffix}").exists() for suffix in ("-journal", "-wal")):
+        return False
+    fd = os.open(target, os.O_RDONLY)
+    try:
+        # The writer's lock (see _lock); taken shared and let go at once.
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    except BlockingIOError:
+        raise JournalLockedError(
+            f"journal {target} is being written by another process; read it once that "
+            "process has finished",
+            path=target,
+        ) from None
+    finally:
+        os.close(fd)
+    return True
 
 
 class _RecoveredCopy(sqlite3.Connection):

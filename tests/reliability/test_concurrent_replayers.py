@@ -96,14 +96,19 @@ def test_eight_replayers_apply_each_of_fifty_journals_once(
     ]
     applied: Counter[str] = Counter()
     answers = busy = 0
-    for proc in procs:
-        out, err = proc.communicate(timeout=600)
-        assert proc.returncode == 0, err
-        for line in out.splitlines():
-            journal_id, was_applied, was_busy = json.loads(line)
-            answers += 1
-            busy += was_busy
-            applied[journal_id] += was_applied
+    try:
+        for proc in procs:
+            out, err = proc.communicate(timeout=600)
+            assert proc.returncode == 0, err
+            for line in out.splitlines():
+                journal_id, was_applied, was_busy = json.loads(line)
+                answers += 1
+                busy += was_busy
+                applied[journal_id] += was_applied
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.communicate()
 
     print(f"\n{backend.name}: {answers} replay calls, {busy} skipped as busy")
     assert answers == PROCESSES * journals

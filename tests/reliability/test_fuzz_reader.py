@@ -66,6 +66,8 @@ ALLOWED = frozenset(
 SETTINGS: dict[str, Any] = {
     "database": None,
     "deadline": None,
+    # Inputs differ from run to run; a failure prints the blob that replays it exactly.
+    "print_blob": True,
     "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large],
 }
 
