@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import random
 import signal
@@ -551,3 +552,25 @@ def test_seal_with_a_reader_open_keeps_the_journal_sealed(tmp_path: Path) -> Non
         assert journal.state == "sealed"
         journal.verify()
         assert [b.number for b in journal.batches()] == [1, 2, 3]
+
+
+def test_journal_of_a_live_writer_is_not_copied_for_recovery(tmp_path: Path) -> None:
+    """Recovery from a private copy happens only once the writer is gone.
+
+    A file that needs recovery while its writer still holds the lock is changing under
+    the reader; a copy could be torn, so the reader says the journal is being written.
+    """
+    path = tmp_path / "ops.dbm"
+    write_journal(path, batches=20, size=20)
+    proc = subprocess.run([sys.executable, "-c", HOT_JOURNAL_WRITER, str(path)], check=False)
+    assert proc.returncode == -signal.SIGKILL
+    assert Path(f"{path}-journal").exists()
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # what a live JournalWriter holds
+        with pytest.raises(JournalLockedError, match="being written by another process"):
+            Journal(path)
+    finally:
+        os.close(fd)
+    with Journal(path) as journal:
+        journal.verify()
