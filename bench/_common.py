@@ -268,6 +268,20 @@ def report(rows: Sequence[tuple[str, str]]) -> None:
         print(f"  {label:<{width}}  {value}")
 
 
+def report_rss(
+    idle: float, plain: float, ours: float, *, label: str, ratio: str, target: float
+) -> None:
+    """Print the peak RSS of the idle, plain and orm-journal sides against ``target`` MB."""
+    report(
+        [
+            ("after imports only", f"{idle:7.1f} MB"),
+            ("plain Session add_all + commit", f"{plain:7.1f} MB"),
+            (label, f"{ours:7.1f} MB  ({verdict(ours, target, at_most=True)})"),
+            (ratio, f"{ours / plain:.2f}"),
+        ]
+    )
+
+
 def verdict(value: float, target: float, *, at_most: bool) -> str:
     met = value <= target if at_most else value >= target
     sign = "<=" if at_most else ">="

@@ -30,6 +30,7 @@ from _common import (
     peak_rss_mb,
     record,
     report,
+    report_rss,
     run_worker,
     settle,
     sqlite_url,
@@ -119,16 +120,13 @@ def rss(workload: Workload, tmp: Path) -> None:
     plain = float(run_worker(script, ["--rss-worker", "plain", *common]))
     recording = float(run_worker(script, ["--rss-worker", "record", *common]))
     print(f"record_bench --rss: {workload.describe()}, peak RSS of a fresh process each")
-    report(
-        [
-            ("after imports only", f"{idle:7.1f} MB"),
-            ("plain Session add_all + commit", f"{plain:7.1f} MB"),
-            (
-                "deferred_operations recording",
-                f"{recording:7.1f} MB  ({verdict(recording, TARGET_RSS_MB, at_most=True)})",
-            ),
-            ("ratio recording / plain", f"{recording / plain:.2f}"),
-        ]
+    report_rss(
+        idle,
+        plain,
+        recording,
+        label="deferred_operations recording",
+        ratio="ratio recording / plain",
+        target=TARGET_RSS_MB,
     )
 
 

@@ -41,6 +41,7 @@ from _common import (
     peak_rss_mb,
     record,
     report,
+    report_rss,
     reset_tables,
     run_worker,
     settle,
@@ -207,16 +208,13 @@ def rss(workload: Workload, url: str | None, tmp: Path) -> None:
         f"replay_bench --rss: {workload.describe()}, "
         f"{sa.make_url(target).get_backend_name()}, peak RSS of a fresh process each"
     )
-    report(
-        [
-            ("after imports only", f"{idle:7.1f} MB"),
-            ("plain Session add_all + commit", f"{plain:7.1f} MB"),
-            (
-                "reconnect_and_commit",
-                f"{replayed:7.1f} MB  ({verdict(replayed, TARGET_RSS_MB, at_most=True)})",
-            ),
-            ("ratio replay / plain", f"{replayed / plain:.2f}"),
-        ]
+    report_rss(
+        idle,
+        plain,
+        replayed,
+        label="reconnect_and_commit",
+        ratio="ratio replay / plain",
+        target=TARGET_RSS_MB,
     )
 
 

@@ -1,14 +1,15 @@
-"""The seed scenario of ``trackteroid-session.txt`` and tools to observe a database."""
+"""The seed scenario of ``trackteroid-session.txt`` and tools to drive and observe a database."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, event, select
+from sqlalchemy import Connection, Engine, event, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from orm_ext import JournalingSession
+from orm_ext import JournalingSession, ReplayResult
 from tests.models import (
     Asset,
     AssetVersion,
@@ -57,6 +58,30 @@ def watch(engine: Engine) -> StatementLog:
 
 def make_sessions(engine: Engine, **kw: Any) -> sessionmaker[JournalingSession]:
     return sessionmaker(engine, class_=JournalingSession, **kw)
+
+
+def replay(engine: Engine, path: Path, **kw: Any) -> ReplayResult:
+    """Replay ``path`` into ``engine`` with a new session (``journal_key=`` goes to it)."""
+    key = kw.pop("journal_key", None)
+    with make_sessions(engine)(journal_key=key) as session:
+        return session.reconnect_and_commit(path, **kw)
+
+
+def enforce_foreign_keys(engine: Engine) -> None:
+    """Make SQLite enforce foreign keys (and so ON DELETE CASCADE); servers always do."""
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", lambda dbapi, _: dbapi.execute("PRAGMA foreign_keys=ON"))
+
+
+def terminate(admin: Engine, conn: Connection) -> None:
+    """End ``conn``'s server session from another connection, as an operator would."""
+    with admin.connect() as other:
+        if admin.dialect.name == "postgresql":
+            pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+            other.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        else:
+            pid = conn.exec_driver_sql("SELECT CONNECTION_ID()").scalar()
+            other.exec_driver_sql(f"KILL {int(pid)}")
 
 
 def seed(engine: Engine) -> None:

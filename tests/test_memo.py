@@ -43,6 +43,7 @@ from sqlalchemy.orm import (
 
 from orm_ext import JournalingSession, QueryMemo
 from tests.conftest import Backend
+from tests.scenario import enforce_foreign_keys
 
 
 class Base(DeclarativeBase):
@@ -143,9 +144,7 @@ def _seed(engine: Engine) -> None:
 def db(backend: Backend) -> Db:
     """The seeded database A of ``backend``, with a SELECT counter on it."""
     engine = backend.engine("a")
-    if backend.name == "sqlite":
-        # SQLite enforces foreign keys, and so ON DELETE CASCADE, only when asked to.
-        event.listen(engine, "connect", lambda dbapi, _: dbapi.execute("PRAGMA foreign_keys=ON"))
+    enforce_foreign_keys(engine)
     _seed(engine)
     statements: list[str] = []
     event.listen(engine, "before_cursor_execute", lambda *args: statements.append(args[2]))

@@ -25,7 +25,14 @@ from orm_ext import (
 )
 from tests.conftest import Backend
 from tests.models import Account, AssetVersion, Component, Post, Tag, Task
-from tests.scenario import make_sessions, record_seed_scenario, seed, table_rows
+from tests.scenario import (
+    make_sessions,
+    record_seed_scenario,
+    replay,
+    seed,
+    table_rows,
+    terminate,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -33,12 +40,6 @@ REPO = Path(__file__).resolve().parent.parent
 def record(engine: Any, path: Path, body: Any, **kw: Any) -> None:
     with make_sessions(engine)(**kw) as session, session.deferred_operations(path):
         body(session)
-
-
-def replay(engine: Any, path: Path, **kw: Any) -> Any:
-    key = kw.pop("journal_key", None)
-    with make_sessions(engine)(journal_key=key) as session:
-        return session.reconnect_and_commit(path, **kw)
 
 
 @pytest.fixture
@@ -606,13 +607,7 @@ def test_connection_terminated_mid_replay(backend: Backend, tmp_path: Path) -> N
         if killed or "INSERT INTO task" not in statement:
             return
         killed.append(True)
-        with admin.connect() as other:
-            if backend.name == "postgresql":
-                pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
-                other.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
-            else:
-                pid = conn.exec_driver_sql("SELECT CONNECTION_ID()").scalar()
-                other.exec_driver_sql(f"KILL {int(pid)}")
+        terminate(admin, conn)
 
     with pytest.raises(DeferredOperationError, match=r"(?i)nothing was applied"):
         replay(replayer, path)

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
-from sqlalchemy import ForeignKey, event, select, text
+from sqlalchemy import ForeignKey, select, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from journal import Journal
 from orm_ext import DeferredOperationError, ledger
 from tests.conftest import Backend
 from tests.models import Asset
-from tests.scenario import make_sessions, seed, table_rows
+from tests.scenario import enforce_foreign_keys, make_sessions, seed, table_rows
 
 
 class DeferredBase(DeclarativeBase):
@@ -33,14 +32,6 @@ class Book(DeferredBase):
     )
 
 
-def enforce_sqlite_foreign_keys(engine: Any) -> None:
-    if engine.dialect.name == "sqlite":
-
-        @event.listens_for(engine, "connect")
-        def _on(dbapi_connection: Any, record: Any) -> None:
-            dbapi_connection.execute("PRAGMA foreign_keys = ON")
-
-
 def test_commit_refused_by_a_deferred_constraint(backend: Backend, tmp_path: Path) -> None:
     """A COMMIT the server refuses is a clear failure naming the commit, not a lost connection.
 
@@ -50,7 +41,7 @@ def test_commit_refused_by_a_deferred_constraint(backend: Backend, tmp_path: Pat
     if backend.name == "mariadb":
         pytest.skip("MariaDB checks every constraint at once; none is left for COMMIT")
     engine = backend.engine()
-    enforce_sqlite_foreign_keys(engine)
+    enforce_foreign_keys(engine)
     DeferredBase.metadata.create_all(engine)
     path = tmp_path / "ops.dbm"
     with make_sessions(engine)() as session, session.deferred_operations(path):

@@ -7,6 +7,9 @@ of a replay (so the ledger migration's own commit passes through):
 - ``"drop_commit"``: the COMMIT never reaches the server; the connection is cut.
 - ``"drop_answer"``: the COMMIT reaches the server, which commits and answers; the
   answer is thrown away and the connection cut, so the client cannot know the outcome.
+
+Armed with ``then_refuse=True``, the proxy also stops accepting connections after the
+cut and cuts every other connection, as if the database had gone away.
 """
 
 from __future__ import annotations
@@ -29,17 +32,22 @@ class CuttingProxy:
         self.port: int = self._listener.getsockname()[1]
         self._lock = threading.Lock()
         self._mode: Mode | None = None
+        self._refuse = False
+        self._links: list[_Link] = []
         self.cuts = 0
         self._closed = False
         threading.Thread(target=self._accept, daemon=True).start()
 
-    def arm(self, mode: Mode) -> None:
-        """Cut the next replay's COMMIT in ``mode``."""
+    def arm(self, mode: Mode, *, then_refuse: bool = False) -> None:
+        """Cut the next replay's COMMIT in ``mode``; refuse connections after if asked."""
         with self._lock:
-            self._mode = mode
+            self._mode, self._refuse = mode, then_refuse
 
     def close(self) -> None:
         self._closed = True
+        # shutdown first: close() alone leaves the thread blocked in accept() accepting.
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)
         with contextlib.suppress(OSError):
             self._listener.close()
 
@@ -57,7 +65,9 @@ class CuttingProxy:
             except OSError:
                 return
             server = socket.create_connection(self.target)
-            _Link(self, client, server).start()
+            link = _Link(self, client, server)
+            self._links.append(link)
+            link.start()
 
 
 class _Link:
@@ -73,6 +83,12 @@ class _Link:
         threading.Thread(target=self._downstream, daemon=True).start()
 
     def cut(self) -> None:
+        if self.proxy._refuse:
+            self.proxy._refuse = False
+            self.proxy.close()
+            for other in self.proxy._links:
+                if other is not self:
+                    other.cut()
         for sock in (self.client, self.server):
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)

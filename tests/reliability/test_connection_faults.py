@@ -28,6 +28,7 @@ from orm_ext import DeferredOperationError, ledger
 from tests.conftest import Backend
 from tests.reliability import workload
 from tests.reliability.tcp_proxy import CuttingProxy
+from tests.scenario import replay, terminate
 
 pytestmark = pytest.mark.reliability
 
@@ -40,17 +41,6 @@ def server(backend: Backend) -> Backend:
     if backend.name == "sqlite":
         pytest.skip("SQLite has no server connection to lose")
     return backend
-
-
-def terminate(admin: sa.Engine, conn: Any) -> None:
-    """End ``conn``'s session from another connection, as an operator or the server would."""
-    with admin.connect() as other:
-        if admin.dialect.name == "postgresql":
-            pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
-            other.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
-        else:
-            pid = conn.exec_driver_sql("SELECT CONNECTION_ID()").scalar()
-            other.exec_driver_sql(f"KILL {int(pid)}")
 
 
 def watch(engine: sa.Engine, *, kill_before: int = 0, admin: sa.Engine | None = None) -> list[str]:
@@ -84,7 +74,7 @@ def test_connection_terminated_before_a_random_statement(
         workload.record(engine, path)
         counter = server.engine()
         sent = watch(counter)
-        assert workload.replay(counter, path).applied
+        assert replay(counter, path).applied
         statements[drop_ledger] = len(sent)
     after = workload.natural_state(engine)
 
@@ -99,14 +89,14 @@ def test_connection_terminated_before_a_random_statement(
         seen = watch(replayer, kill_before=target, admin=admin)
 
         try:
-            workload.replay(replayer, path)
+            replay(replayer, path)
         except DeferredOperationError as err:
             message = str(err)
             assert str(path) in message, message
             assert "nothing was applied" in message.lower(), message
             assert workload.natural_state(engine) == before, f"statement {target}: {seen[-1]}"
             assert path.read_bytes() == journal_bytes
-            assert workload.replay(engine, path).applied
+            assert replay(engine, path).applied
             outcomes["error, rerun applied"] += 1
         else:
             # Only the ledger's migration runs on a connection of its own, and it is
@@ -117,7 +107,7 @@ def test_connection_terminated_before_a_random_statement(
         replayer.dispose()
         assert len(seen) >= target, "the replay ended before the statement to kill"
         assert workload.natural_state(engine) == after
-        assert workload.replay(engine, path).applied is False
+        assert replay(engine, path).applied is False
 
     print(f"\n{server.name}: {sum(outcomes.values())} terminations: {dict(outcomes)}")
     assert outcomes["error, rerun applied"] >= TERMINATIONS * soak // 2
@@ -152,7 +142,7 @@ def test_commit_outcome_unknown(
 
             proxy.arm(mode)
             with pytest.raises(DeferredOperationError, match="while committing") as caught:
-                workload.replay(proxied, path)
+                replay(proxied, path)
             message = str(caught.value)
             assert str(path) in message
             assert path.read_bytes() == journal_bytes
@@ -165,12 +155,37 @@ def test_commit_outcome_unknown(
                 assert "does not show the journal applied" in message, message
                 assert workload.natural_state(engine) == before
 
-            rerun = workload.replay(engine, path)
+            rerun = replay(engine, path)
             assert rerun.applied is not landed
             after = workload.natural_state(engine)
-            assert workload.replay(engine, path).applied is False
+            assert replay(engine, path).applied is False
             assert workload.natural_state(engine) == after != before
             assert workload.applied_ids(engine).count(journal_id) == 1
         assert proxy.cuts == CUTS * soak
+    finally:
+        proxy.close()
+
+
+def test_commit_outcome_unknown_and_the_database_gone(
+    server: Backend, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """The answer to COMMIT is lost and the database stays out of reach: say so, and what to do."""
+    engine = server.engine()
+    url = sa.make_url(server.url)
+    proxy = CuttingProxy(url.host or "127.0.0.1", url.port or 0)
+    try:
+        proxied = through(proxy, server, request)
+        workload.reset(engine, drop_ledger=False)
+        with engine.begin() as conn:
+            ledger.upgrade(conn)
+        path = tmp_path / "ops.dbm"
+        workload.record(engine, path)
+        proxy.arm("drop_answer", then_refuse=True)
+        with pytest.raises(DeferredOperationError, match="cannot be reached") as caught:
+            replay(proxied, path)
+        assert str(path) in str(caught.value)
+        assert "replay the journal again once it is back" in str(caught.value)
+        # The commit had landed: the rerun the message asks for applies nothing twice.
+        assert replay(engine, path).applied is False
     finally:
         proxy.close()

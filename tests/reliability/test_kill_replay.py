@@ -19,6 +19,7 @@ import pytest
 from journal import Journal
 from tests.conftest import Backend
 from tests.reliability import workload
+from tests.scenario import replay
 
 pytestmark = pytest.mark.reliability
 
@@ -104,10 +105,10 @@ def test_sigkill_mid_replay_is_all_or_nothing(backend: Backend, tmp_path: Path, 
             assert state == after
         outcomes["none" if state == before else "all"] += 1
 
-        rerun = workload.replay(engine, path)
+        rerun = replay(engine, path)
         assert rerun.applied == (state == before), f"attempt {attempt}"
         assert workload.natural_state(engine) == after
-        assert workload.replay(engine, path).applied is False
+        assert replay(engine, path).applied is False
         assert workload.applied_ids(engine).count(journal_id) == 1
 
     print(f"\n{backend.name}: {sum(outcomes.values())} kills: {dict(outcomes)}")

@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, aliased
 
-from orm_ext import ReplayResult, ledger
+from orm_ext import ledger
 from tests.models import Account, Base, Node, Post, Tag, post_tag
 from tests.scenario import make_sessions
 
@@ -112,11 +112,6 @@ def applied_ids(engine: Engine) -> list[str]:
         if not sa.inspect(conn).has_table(ledger.LEDGER_TABLE):
             return []
         return sorted(conn.scalars(select(ledger.ledger_table.c.journal_id)))
-
-
-def replay(engine: Engine, path: Path, **kw: Any) -> ReplayResult:
-    with make_sessions(engine)() as session:
-        return session.reconnect_and_commit(path, **kw)
 
 
 # -- child processes ----------------------------------------------------------------------
