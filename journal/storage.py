@@ -22,6 +22,7 @@ from __future__ import annotations
 import datetime as dt
 import errno
 import fcntl
+import functools
 import json
 import os
 import platform
@@ -379,33 +380,29 @@ class JournalWriter:
     def _write(self, records: Iterable[tuple[bytes, int, bytes]]) -> None:
         """Write ``records`` (kind, operation count, body) in one transaction, durably.
 
-        SQLite's worker thread begins the transaction while this thread produces, chains
-        and signs the records, so a batch waits for the worker once (COMMIT), not twice.
-        Nothing is written before the BEGIN is known to have succeeded: after a failed
-        BEGIN, sqlitedict would run the writes in a transaction of their own.
+        A batch of at most ``_ROWS_PER_STATEMENT`` records (every batch of up to a million
+        operations) is one multi-row INSERT followed by COMMIT, queued together: a single
+        statement is atomic on its own, so SQLite's worker thread is waited for once per
+        batch. A larger batch needs several statements; they run only after an explicit
+        BEGIN is known to have succeeded, since after a failed BEGIN the first statements
+        would be committed without the rest.
         """
-        began = self._send("BEGIN IMMEDIATE")
-        # Hand the GIL over for a moment: msgpack encodes without releasing it, so the
-        # worker could otherwise only start the BEGIN once this thread waits for it.
-        time.sleep(0)
-        try:
-            sequence, tag, items, operations = self._records, self._tag, [], 0
-            for kind, count, body in records:
-                signed_part = _PREFIX.pack(kind, count) + body
-                tag = chain_tag(self._key, tag, sequence, signed_part)
-                items.append((key_for(sequence), sqlite3.Binary(tag + signed_part)))
-                sequence += 1
-                operations += count
-        except BaseException:
-            # E.g. a value the codec refuses: the journal stays as it was, and writable.
-            self._receive(began)
-            self._call("ROLLBACK")
-            raise
-        self._receive(began)
-        try:
-            self._store.update(items)
-        except Exception as err:
-            self._fail(err)
+        sequence, tag, rows, operations = self._records, self._tag, [], 0
+        # E.g. a value the codec refuses raises here: nothing was sent, the journal stays
+        # as it was, and writable.
+        for kind, count, body in records:
+            signed_part = _PREFIX.pack(kind, count) + body
+            tag = chain_tag(self._key, tag, sequence, signed_part)
+            rows.append((key_for(sequence), sqlite3.Binary(tag + signed_part)))
+            sequence += 1
+            operations += count
+        if len(rows) <= _ROWS_PER_STATEMENT:
+            self._send(_insert_statement(len(rows)), [value for row in rows for value in row])
+        else:
+            self._call("BEGIN IMMEDIATE")
+            for start in range(0, len(rows), _ROWS_PER_STATEMENT):
+                part = rows[start : start + _ROWS_PER_STATEMENT]
+                self._send(_insert_statement(len(part)), [value for row in part for value in row])
         self._commit()
         self._records = sequence
         self._tag = tag
@@ -440,6 +437,16 @@ class JournalWriter:
             "space on its file system (or fix the file system) and record again",
             path=self.path,
         ) from err
+
+
+# SQLite allows 32,766 bound values per statement (3.32 and later); two per row.
+_ROWS_PER_STATEMENT: Final = 1000
+
+
+@functools.lru_cache(maxsize=64)
+def _insert_statement(rows: int) -> str:
+    # INSERT, not sqlitedict's REPLACE: a sequence number written twice is a bug to report.
+    return f'INSERT INTO "{TABLE}" (key, value) VALUES ' + ", ".join(["(?, ?)"] * rows)
 
 
 def _send(store: sqlitedict.SqliteDict, sql: str, args: Sequence[object]) -> queue.Queue[Any]:
