@@ -383,9 +383,10 @@ class JournalWriter:
         A batch of at most ``_ROWS_PER_STATEMENT`` records (every batch of up to a million
         operations) is one multi-row INSERT followed by COMMIT, queued together: a single
         statement is atomic on its own, so SQLite's worker thread is waited for once per
-        batch. A larger batch needs several statements; they run only after an explicit
-        BEGIN is known to have succeeded, since after a failed BEGIN the first statements
-        would be committed without the rest.
+        batch. A larger batch needs several statements. They run only after an explicit
+        BEGIN is known to have succeeded, and the COMMIT is sent only once the last of
+        them has run without error: sqlitedict's worker carries on after a failed
+        statement, so a COMMIT queued behind it would make the rest of the batch visible.
         """
         sequence, tag, rows, operations = self._records, self._tag, [], 0
         # E.g. a value the codec refuses raises here: nothing was sent, the journal stays
@@ -402,7 +403,11 @@ class JournalWriter:
             self._call("BEGIN IMMEDIATE")
             for start in range(0, len(rows), _ROWS_PER_STATEMENT):
                 part = rows[start : start + _ROWS_PER_STATEMENT]
-                self._send(_insert_statement(len(part)), [value for row in part for value in row])
+                sent = self._send(
+                    _insert_statement(len(part)), [value for row in part for value in row]
+                )
+            # Raises the error of any of the statements, which all ran before the last.
+            self._receive(sent)
         self._commit()
         self._records = sequence
         self._tag = tag

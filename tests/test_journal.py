@@ -24,6 +24,7 @@ from journal import (
     JournalSignatureError,
     JournalWriter,
     OpaqueValue,
+    storage,
 )
 
 KEY = b"k" * 32
@@ -80,6 +81,48 @@ def test_large_batch_is_chunked_but_read_as_one(tmp_path: Path) -> None:
         sequences = [seq for seq, _ in journal.operations()]
     assert [len(b.operations) for b in batches] == [2500, 3]
     assert sequences == list(range(1, 2504))
+
+
+def test_batch_of_several_statements_is_written_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch too large for one INSERT is written by several inside one transaction."""
+    monkeypatch.setattr(storage, "CHUNK_OPERATIONS", 1)
+    monkeypatch.setattr(storage, "_ROWS_PER_STATEMENT", 2)
+    path = tmp_path / "big.dbm"
+    with JournalWriter.create(path) as writer:
+        writer.append([operation(i) for i in range(5)])
+        writer.seal()
+    with Journal(path) as journal:
+        journal.verify()
+        assert [len(b.operations) for b in journal.batches()] == [5]
+        assert [seq for seq, _ in journal.operations()] == [1, 2, 3, 4, 5]
+
+
+def test_failed_statement_of_a_large_batch_commits_none_of_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When one of a batch's INSERTs fails, none of its records is committed, not even the
+    ones before it, although the worker runs the statements queued after the failure."""
+    monkeypatch.setattr(storage, "CHUNK_OPERATIONS", 1)
+    monkeypatch.setattr(storage, "_ROWS_PER_STATEMENT", 2)
+    path = tmp_path / "ops.dbm"
+    writer = JournalWriter.create(path)
+    writer.append([operation(0)])
+    # Records 2..6 are the next batch; record 4 opens its second statement.
+    writer._call(
+        "CREATE TEMP TRIGGER refuse AFTER INSERT ON main.records "
+        f"WHEN NEW.key = '{storage.key_for(4)}' BEGIN SELECT RAISE(ABORT, 'refused'); END"
+    )
+    with pytest.raises(JournalError, match="refused"):
+        writer.append([operation(i) for i in range(1, 6)])
+    writer.close()
+    with raw(path) as conn:
+        keys = [key for (key,) in conn.execute("SELECT key FROM records ORDER BY key")]
+    assert keys == [storage.key_for(0), storage.key_for(1)]
+    with Journal(path) as journal:
+        assert journal.state == "incomplete"
+        assert [op["ref"] for _, op in journal.operations()] == ["new:0"]
 
 
 def test_sealed_journal_is_one_self_contained_file(tmp_path: Path) -> None:
