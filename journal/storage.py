@@ -75,6 +75,12 @@ CHUNK_OPERATIONS: Final = 1000
 # How long a write may take before the journal is declared broken. Generous, because a
 # batch waits for fsync; finite, because sqlitedict can otherwise wait forever.
 WRITE_TIMEOUT: Final = 60.0
+# Records per INSERT statement: two bound values each, within the SQLite library's limit
+# (999 before SQLite 3.32, 32,766 since), so that every batch of up to a million
+# operations is a single statement.
+_ROWS_PER_STATEMENT: Final = min(
+    1000, sqlite3.connect(":memory:").getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // 2
+)
 
 
 def key_for(sequence: int) -> str:
@@ -262,7 +268,6 @@ class JournalWriter:
             operations[start : start + CHUNK_OPERATIONS]
             for start in range(0, len(operations), CHUNK_OPERATIONS)
         )
-        # Encoded lazily: _write has the transaction begun while the chunks are encoded.
         self._write(
             (KIND_BATCH, len(chunk), codec.encode([number, list(chunk)])) for chunk in chunks
         )
@@ -349,8 +354,13 @@ class JournalWriter:
         if self._closed:
             return
         self._closed = True
+        worker = getattr(self._store, "conn", None)
         try:
             self._store.close(do_log=False, force=self._broken is not None)
+            if worker is not None:
+                # A forced close does not wait for the worker; the lock must outlast its
+                # last write, or another writer could take over a file still being written.
+                worker.join(WRITE_TIMEOUT)
         except Exception:
             pass
         finally:
@@ -380,13 +390,19 @@ class JournalWriter:
     def _write(self, records: Iterable[tuple[bytes, int, bytes]]) -> None:
         """Write ``records`` (kind, operation count, body) in one transaction, durably.
 
-        A batch of at most ``_ROWS_PER_STATEMENT`` records (every batch of up to a million
-        operations) is one multi-row INSERT followed by COMMIT, queued together: a single
-        statement is atomic on its own, so SQLite's worker thread is waited for once per
-        batch. A larger batch needs several statements. They run only after an explicit
-        BEGIN is known to have succeeded, and the COMMIT is sent only once the last of
-        them has run without error: sqlitedict's worker carries on after a failed
-        statement, so a COMMIT queued behind it would make the rest of the batch visible.
+        A batch of at most ``_ROWS_PER_STATEMENT`` records (``CHUNK_OPERATIONS`` operations
+        each) is one multi-row INSERT queued together with the COMMIT, so SQLite's worker
+        thread is waited for once per batch. The connection sqlitedict opens (checked on
+        2.1.0) lets Python's sqlite3 begin a transaction implicitly before the INSERT; the
+        statement is atomic, so the COMMIT behind it commits all of the batch or none.
+        A larger batch needs several statements. They run only after an explicit BEGIN is
+        known to have succeeded, and the COMMIT is sent only once the last of them has run
+        without error: sqlitedict's worker carries on after a failed statement, so a COMMIT
+        queued behind it would make the rest of the batch visible.
+
+        Anything that interrupts a write once it is sent (even ``KeyboardInterrupt``) marks
+        the writer broken: the transaction left open must never be committed by the next
+        batch.
         """
         sequence, tag, rows, operations = self._records, self._tag, [], 0
         # E.g. a value the codec refuses raises here: nothing was sent, the journal stays
@@ -397,18 +413,25 @@ class JournalWriter:
             rows.append((key_for(sequence), sqlite3.Binary(tag + signed_part)))
             sequence += 1
             operations += count
-        if len(rows) <= _ROWS_PER_STATEMENT:
-            self._send(_insert_statement(len(rows)), [value for row in rows for value in row])
-        else:
-            self._call("BEGIN IMMEDIATE")
-            for start in range(0, len(rows), _ROWS_PER_STATEMENT):
-                part = rows[start : start + _ROWS_PER_STATEMENT]
-                sent = self._send(
-                    _insert_statement(len(part)), [value for row in part for value in row]
-                )
-            # Raises the error of any of the statements, which all ran before the last.
-            self._receive(sent)
-        self._commit()
+        try:
+            if len(rows) <= _ROWS_PER_STATEMENT:
+                # Its replies are not read: an error of the INSERT is raised by the COMMIT.
+                self._send(_insert_statement(len(rows)), _flat(rows))
+            else:
+                self._call("BEGIN IMMEDIATE")
+                for start in range(0, len(rows), _ROWS_PER_STATEMENT):
+                    sent = self._send(
+                        _insert_statement(len(rows[start : start + _ROWS_PER_STATEMENT])),
+                        _flat(rows[start : start + _ROWS_PER_STATEMENT]),
+                    )
+                # Raises the error of any of the statements, which all ran before the last.
+                self._receive(sent)
+            self._commit()
+        except JournalError:
+            raise
+        except BaseException as interruption:
+            self._broken = f"interrupted by {type(interruption).__name__}"
+            raise
         self._records = sequence
         self._tag = tag
         self._operations += operations
@@ -436,6 +459,13 @@ class JournalWriter:
 
     def _fail(self, err: Exception) -> NoReturn:
         self._broken = f"{type(err).__name__}: {err}"
+        if _NO_TRANSACTION in str(err):
+            # sqlitedict keeps only the latest error: the INSERT's own (a full disk, say)
+            # is in the log of its "sqlitedict" logger, not here.
+            self._broken = (
+                "SQLite rolled the batch back when writing it failed (the cause is logged "
+                'by the "sqlitedict" logger)'
+            )
         raise JournalError(
             f"journal {self.path}: a write failed ({self._broken}); the journal keeps every "
             "batch acknowledged before and stays unsealed, so replay will refuse it. Free "
@@ -444,8 +474,12 @@ class JournalWriter:
         ) from err
 
 
-# SQLite allows 32,766 bound values per statement (3.32 and later); two per row.
-_ROWS_PER_STATEMENT: Final = 1000
+# What SQLite says to a COMMIT after a failed statement ended the whole transaction.
+_NO_TRANSACTION = "no transaction is active"
+
+
+def _flat(rows: Sequence[tuple[str, object]]) -> list[object]:
+    return [value for row in rows for value in row]
 
 
 @functools.lru_cache(maxsize=64)

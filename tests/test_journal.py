@@ -99,30 +99,75 @@ def test_batch_of_several_statements_is_written_whole(
         assert [seq for seq, _ in journal.operations()] == [1, 2, 3, 4, 5]
 
 
-def test_failed_statement_of_a_large_batch_commits_none_of_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """When one of a batch's INSERTs fails, none of its records is committed, not even the
-    ones before it, although the worker runs the statements queued after the failure."""
-    monkeypatch.setattr(storage, "CHUNK_OPERATIONS", 1)
-    monkeypatch.setattr(storage, "_ROWS_PER_STATEMENT", 2)
-    path = tmp_path / "ops.dbm"
-    writer = JournalWriter.create(path)
-    writer.append([operation(0)])
-    # Records 2..6 are the next batch; record 4 opens its second statement.
-    writer._call(
-        "CREATE TEMP TRIGGER refuse AFTER INSERT ON main.records "
-        f"WHEN NEW.key = '{storage.key_for(4)}' BEGIN SELECT RAISE(ABORT, 'refused'); END"
-    )
-    with pytest.raises(JournalError, match="refused"):
-        writer.append([operation(i) for i in range(1, 6)])
-    writer.close()
+def assert_only_first_batch(path: Path) -> None:
     with raw(path) as conn:
         keys = [key for (key,) in conn.execute("SELECT key FROM records ORDER BY key")]
     assert keys == [storage.key_for(0), storage.key_for(1)]
     with Journal(path) as journal:
         assert journal.state == "incomplete"
         assert [op["ref"] for _, op in journal.operations()] == ["new:0"]
+
+
+@pytest.mark.parametrize(
+    ("statements", "action", "message"),
+    [
+        ("one", "ABORT", "refused"),
+        # The transaction is gone, and the COMMIT's error is all sqlitedict keeps.
+        ("one", "ROLLBACK", "rolled the batch back"),
+        ("several", "ABORT", "refused"),
+        ("several", "ROLLBACK", "refused"),
+    ],
+)
+def test_failed_insert_commits_none_of_its_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, statements: str, action: str, message: str
+) -> None:
+    """A batch whose INSERT fails leaves none of its records, whether it takes one or several."""
+    monkeypatch.setattr(storage, "CHUNK_OPERATIONS", 1)
+    monkeypatch.setattr(storage, "_ROWS_PER_STATEMENT", 2 if statements == "several" else 10)
+    path = tmp_path / "ops.dbm"
+    writer = JournalWriter.create(path)
+    writer.append([operation(0)])
+    # Records 2..6 are the next batch; with two per statement, record 4 opens the second
+    # statement, and the worker still runs the third after the second failed.
+    writer._call(
+        "CREATE TEMP TRIGGER refuse AFTER INSERT ON main.records "
+        f"WHEN NEW.key = '{storage.key_for(4)}' BEGIN SELECT RAISE({action}, 'refused'); END"
+    )
+    with pytest.raises(JournalError, match=message):
+        writer.append([operation(i) for i in range(1, 6)])
+    with pytest.raises(JournalError, match="can no longer be written"):
+        writer.append([operation(6)])
+    writer.close()
+    assert_only_first_batch(path)
+
+
+@pytest.mark.parametrize(("statements", "interrupted_send"), [("one", 2), ("several", 3)])
+def test_interrupted_batch_is_never_committed_by_the_next(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, statements: str, interrupted_send: int
+) -> None:
+    """A KeyboardInterrupt after part of a batch was sent leaves the writer refusing more."""
+    monkeypatch.setattr(storage, "CHUNK_OPERATIONS", 1)
+    monkeypatch.setattr(storage, "_ROWS_PER_STATEMENT", 2 if statements == "several" else 10)
+    path = tmp_path / "ops.dbm"
+    writer = JournalWriter.create(path)
+    writer.append([operation(0)])
+    real_send = storage._send
+    sends: list[str] = []
+
+    def send(store: object, sql: str, args: object) -> object:
+        sends.append(sql)
+        if len(sends) == interrupted_send:  # before the COMMIT (one statement), or the
+            raise KeyboardInterrupt  # second INSERT after BEGIN and the first (several)
+        return real_send(store, sql, args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(storage, "_send", send)
+    with pytest.raises(KeyboardInterrupt):
+        writer.append([operation(i) for i in range(1, 6)])
+    monkeypatch.setattr(storage, "_send", real_send)
+    with pytest.raises(JournalError, match="interrupted by KeyboardInterrupt"):
+        writer.append([operation(6)])
+    writer.close()
+    assert_only_first_batch(path)
 
 
 def test_sealed_journal_is_one_self_contained_file(tmp_path: Path) -> None:
