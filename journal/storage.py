@@ -19,6 +19,7 @@ Everything that knows about SQLite, ``sqlitedict`` and file locks lives in this 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import errno
 import fcntl
@@ -78,9 +79,11 @@ WRITE_TIMEOUT: Final = 60.0
 # Records per INSERT statement: two bound values each, within the SQLite library's limit
 # (999 before SQLite 3.32, 32,766 since), so that every batch of up to a million
 # operations is a single statement.
-_ROWS_PER_STATEMENT: Final = min(
-    1000, sqlite3.connect(":memory:").getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // 2
-)
+with contextlib.closing(sqlite3.connect(":memory:")) as _probe:
+    _ROWS_PER_STATEMENT: Final = min(
+        1000, _probe.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // 2
+    )
+del _probe
 
 
 def key_for(sequence: int) -> str:
