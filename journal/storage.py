@@ -76,6 +76,8 @@ CHUNK_OPERATIONS: Final = 1000
 # How long a write may take before the journal is declared broken. Generous, because a
 # batch waits for fsync; finite, because sqlitedict can otherwise wait forever.
 WRITE_TIMEOUT: Final = 60.0
+# How long closing a broken writer waits for the statement SQLite may still be running.
+CLOSE_TIMEOUT: Final = 60.0
 # Records per INSERT statement: two bound values each, within the SQLite library's limit
 # (999 before SQLite 3.32, 32,766 since), so that every batch of up to a million
 # operations is a single statement.
@@ -316,7 +318,21 @@ class JournalWriter:
         # every batch, so a full disk fails here, while the journal is still truthfully
         # unsealed, rather than after a seal that an error then calls absent.
         self._fold(busy_ok=True)
-        self._write([(KIND_SEAL, 0, _json(seal))])
+        try:
+            self._write([(KIND_SEAL, 0, _json(seal))])
+        except JournalError as err:
+            # A COMMIT that timed out may still complete: once the worker has finished,
+            # the file says whether the journal is sealed, and the error must say so too.
+            self.close()
+            if _has_record(self.path, self._records):
+                raise JournalError(
+                    f"journal {self.path}: writing its seal record reported a failure "
+                    f"({err.__cause__ or err}), but the record reached the file: the journal "
+                    "is sealed and complete. Do not record it again: replay it as it is, "
+                    "or copy it together with its -wal file",
+                    path=self.path,
+                ) from err
+            raise
         try:
             # Only the seal's few pages are left to fold now.
             self._fold()
@@ -363,7 +379,7 @@ class JournalWriter:
             if worker is not None:
                 # A forced close does not wait for the worker; the lock must outlast its
                 # last write, or another writer could take over a file still being written.
-                worker.join(WRITE_TIMEOUT)
+                worker.join(CLOSE_TIMEOUT)
         except Exception:
             pass
         finally:
@@ -565,6 +581,21 @@ def _lock(path: Path, *, overwrite: bool) -> int:
         for suffix in ("-wal", "-shm", "-journal"):
             Path(f"{path}{suffix}").unlink(missing_ok=True)
     return fd
+
+
+def _has_record(path: Path, sequence: int) -> bool:
+    """Whether record ``sequence`` is committed in the journal at ``path``; False if unreadable."""
+    try:
+        conn = open_readonly(path)
+    except (OSError, JournalError):
+        return False
+    try:
+        query = f'SELECT 1 FROM "{TABLE}" WHERE key = ?'
+        return conn.execute(query, (key_for(sequence),)).fetchone() is not None
+    except sqlite3.Error:
+        return False
+    finally:
+        conn.close()
 
 
 def _discard(path: Path) -> None:

@@ -315,6 +315,45 @@ def test_failing_commit_raises_within_bounded_time(tmp_path: Path) -> None:
         assert [op["ref"] for _, op in journal.operations()] == ["new:0"]
 
 
+def test_seal_that_times_out_but_lands_is_reported_sealed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A seal whose write times out but still reaches the file is reported as sealed."""
+    path = tmp_path / "ops.dbm"
+    writer = JournalWriter.create(path)
+    writer.append([operation(0)])
+    # The seal record (sequence 2) takes SQLite far longer than the writer waits for it.
+    writer._call(
+        "CREATE TEMP TRIGGER slow AFTER INSERT ON main.records "
+        f"WHEN NEW.key = '{storage.key_for(2)}' BEGIN SELECT count(*) FROM ("
+        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 3000000) "
+        "SELECT x FROM c); END"
+    )
+    monkeypatch.setattr(storage, "WRITE_TIMEOUT", 0.01)
+    with pytest.raises(JournalError, match="the journal is sealed and complete"):
+        writer.seal()
+    with Journal(path) as journal:
+        assert journal.state == "sealed"
+        journal.verify()
+        assert [op["ref"] for _, op in journal.operations()] == ["new:0"]
+
+
+def test_seal_that_fails_is_reported_unsealed(tmp_path: Path) -> None:
+    """A seal record SQLite refuses leaves an unsealed journal and an error that says so."""
+    path = tmp_path / "ops.dbm"
+    writer = JournalWriter.create(path)
+    writer.append([operation(0)])
+    writer._call(
+        "CREATE TEMP TRIGGER refuse AFTER INSERT ON main.records "
+        f"WHEN NEW.key = '{storage.key_for(2)}' BEGIN SELECT RAISE(ABORT, 'refused'); END"
+    )
+    with pytest.raises(JournalError, match="stays unsealed") as failure:
+        writer.seal()
+    assert "sealed and complete" not in str(failure.value)
+    with Journal(path) as journal:
+        assert journal.state == "incomplete"
+
+
 # -- the tamper matrix ---------------------------------------------------------------------
 
 
