@@ -99,6 +99,25 @@ def test_batch_of_several_statements_is_written_whole(
         assert [seq for seq, _ in journal.operations()] == [1, 2, 3, 4, 5]
 
 
+def writer_after_one_batch(
+    path: Path, monkeypatch: pytest.MonkeyPatch, *, rows_per_statement: int = 10
+) -> JournalWriter:
+    """A writer of one record per operation that has written batch 1 (``new:0``)."""
+    monkeypatch.setattr(storage, "CHUNK_OPERATIONS", 1)
+    monkeypatch.setattr(storage, "_ROWS_PER_STATEMENT", rows_per_statement)
+    writer = JournalWriter.create(path)
+    writer.append([operation(0)])
+    return writer
+
+
+def on_insert_of(writer: JournalWriter, sequence: int, action: str) -> None:
+    """Make SQLite run ``action`` (a statement) when record ``sequence`` is inserted."""
+    writer._call(
+        f"CREATE TEMP TRIGGER on_record_{sequence} AFTER INSERT ON main.records "
+        f"WHEN NEW.key = '{storage.key_for(sequence)}' BEGIN {action}; END"
+    )
+
+
 def assert_only_first_batch(path: Path) -> None:
     with raw(path) as conn:
         keys = [key for (key,) in conn.execute("SELECT key FROM records ORDER BY key")]
@@ -122,17 +141,13 @@ def test_failed_insert_commits_none_of_its_batch(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, statements: str, action: str, message: str
 ) -> None:
     """A batch whose INSERT fails leaves none of its records, whether it takes one or several."""
-    monkeypatch.setattr(storage, "CHUNK_OPERATIONS", 1)
-    monkeypatch.setattr(storage, "_ROWS_PER_STATEMENT", 2 if statements == "several" else 10)
     path = tmp_path / "ops.dbm"
-    writer = JournalWriter.create(path)
-    writer.append([operation(0)])
+    writer = writer_after_one_batch(
+        path, monkeypatch, rows_per_statement=2 if statements == "several" else 10
+    )
     # Records 2..6 are the next batch; with two per statement, record 4 opens the second
     # statement, and the worker still runs the third after the second failed.
-    writer._call(
-        "CREATE TEMP TRIGGER refuse AFTER INSERT ON main.records "
-        f"WHEN NEW.key = '{storage.key_for(4)}' BEGIN SELECT RAISE({action}, 'refused'); END"
-    )
+    on_insert_of(writer, 4, f"SELECT RAISE({action}, 'refused')")
     with pytest.raises(JournalError, match=message):
         writer.append([operation(i) for i in range(1, 6)])
     with pytest.raises(JournalError, match="can no longer be written"):
@@ -146,11 +161,10 @@ def test_interrupted_batch_is_never_committed_by_the_next(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, statements: str, interrupted_send: int
 ) -> None:
     """A KeyboardInterrupt after part of a batch was sent leaves the writer refusing more."""
-    monkeypatch.setattr(storage, "CHUNK_OPERATIONS", 1)
-    monkeypatch.setattr(storage, "_ROWS_PER_STATEMENT", 2 if statements == "several" else 10)
     path = tmp_path / "ops.dbm"
-    writer = JournalWriter.create(path)
-    writer.append([operation(0)])
+    writer = writer_after_one_batch(
+        path, monkeypatch, rows_per_statement=2 if statements == "several" else 10
+    )
     real_send = storage._send
     sends: list[str] = []
 
@@ -320,14 +334,13 @@ def test_seal_that_times_out_but_lands_is_reported_sealed(
 ) -> None:
     """A seal whose write times out but still reaches the file is reported as sealed."""
     path = tmp_path / "ops.dbm"
-    writer = JournalWriter.create(path)
-    writer.append([operation(0)])
+    writer = writer_after_one_batch(path, monkeypatch)
     # The seal record (sequence 2) takes SQLite far longer than the writer waits for it.
-    writer._call(
-        "CREATE TEMP TRIGGER slow AFTER INSERT ON main.records "
-        f"WHEN NEW.key = '{storage.key_for(2)}' BEGIN SELECT count(*) FROM ("
-        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 3000000) "
-        "SELECT x FROM c); END"
+    on_insert_of(
+        writer,
+        2,
+        "SELECT count(*) FROM (WITH RECURSIVE c(x) AS "
+        "(SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 3000000) SELECT x FROM c)",
     )
     monkeypatch.setattr(storage, "WRITE_TIMEOUT", 0.01)
     with pytest.raises(JournalError, match="the journal is sealed and complete"):
@@ -338,15 +351,13 @@ def test_seal_that_times_out_but_lands_is_reported_sealed(
         assert [op["ref"] for _, op in journal.operations()] == ["new:0"]
 
 
-def test_seal_that_fails_is_reported_unsealed(tmp_path: Path) -> None:
+def test_seal_that_fails_is_reported_unsealed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A seal record SQLite refuses leaves an unsealed journal and an error that says so."""
     path = tmp_path / "ops.dbm"
-    writer = JournalWriter.create(path)
-    writer.append([operation(0)])
-    writer._call(
-        "CREATE TEMP TRIGGER refuse AFTER INSERT ON main.records "
-        f"WHEN NEW.key = '{storage.key_for(2)}' BEGIN SELECT RAISE(ABORT, 'refused'); END"
-    )
+    writer = writer_after_one_batch(path, monkeypatch)
+    on_insert_of(writer, 2, "SELECT RAISE(ABORT, 'refused')")
     with pytest.raises(JournalError, match="stays unsealed") as failure:
         writer.seal()
     assert "sealed and complete" not in str(failure.value)
