@@ -79,7 +79,7 @@ WRITE_TIMEOUT: Final = 60.0
 # How long closing a broken writer waits for the statement SQLite may still be running.
 CLOSE_TIMEOUT: Final = 60.0
 # Records per INSERT statement: two bound values each, within the SQLite library's limit
-# (999 before SQLite 3.32, 32,766 since), so that every batch of up to a million
+# (999 before SQLite 3.32, 32,766 since). With a current SQLite a batch of up to a million
 # operations is a single statement.
 with contextlib.closing(sqlite3.connect(":memory:")) as _probe:
     _ROWS_PER_STATEMENT: Final = min(
