@@ -75,8 +75,9 @@ class QueryMemo:
         self._readers: dict[str, set[_Key]] = {}
         # The first result's metadata per statement variant (a key without its bound
         # values), shared by later results laid out the same way: each result's own would
-        # keep its whole query context alive, and the garbage collector busy.
-        self._layouts: dict[Hashable, _Rows] = {}
+        # keep its whole query context alive, and the garbage collector busy. Not its rows:
+        # they would keep its instances alive after its entry was dropped.
+        self._layouts: dict[Hashable, _Layout] = {}
 
     def __len__(self) -> int:
         """Return how many results are memoized."""
@@ -129,6 +130,13 @@ class _Shape:
     def __init__(self, *, passes: bool) -> None:
         self.passes = passes  # a row lock, a relationship load or a refresh
         self.reads: frozenset[str] | None = None  # found on the first miss
+
+
+class _Layout(NamedTuple):
+    """What results of one statement variant share: metadata and the ORM's attributes."""
+
+    metadata: ResultMetaData
+    attributes: Mapping[Any, Any]
 
 
 class _Rows(NamedTuple):
@@ -229,8 +237,10 @@ def _on_execute(orm_context: ORMExecuteState) -> Result[Any] | None:
     if not reads:
         return None  # a sequence, a clock or a constant: cheap to ask and maybe volatile
     variant = (key[0], *key[2:])
-    rows = _capture(orm_context.invoke_statement(), memo._layouts.get(variant))
-    memo._layouts.setdefault(variant, rows)
+    like = memo._layouts.get(variant)
+    rows = _capture(orm_context.invoke_statement(), like)
+    if like is None:
+        memo._layouts[variant] = _Layout(rows.metadata, rows.attributes)
     memo._store(key, _Entry(rows, reads, sql))
     memo.misses += 1
     return _serve(rows)
@@ -323,7 +333,7 @@ def _shape(structure: Hashable, orm_context: ORMExecuteState, statement: Any) ->
     return shape
 
 
-def _capture(result: Result[Any], like: _Rows | None) -> _Rows:
+def _capture(result: Result[Any], like: _Layout | None) -> _Rows:
     """Consume ``result`` into rows that can be served again, as ``Result.freeze()`` does.
 
     With its helpers ``_same_layout`` and ``_serve``, the other place that uses SQLAlchemy
@@ -355,7 +365,7 @@ def _capture(result: Result[Any], like: _Rows | None) -> _Rows:
     return _Rows(metadata, data, attributes, scalars, unique)
 
 
-def _same_layout(metadata: Any, attributes: Mapping[Any, Any], like: _Rows) -> bool:
+def _same_layout(metadata: Any, attributes: Mapping[Any, Any], like: _Layout) -> bool:
     """Say whether an ORM result is laid out as ``like``: the very same keys and entities.
 
     Reads the metadata's internals for ``_capture`` (checked on 2.1.9).

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import logging
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -403,6 +405,17 @@ def test_a_flush_drops_the_results_reading_its_tables(
         }[change]
     )
     assert (memo.misses, memo.invalidations) == (2, 1)
+
+
+def test_a_dropped_result_keeps_no_instance_alive(db: Db, session: JournalingSession) -> None:
+    """Once the memoized result holding an instance is dropped, the memo no longer holds it."""
+    with session.reusing_query_results() as memo:
+        bob = weakref.ref(authors(session)[1])
+        session.add(Author(id=4, name="dan"))
+        session.flush()  # drops the result, which held the only reference to bob
+        gc.collect()
+        assert bob() is None
+        assert memo.invalidations == 1
 
 
 def test_a_flush_keeps_results_of_other_tables(db: Db, session: JournalingSession) -> None:
