@@ -35,7 +35,14 @@ from sqlalchemy.engine import IteratorResult, Result
 from sqlalchemy.engine.result import ResultMetaData, SimpleResultMetaData
 from sqlalchemy.orm import ORMExecuteState, RelationshipDirection, Session, SessionTransaction
 from sqlalchemy.sql import visitors
-from sqlalchemy.sql.expression import ColumnClause, Select, TableClause, TextClause, TextualSelect
+from sqlalchemy.sql.expression import (
+    ColumnClause,
+    ColumnElement,
+    Select,
+    TableClause,
+    TextClause,
+    TextualSelect,
+)
 
 __all__ = ["QueryMemo", "install", "invalidate", "reusing_query_results"]
 
@@ -231,7 +238,7 @@ def _on_execute(orm_context: ORMExecuteState) -> Result[Any] | None:
         memo.hits += 1
         if log.isEnabledFor(logging.DEBUG):
             log.debug("Reusing query results: %s", entry.sql or _render(orm_context))
-        return _serve(entry.rows)
+        return _serve(entry.rows, statement)
     sql = _log_query(orm_context) if log.isEnabledFor(logging.INFO) else None
     reads = key[0].reads or _tables_read(key[0], statement)
     if not reads:
@@ -246,13 +253,15 @@ def _on_execute(orm_context: ORMExecuteState) -> Result[Any] | None:
     return _serve(rows)
 
 
-def _serve(rows: _Rows) -> Result[Any]:
+def _serve(rows: _Rows, statement: Any = None) -> Result[Any]:
     """Return a new result over ``rows``: what calling a ``FrozenResult`` returns.
 
     Uses SQLAlchemy internals as ``_capture`` does: a result's attributes have no setter.
+    A hit passes the ``statement`` it answers, whose column objects the rows must know.
     """
+    metadata = rows.metadata if statement is None else _keyed_for(rows.metadata, statement)
     result: IteratorResult[Any] = IteratorResult(
-        rows.metadata, iter(rows.data), _source_supports_scalars=rows.scalars
+        metadata, iter(rows.data), _source_supports_scalars=rows.scalars
     )
     result._attributes = rows.attributes  # type: ignore[assignment]
     # A joined eager load of a collection repeats parent rows and SQLAlchemy insists on
@@ -363,6 +372,40 @@ def _capture(result: Result[Any], like: _Layout | None) -> _Rows:
     data = list(source._raw_row_iterator()) if scalars else source._allrows()
     unique = source._unique_filter_state is not None
     return _Rows(metadata, data, attributes, scalars, unique)
+
+
+def _keyed_for(metadata: ResultMetaData, statement: Any) -> ResultMetaData:
+    """Return ``metadata`` with the column objects of ``statement`` among its keys.
+
+    The rows of a hit were captured from another statement object of the same structure,
+    and their metadata knows that statement's labels and literal columns; a plain session
+    keys a result by the objects of the statement it executed (``row._mapping[label]``).
+    Objects that are the same in every statement (mapped attributes, entities, table
+    columns) are known already, so most hits serve the metadata as it is.
+
+    Reads ``Select._raw_columns`` (one per result column when their numbers match) and
+    builds a ``SimpleResultMetaData`` from its fields: checked on SQLAlchemy 2.1.9.
+    """
+    raw = getattr(statement, "_raw_columns", None)
+    if type(metadata) is not SimpleResultMetaData or raw is None:
+        return metadata
+    source: Any = metadata
+    keymap, keys = source._keymap, source._keys
+    if len(raw) != len(keys):
+        return metadata  # a table or another FROM clause selected whole: many columns
+    added = {
+        column: index
+        for index, column in enumerate(raw)
+        if isinstance(column, ColumnElement) and column not in keymap
+    }
+    if not added:
+        return metadata
+    keyed: Any = object.__new__(SimpleResultMetaData)
+    for name in SimpleResultMetaData.__slots__:
+        setattr(keyed, name, getattr(source, name))
+    keyed._keymap = {**keymap, **{c: (i, keys[i], (c,)) for c, i in added.items()}}
+    keyed._key_to_index = {**source._key_to_index, **added}
+    return keyed  # type: ignore[no-any-return]
 
 
 def _same_layout(metadata: Any, attributes: Mapping[Any, Any], like: _Layout) -> bool:

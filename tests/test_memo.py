@@ -27,6 +27,7 @@ from sqlalchemy import (
     insert,
     lambda_stmt,
     literal,
+    literal_column,
     select,
     text,
     update,
@@ -267,6 +268,26 @@ def test_entity_tuples_are_served_with_the_same_instances(
     )
     assert second[0].Book is first[0].Book
     assert memo.hits == 2
+
+
+def test_a_hit_is_keyed_by_the_columns_of_its_own_statement(
+    db: Db, session: JournalingSession
+) -> None:
+    """Rows of a hit are found by the labels and literal columns of the statement executed."""
+
+    def statement() -> Any:
+        lower = func.lower(Author.name).label("lower")
+        return select(Author, Author.name, lower, literal_column("'x'")).where(Author.id == 1)
+
+    with session.reusing_query_results() as memo:
+        for _ in range(2):
+            stmt = statement()
+            row = session.execute(stmt).one()
+            columns = list(stmt.selected_columns)[-3:]
+            raw = stmt._raw_columns  # what the caller built: the label, the literal column
+            assert [row._mapping[c] for c in (*columns, *raw[1:])] == ["ann", "ann", "x"] * 2
+            assert row._mapping[Author].name == row._mapping[Author.name] == row.lower == "ann"
+    assert (memo.misses, memo.hits) == (1, 1)
 
 
 def test_joined_eager_collections_are_served_uniqued(db: Db, session: JournalingSession) -> None:
