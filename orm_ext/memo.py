@@ -83,7 +83,8 @@ class QueryMemo:
         # The first result's metadata per statement variant (a key without its bound
         # values), shared by later results laid out the same way: each result's own would
         # keep its whole query context alive, and the garbage collector busy. Not its rows:
-        # they would keep its instances alive after its entry was dropped.
+        # they would keep its instances alive after its entry was dropped; for the same
+        # reason layouts are forgotten whenever entries are dropped.
         self._layouts: dict[Hashable, _Layout] = {}
 
     def __len__(self) -> int:
@@ -122,6 +123,10 @@ class QueryMemo:
             self.invalidations += 1
             for name in self._entries.pop(key).reads:
                 self._readers.get(name, set()).discard(key)
+        if doomed:
+            # A layout's metadata can hold its first result's query context (the unique
+            # filters of a subquery load keep the loaded instances): none outlives its entry.
+            self._layouts.clear()
 
 
 class _Shape:
@@ -250,16 +255,16 @@ def _on_execute(orm_context: ORMExecuteState) -> Result[Any] | None:
         memo._layouts[variant] = _Layout(rows.metadata, rows.attributes)
     memo._store(key, _Entry(rows, reads, sql))
     memo.misses += 1
-    return _serve(rows)
+    return _serve(rows, statement)
 
 
-def _serve(rows: _Rows, statement: Any = None) -> Result[Any]:
-    """Return a new result over ``rows``: what calling a ``FrozenResult`` returns.
+def _serve(rows: _Rows, statement: Any) -> Result[Any]:
+    """Return a new result over ``rows`` for ``statement``: what calling a ``FrozenResult``
+    returns, keyed by ``statement``'s own column objects (see ``_keyed_for``).
 
     Uses SQLAlchemy internals as ``_capture`` does: a result's attributes have no setter.
-    A hit passes the ``statement`` it answers, whose column objects the rows must know.
     """
-    metadata = rows.metadata if statement is None else _keyed_for(rows.metadata, statement)
+    metadata = _keyed_for(rows.metadata, statement)
     result: IteratorResult[Any] = IteratorResult(
         metadata, iter(rows.data), _source_supports_scalars=rows.scalars
     )
@@ -272,7 +277,7 @@ def _serve(rows: _Rows, statement: Any = None) -> Result[Any]:
 def _memo_key(orm_context: ORMExecuteState, statement: Any) -> _Key | None:
     """Autoflush, then return the memo key of a SELECT, or None if it must pass through.
 
-    One of the two functions that use SQLAlchemy internals (checked on 2.1.9): nothing
+    One of the functions that use SQLAlchemy internals (checked on 2.1.9): nothing
     public shows the legacy ``Query`` load flags or the cache key the compiled cache uses,
     or runs the ORM's autoflush (which is skipped while a flush is running); it must run
     here because ``do_orm_execute`` comes before SQLAlchemy's own. The cache key is
@@ -345,31 +350,35 @@ def _shape(structure: Hashable, orm_context: ORMExecuteState, statement: Any) ->
 def _capture(result: Result[Any], like: _Layout | None) -> _Rows:
     """Consume ``result`` into rows that can be served again, as ``Result.freeze()`` does.
 
-    With its helpers ``_same_layout`` and ``_serve``, the other place that uses SQLAlchemy
-    internals (checked on 2.1.9), those ``Result.freeze()`` uses. ``freeze()`` copies the
-    result's metadata without its row processors; an ORM result has none, so its metadata
-    is kept as it is, which spares building a copy on every miss. ``like``'s is kept instead
-    if it names the same keys with the very same entity objects: an ORM result's entities
-    come from the cached compiled statement, so other executions of it share them, while a
-    column object built anew with each statement does not. The ORM marks results of joined
-    eager loads of collections as requiring ``unique()`` and shows it no other way.
+    With its helpers ``_same_layout``, ``_serve`` and ``_keyed_for``, the other place that
+    uses SQLAlchemy internals (checked on 2.1.9), those ``Result.freeze()`` uses.
+    ``freeze()`` copies the result's metadata without its row processors; an ORM result
+    has none, so its metadata is kept as it is, which spares building a copy on every
+    miss. ``like``'s is kept instead if it names the same keys with the very same entity
+    objects: an ORM result's entities come from the cached compiled statement, so other
+    executions of it share them, while a column object built anew with each statement
+    does not. The ORM marks results of joined eager loads of collections as requiring
+    ``unique()`` and shows it no other way.
     """
     source: Any = result
     metadata: Any = source._metadata
     attributes = source._attributes
-    if not (
+    finished = (
         type(metadata) is SimpleResultMetaData
         and metadata._processors is None
         and metadata._tuplefilter is None
         and metadata._translated_indexes is None
-    ):
+    )
+    if not finished:
         metadata = metadata._for_freeze()
     elif like is not None and _same_layout(metadata, attributes, like):
         metadata, attributes = like.metadata, like.attributes
     scalars: bool = source._source_supports_scalars
-    # _allrows() rather than fetchall(), as freeze() does, so that a result of the asyncio
-    # extension (whose fetchall() is a coroutine) is consumed inside its greenlet.
-    data = list(source._raw_row_iterator()) if scalars else source._allrows()
+    # An ORM result's raw rows are its finished rows, read without the unique() check a
+    # joined eager load of a collection makes _allrows() raise (the rows are served
+    # uniqued). A Core result's raw rows are the driver's: _allrows() processes them, and,
+    # as freeze() does, consumes a result of the asyncio extension inside its greenlet.
+    data = list(source._raw_row_iterator()) if scalars or finished else source._allrows()
     unique = source._unique_filter_state is not None
     return _Rows(metadata, data, attributes, scalars, unique)
 
@@ -377,35 +386,35 @@ def _capture(result: Result[Any], like: _Layout | None) -> _Rows:
 def _keyed_for(metadata: ResultMetaData, statement: Any) -> ResultMetaData:
     """Return ``metadata`` with the column objects of ``statement`` among its keys.
 
-    The rows of a hit were captured from another statement object of the same structure,
-    and their metadata knows that statement's labels and literal columns; a plain session
+    Rows captured from one statement object are served for another of the same structure
+    (a hit), or for a Core statement whose metadata ``_capture`` copied; a plain session
     keys a result by the objects of the statement it executed (``row._mapping[label]``).
-    Objects that are the same in every statement (mapped attributes, entities, table
-    columns) are known already, so most hits serve the metadata as it is.
+    Objects the same in every statement (entities, mapped attributes, table columns) are
+    known already, so most results are served with their metadata as it is. As
+    SQLAlchemy does for each execution, the statement's column joins the record of its
+    position, so that ``freeze()`` and ``columns()`` keep it.
 
-    Reads ``Select._raw_columns`` (one per result column when their numbers match) and
-    builds a ``SimpleResultMetaData`` from its fields: checked on SQLAlchemy 2.1.9.
+    Reads ``Select._raw_columns``, one per result column when their numbers match (a
+    table or subquery selected whole makes them differ: such a result stays keyed by the
+    first statement's objects), and the fields of ``SimpleResultMetaData``: checked on
+    SQLAlchemy 2.1.9.
     """
     raw = getattr(statement, "_raw_columns", None)
-    if type(metadata) is not SimpleResultMetaData or raw is None:
-        return metadata
     source: Any = metadata
-    keymap, keys = source._keymap, source._keys
-    if len(raw) != len(keys):
-        return metadata  # a table or another FROM clause selected whole: many columns
-    added = {
-        column: index
-        for index, column in enumerate(raw)
-        if isinstance(column, ColumnElement) and column not in keymap
-    }
-    if not added:
+    if raw is None or len(raw) != len(source._keys):
         return metadata
-    keyed: Any = object.__new__(SimpleResultMetaData)
-    for name in SimpleResultMetaData.__slots__:
-        setattr(keyed, name, getattr(source, name))
-    keyed._keymap = {**keymap, **{c: (i, keys[i], (c,)) for c, i in added.items()}}
-    keyed._key_to_index = {**source._key_to_index, **added}
-    return keyed  # type: ignore[no-any-return]
+    keymap = source._keymap
+    added = [c if isinstance(c, ColumnElement) and c not in keymap else None for c in raw]
+    if not any(c is not None for c in added):
+        return metadata
+    # Every key of a column maps to the same record: (index, name, objects).
+    records = {record[0]: record for record in keymap.values()}
+    return SimpleResultMetaData(
+        source._keys,
+        extra=[records[i][2] + (() if c is None else (c,)) for i, c in enumerate(added)],
+        _create_unique_filters=source._create_unique_filters,
+        _ambiguous_keys=source._ambiguous_keys,
+    )
 
 
 def _same_layout(metadata: Any, attributes: Mapping[Any, Any], like: _Layout) -> bool:

@@ -41,6 +41,7 @@ from sqlalchemy.orm import (
     joinedload,
     mapped_column,
     relationship,
+    subqueryload,
     with_parent,
 )
 
@@ -270,23 +271,59 @@ def test_entity_tuples_are_served_with_the_same_instances(
     assert memo.hits == 2
 
 
-def test_a_hit_is_keyed_by_the_columns_of_its_own_statement(
+def test_a_result_is_keyed_by_the_columns_of_its_own_statement(
     db: Db, session: JournalingSession
 ) -> None:
-    """Rows of a hit are found by the labels and literal columns of the statement executed."""
+    """Rows, missed or hit, are found by the labels and literal columns of the statement run."""
 
-    def statement() -> Any:
+    def statement() -> tuple[Any, Any, Any]:
         lower = func.lower(Author.name).label("lower")
-        return select(Author, Author.name, lower, literal_column("'x'")).where(Author.id == 1)
+        x = literal_column("'x'")
+        return select(Author, Author.name, lower, x).where(Author.id == 1), lower, x
 
     with session.reusing_query_results() as memo:
         for _ in range(2):
-            stmt = statement()
+            stmt, lower, x = statement()
             row = session.execute(stmt).one()
-            columns = list(stmt.selected_columns)[-3:]
-            raw = stmt._raw_columns  # what the caller built: the label, the literal column
-            assert [row._mapping[c] for c in (*columns, *raw[1:])] == ["ann", "ann", "x"] * 2
-            assert row._mapping[Author].name == row._mapping[Author.name] == row.lower == "ann"
+            assert (row._mapping[lower], row._mapping[x], row.lower) == ("ann", "x", "ann")
+            assert row._mapping[Author].name == row._mapping[Author.name] == "ann"
+            assert session.execute(stmt).freeze()().one()._mapping[lower] == "ann"
+            assert session.execute(stmt).columns("lower").one()._mapping[lower] == "ann"
+    assert (memo.misses, memo.hits) == (1, 5)
+
+
+def test_a_core_result_is_keyed_by_the_columns_of_its_own_statement(
+    db: Db, session: JournalingSession
+) -> None:
+    """A Core SELECT's rows are found by its own labels when another object compiled it first."""
+    table = Author.__table__
+
+    def statement() -> tuple[Any, Any]:
+        upper = func.upper(table.c.name).label("upper")
+        return select(table.c.id, upper).where(table.c.id == 1), upper
+
+    session.execute(statement()[0]).all()
+    with session.reusing_query_results() as memo:
+        for _ in range(2):
+            stmt, upper = statement()
+            assert session.execute(stmt).one()._mapping[upper] == "ANN"
+    assert (memo.misses, memo.hits) == (1, 1)
+
+
+def test_a_joined_eager_load_with_a_column_is_served_like_a_plain_session(
+    db: Db, session: JournalingSession
+) -> None:
+    """Entities with a joined eager collection and a column are memoized and read uniqued."""
+    stmt = (
+        select(Author, func.lower(Author.name).label("lower"))
+        .options(joinedload(Author.books))
+        .where(Author.id < 3)
+        .order_by(Author.id)
+    )
+    with session.reusing_query_results() as memo:
+        first = [(a.id, lower, len(a.books)) for a, lower in session.execute(stmt).unique()]
+        second = [(a.id, lower, len(a.books)) for a, lower in session.execute(stmt).unique()]
+    assert first == second == [(1, "ann", 2), (2, "bob", 0)]
     assert (memo.misses, memo.hits) == (1, 1)
 
 
@@ -428,14 +465,22 @@ def test_a_flush_drops_the_results_reading_its_tables(
     assert (memo.misses, memo.invalidations) == (2, 1)
 
 
-def test_a_dropped_result_keeps_no_instance_alive(db: Db, session: JournalingSession) -> None:
+@pytest.mark.parametrize("loader", [None, subqueryload], ids=["lazy", "subqueryload"])
+def test_a_dropped_result_keeps_no_instance_alive(
+    db: Db, session: JournalingSession, loader: Any
+) -> None:
     """Once the memoized result holding an instance is dropped, the memo no longer holds it."""
+    stmt = select(Author).where(Author.id < 10).order_by(Author.id)
+    if loader is not None:
+        stmt = stmt.options(loader(Author.books))
     with session.reusing_query_results() as memo:
-        bob = weakref.ref(authors(session)[1])
+        found = session.scalars(stmt).all()
+        ann, book = weakref.ref(found[0]), weakref.ref(found[0].books[0])
+        del found
         session.add(Author(id=4, name="dan"))
-        session.flush()  # drops the result, which held the only reference to bob
+        session.flush()  # drops the result, which held the only references
         gc.collect()
-        assert bob() is None
+        assert (ann(), book()) == (None, None)
         assert memo.invalidations == 1
 
 
