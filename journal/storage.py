@@ -439,10 +439,8 @@ class JournalWriter:
             else:
                 self._call("BEGIN IMMEDIATE")
                 for start in range(0, len(rows), _ROWS_PER_STATEMENT):
-                    sent = self._send(
-                        _insert_statement(len(rows[start : start + _ROWS_PER_STATEMENT])),
-                        _flat(rows[start : start + _ROWS_PER_STATEMENT]),
-                    )
+                    part = rows[start : start + _ROWS_PER_STATEMENT]
+                    sent = self._send(_insert_statement(len(part)), _flat(part))
                 # Raises the error of any of the statements, which all ran before the last.
                 self._receive(sent)
             self._commit()

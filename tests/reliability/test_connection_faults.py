@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +114,15 @@ def test_connection_terminated_before_a_random_statement(
     assert outcomes["error, rerun applied"] >= TERMINATIONS * soak // 2
 
 
+@pytest.fixture
+def proxy(server: Backend) -> Iterator[CuttingProxy]:
+    """A cutting proxy in front of ``server``, closed after the test."""
+    url = sa.make_url(server.url)
+    proxy = CuttingProxy(url.host or "127.0.0.1", url.port or 0)
+    yield proxy
+    proxy.close()
+
+
 def through(proxy: CuttingProxy, backend: Backend, request: pytest.FixtureRequest) -> sa.Engine:
     """An engine on ``backend``'s database A whose connections go through ``proxy``."""
     engine = sa.create_engine(sa.make_url(backend.url).set(host="127.0.0.1", port=proxy.port))
@@ -122,70 +132,66 @@ def through(proxy: CuttingProxy, backend: Backend, request: pytest.FixtureReques
 
 @pytest.mark.parametrize("mode", ["drop_commit", "drop_answer"])
 def test_commit_outcome_unknown(
-    server: Backend, tmp_path: Path, soak: int, mode: Any, request: pytest.FixtureRequest
+    server: Backend,
+    proxy: CuttingProxy,
+    tmp_path: Path,
+    soak: int,
+    mode: Any,
+    request: pytest.FixtureRequest,
 ) -> None:
+    """With the COMMIT or its answer lost, the error says from the ledger what to do."""
     engine = server.engine()
-    url = sa.make_url(server.url)
-    proxy = CuttingProxy(url.host or "127.0.0.1", url.port or 0)
-    try:
-        proxied = through(proxy, server, request)
-        path = tmp_path / "ops.dbm"
-        for _ in range(CUTS * soak):
-            workload.reset(engine, drop_ledger=False)
-            with engine.begin() as conn:
-                ledger.upgrade(conn)
-            before = workload.natural_state(engine)
-            workload.record(engine, path)
-            journal_bytes = path.read_bytes()
-            with Journal(path) as journal:
-                journal_id = journal.journal_id
-
-            proxy.arm(mode)
-            with pytest.raises(DeferredOperationError, match="while committing") as caught:
-                replay(proxied, path)
-            message = str(caught.value)
-            assert str(path) in message
-            assert path.read_bytes() == journal_bytes
-            landed = mode == "drop_answer"
-            if landed:
-                assert "shows the journal applied" in message, message
-                assert journal_id in workload.applied_ids(engine)
-                assert workload.natural_state(engine) != before
-            else:
-                assert "does not show the journal applied" in message, message
-                assert workload.natural_state(engine) == before
-
-            rerun = replay(engine, path)
-            assert rerun.applied is not landed
-            after = workload.natural_state(engine)
-            assert replay(engine, path).applied is False
-            assert workload.natural_state(engine) == after != before
-            assert workload.applied_ids(engine).count(journal_id) == 1
-        assert proxy.cuts == CUTS * soak
-    finally:
-        proxy.close()
-
-
-def test_commit_outcome_unknown_and_the_database_gone(
-    server: Backend, tmp_path: Path, request: pytest.FixtureRequest
-) -> None:
-    """The answer to COMMIT is lost and the database stays out of reach: say so, and what to do."""
-    engine = server.engine()
-    url = sa.make_url(server.url)
-    proxy = CuttingProxy(url.host or "127.0.0.1", url.port or 0)
-    try:
-        proxied = through(proxy, server, request)
+    proxied = through(proxy, server, request)
+    path = tmp_path / "ops.dbm"
+    for _ in range(CUTS * soak):
         workload.reset(engine, drop_ledger=False)
         with engine.begin() as conn:
             ledger.upgrade(conn)
-        path = tmp_path / "ops.dbm"
+        before = workload.natural_state(engine)
         workload.record(engine, path)
-        proxy.arm("drop_answer", then_refuse=True)
-        with pytest.raises(DeferredOperationError, match="cannot be reached") as caught:
+        journal_bytes = path.read_bytes()
+        with Journal(path) as journal:
+            journal_id = journal.journal_id
+
+        proxy.arm(mode)
+        with pytest.raises(DeferredOperationError, match="while committing") as caught:
             replay(proxied, path)
-        assert str(path) in str(caught.value)
-        assert "replay the journal again once it is back" in str(caught.value)
-        # The commit had landed: the rerun the message asks for applies nothing twice.
+        message = str(caught.value)
+        assert str(path) in message
+        assert path.read_bytes() == journal_bytes
+        landed = mode == "drop_answer"
+        if landed:
+            assert "shows the journal applied" in message, message
+            assert journal_id in workload.applied_ids(engine)
+            assert workload.natural_state(engine) != before
+        else:
+            assert "does not show the journal applied" in message, message
+            assert workload.natural_state(engine) == before
+
+        rerun = replay(engine, path)
+        assert rerun.applied is not landed
+        after = workload.natural_state(engine)
         assert replay(engine, path).applied is False
-    finally:
-        proxy.close()
+        assert workload.natural_state(engine) == after != before
+        assert workload.applied_ids(engine).count(journal_id) == 1
+    assert proxy.cuts == CUTS * soak
+
+
+def test_commit_outcome_unknown_and_the_database_gone(
+    server: Backend, proxy: CuttingProxy, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """The answer to COMMIT is lost and the database stays out of reach: say so, and what to do."""
+    engine = server.engine()
+    proxied = through(proxy, server, request)
+    workload.reset(engine, drop_ledger=False)
+    with engine.begin() as conn:
+        ledger.upgrade(conn)
+    path = tmp_path / "ops.dbm"
+    workload.record(engine, path)
+    proxy.arm("drop_answer", then_refuse=True)
+    with pytest.raises(DeferredOperationError, match="cannot be reached") as caught:
+        replay(proxied, path)
+    assert str(path) in str(caught.value)
+    assert "replay the journal again once it is back" in str(caught.value)
+    # The commit had landed: the rerun the message asks for applies nothing twice.
+    assert replay(engine, path).applied is False
