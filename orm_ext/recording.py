@@ -48,6 +48,7 @@ from journal import JournalWriter, Position
 from orm_ext import dml
 from orm_ext.exc import DeferredOperationError
 from orm_ext.fingerprint import describe_table, read_alembic_revision
+from orm_ext.gc_pause import paused_gc
 from orm_ext.references import Placeholder, class_path
 
 __all__ = ["DeferredOperations", "Recorder", "install", "refuse_if_recorded"]
@@ -424,8 +425,10 @@ class Recorder:
         # cannot be recorded raises with the session as it was, ready for another try.
         first_ref = self.next_ref
         self.pending = {state: first_ref + n for n, state in enumerate(new)}
+        # Several containers per recorded object, none of them cyclic: see gc_pause.
         try:
-            self._record(session, new, dirty, deleted)
+            with paused_gc():
+                self._record(session, new, dirty, deleted)
         finally:
             self.pending = {}
 

@@ -1,17 +1,20 @@
 """Recording's compact bookkeeping behaves as the full form did (SPEC §3).
 
 A new object's first rollback snapshot is kept as one flat tuple, objects created by a
-flush are remembered per batch, and leaving the block detaches an all-recorded session
-at once; these tests pin what each of them must still show.
+flush are remembered per batch, leaving the block detaches an all-recorded session at
+once, and a flush is recorded with the cyclic garbage collector paused; these tests pin
+what each of them must still show.
 """
 
 from __future__ import annotations
 
+import gc
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, func, select
 from sqlalchemy.orm import Session
 
 from journal import Journal
@@ -130,3 +133,57 @@ def test_leaving_the_block_detaches_only_recorded_objects(
             assert list(session) == [loaded]
         else:
             assert list(session) == []
+
+
+@pytest.fixture
+def collector_seen(world: Any) -> Iterator[list[bool]]:
+    """Whether the collector was enabled each time a recorded flush made an object persistent."""
+    seen: list[bool] = []
+
+    def note(session: Session, instance: object) -> None:
+        seen.append(gc.isenabled())
+
+    event.listen(Session, "pending_to_persistent", note)
+    try:
+        yield seen
+    finally:
+        event.remove(Session, "pending_to_persistent", note)
+        gc.enable()
+
+
+def test_a_flush_is_recorded_with_the_collector_paused(
+    world: Any, tmp_path: Path, collector_seen: list[bool]
+) -> None:
+    """The cyclic collector is off while a flush is recorded and on again right after."""
+    assert gc.isenabled()
+    with world.sessions() as session, session.deferred_operations(tmp_path / "ops.dbm"):
+        session.add_all([Task(name="a"), Task(name="b")])
+        session.flush()
+        assert collector_seen == [False, False]
+        assert gc.isenabled()
+    assert [op["values"]["name"] for op in operations(tmp_path / "ops.dbm")] == ["a", "b"]
+
+
+def test_a_refused_flush_leaves_the_collector_enabled(world: Any, tmp_path: Path) -> None:
+    """A flush that raises while it is recorded still turns the collector back on."""
+    with world.sessions() as session, session.deferred_operations(tmp_path / "ops.dbm"):
+        task = Task(name="x")
+        session.add(task)
+        task.name = func.upper("y")
+        with pytest.raises(DeferredOperationError, match="SQL expression"):
+            session.flush()
+        assert gc.isenabled()
+        task.name = "Y"
+
+
+def test_a_collector_the_program_disabled_stays_disabled(
+    world: Any, tmp_path: Path, collector_seen: list[bool]
+) -> None:
+    """Recording never turns on a collector that the program itself turned off."""
+    gc.disable()
+    with world.sessions() as session, session.deferred_operations(tmp_path / "ops.dbm"):
+        session.add(Task(name="a"))
+        session.flush()
+        assert not gc.isenabled()
+    assert collector_seen == [False]
+    assert not gc.isenabled()
