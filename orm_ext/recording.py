@@ -107,6 +107,7 @@ class _MapperPlan:
     tables: tuple[sqlalchemy.Table, ...]
     column_values: Callable[[dict[str, Any]], tuple[Any, ...]]  # in ``columns`` order
     many_to_one: tuple[str, ...]
+    related: tuple[str, ...]  # every relationship: what a rollback pins
     secondary: tuple[sqlalchemy.Table, ...] = field(default=())
 
 
@@ -164,6 +165,7 @@ def _make_plan(mapper: Mapper[Any]) -> _MapperPlan:
         tables=tuple(t for t in mapper.tables if isinstance(t, sqlalchemy.Table)),
         column_values=_tuple_getter(columns),
         many_to_one=tuple(k for k, m2o in relationships if m2o),
+        related=tuple(r.key for r in mapper.relationships),
         secondary=tuple(
             r.secondary
             for r in mapper.relationships
@@ -221,6 +223,8 @@ class Recorder:
         # (batch, states) of objects created since the last checkpoint, one entry per
         # flush: a rollback may discard their insert (see _forget_discarded).
         self.created: list[tuple[int, list[weakref.ref[InstanceState[Any]]]]] = []
+        # Related objects kept alive from a rollback's start to rolled_back (pin_related).
+        self.pinned: list[Any] = []
         self.io: JournalIO = _call
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -301,6 +305,7 @@ class Recorder:
         for connection in self.guarded:
             _recording_connections.pop(connection, None)
         self.guarded.clear()
+        self.pinned.clear()
         self.io(self.writer.close)
         session.expire_on_commit = self.saved_expire_on_commit
         states = session.identity_map.all_states()
@@ -332,6 +337,22 @@ class Recorder:
             self.checkpoint = position.batches
             self.created = [e for e in self.created if e[0] > self.checkpoint]
 
+    def pin_related(self) -> None:
+        """Keep every related object alive until :meth:`rolled_back` has run.
+
+        SQLAlchemy reports a rollback (``after_rollback``) just before it expires the
+        session's objects. An object that only an expired relationship kept (a link's
+        target, a collection's member) would be freed then, before rolled_back could show
+        it again from a snapshot, which holds it weakly.
+        """
+        pinned = self.pinned
+        for state in self.session.identity_map.all_states():
+            data = state.dict
+            for key in plan_for(state.mapper).related:
+                value = data.get(key)
+                if value is not None:
+                    pinned.append(value)
+
     def rolled_back(self, transaction: SessionTransaction) -> None:
         target = self.marks.get(transaction, self.origin)
         self.io(self.writer.rewind, target)
@@ -349,7 +370,7 @@ class Recorder:
                 del state.info[SHADOW]
                 continue
             state.info[SHADOW] = kept
-            _, values, links = kept[-1]
+            _, values, links, members = kept[-1]
             pairs = (
                 values.items()
                 if isinstance(values, dict)
@@ -361,6 +382,10 @@ class Recorder:
                 related = None if ref is None else ref()
                 if ref is None or related is not None:
                     set_committed_value(obj, key, related)
+            for key, refs in members.items():
+                # A member gone since (dropped by the program) cannot be shown again.
+                alive = [member for member in (ref() for ref in refs) if member is not None]
+                set_committed_value(obj, key, alive)
             if REF in state.info:
                 # Only this journal knows what refers to an object created in it; what a
                 # reload from the database would show is an empty collection.
@@ -368,6 +393,7 @@ class Recorder:
                     if key not in state.dict:
                         set_committed_value(obj, key, ())
         self._forget_discarded(target.batches)
+        self.pinned.clear()
 
     def _forget_discarded(self, batches: int) -> None:
         """Objects whose insert a rollback discarded become new objects again.
@@ -496,21 +522,25 @@ class Recorder:
 
         A later rollback shows the object "as reloaded" from it instead of expiring it:
         reloading would query the real database, which has none of what was recorded.
-        Related objects are held weakly: a strong reference from one recorded object's
-        state to another would keep every recorded object alive until the block ends.
+        Related objects (many-to-one targets, members of loaded collections) are held
+        weakly: the identity map holds every state strongly, so a strong reference from
+        one recorded object's state to another would keep every recorded object alive
+        until the block ends. A rollback pins them before SQLAlchemy expires the objects
+        (see :meth:`pin_related`).
         """
         links = {
             k: None if data[k] is None else weakref.ref(data[k])
             for k in plan.many_to_one
             if k in data
         }
+        members = {k: tuple(map(weakref.ref, data[k])) for k in plan.collections if k in data}
         history = state.info.get(SHADOW)
         if history is None:
-            state.info[SHADOW] = [(mark, values, links)]
+            state.info[SHADOW] = [(mark, values, links, members)]
             return
         if not isinstance(history, list):
             history = state.info[SHADOW] = _history(history, plan)
-        history.append((mark, values, links))
+        history.append((mark, values, links, members))
         # A rollback never goes back beyond the last checkpoint (commit), so of the
         # entries up to it only the newest can still be needed.
         while len(history) > 1 and history[1][0] <= self.checkpoint:
@@ -616,7 +646,12 @@ class Recorder:
             # The first snapshot in its compact form (see _history): one flat tuple, as
             # most recorded objects are never changed again and the garbage collector
             # walks every container they keep.
-            state.info[SHADOW] = (mark, *plan.column_values(data), *weak)
+            state.info[SHADOW] = (
+                mark,
+                *plan.column_values(data),
+                *weak,
+                *[tuple(map(weakref.ref, data[key])) for key in plan.collections],
+            )
 
     def _update(
         self, state: InstanceState[Any], versions: list[tuple[InstanceState[Any], str, Any]]
@@ -887,24 +922,32 @@ def _alembic_revision(session: Session) -> str | None:
         return None
 
 
-Snapshot = tuple[int, "dict[str, Any] | tuple[Any, ...]", dict[str, "weakref.ref[Any] | None"]]
-"""One entry of an object's SHADOW history: (batch, column values, many-to-one links)."""
+Snapshot = tuple[
+    int,
+    "dict[str, Any] | tuple[Any, ...]",
+    dict[str, "weakref.ref[Any] | None"],
+    dict[str, tuple["weakref.ref[Any]", ...]],
+]
+"""One entry of an object's SHADOW history: (batch, column values, many-to-one links,
+members of each loaded collection)."""
 
 
 def _history(shadow: list[Snapshot] | tuple[Any, ...], plan: _MapperPlan) -> list[Snapshot]:
     """The SHADOW history of an object, expanded from the compact first snapshot if needed.
 
     A new object's first snapshot is stored as one flat tuple: its batch, its values in
-    ``plan.columns`` order, then a weak reference (or ``None``: no link) per
-    ``plan.many_to_one`` key.
+    ``plan.columns`` order, a weak reference (or ``None``: no link) per
+    ``plan.many_to_one`` key, then the members of each ``plan.collections`` collection.
     """
     if isinstance(shadow, list):
         return shadow
     columns = len(plan.columns)
+    links_end = 1 + columns + len(plan.many_to_one)
     values = shadow[1 : 1 + columns]
-    refs = shadow[1 + columns :]
+    refs = shadow[1 + columns : links_end]
     links = {k: ref for k, ref in zip(plan.many_to_one, refs, strict=True) if ref is not None}
-    return [(shadow[0], values, links)]
+    members = dict(zip(plan.collections, shadow[links_end:], strict=True))
+    return [(shadow[0], values, links, members)]
 
 
 def _forget_insert(state: InstanceState[Any]) -> None:
@@ -941,12 +984,25 @@ def _mark_flushed(
     rest of the session (identity map, transaction snapshot for rollback(), events such
     as pending_to_persistent) behave as after a real flush. Checked on SQLAlchemy 2.0.x
     and 2.1.9.
+
+    Making a state persistent also drops the changes SQLAlchemy queued for its collections
+    that were never loaded (InstanceState._pending_mutations: a backref appended to or
+    removed from them). After a real flush the rows hold those changes, so a later load
+    shows them; here the database has none of them, so they are put back, and loading
+    the collection applies them to the rows the database returns.
     """
+    queued = [
+        (state, state.__dict__["_pending_mutations"])
+        for state in dirty
+        if "_pending_mutations" in state.__dict__
+    ]
     persistent = {*new, *dirty}
     if persistent:
         session._register_persistent(persistent)
     if deleted:
         session._remove_newly_deleted(deleted)
+    for state, pending in queued:
+        state.__dict__["_pending_mutations"] = pending
 
 
 def _open_connections(session: Session) -> list[sqlalchemy.Connection]:
@@ -1043,6 +1099,7 @@ def install(session: Session) -> None:
     event.listen(session, "after_flush", _after_flush)
     event.listen(session, "after_transaction_create", _after_transaction_create)
     event.listen(session, "after_transaction_end", _after_transaction_end)
+    event.listen(session, "after_rollback", _after_rollback)
     event.listen(session, "after_soft_rollback", _after_soft_rollback)
 
 
@@ -1075,6 +1132,12 @@ def _after_transaction_create(session: Session, transaction: SessionTransaction)
 def _after_transaction_end(session: Session, transaction: SessionTransaction) -> None:
     if transaction.parent is None:
         setattr(session, _FLUSHED, False)
+
+
+def _after_rollback(session: Session) -> None:
+    recorder = _recorder(session)
+    if recorder is not None:
+        recorder.pin_related()
 
 
 def _after_soft_rollback(session: Session, previous_transaction: SessionTransaction) -> None:
