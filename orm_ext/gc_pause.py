@@ -21,9 +21,11 @@ def paused_gc() -> Iterator[None]:
     """Disable the cyclic garbage collector for the block, if it is enabled.
 
     It is re-enabled on the way out, error or not, only if this call disabled it: a
-    program that disabled it keeps it disabled, and of two threads pausing at once, the
-    one that found it enabled enables it again. Reference counting frees memory as usual
-    meanwhile; cyclic garbage made by other threads waits for the next collection.
+    program that disabled it before keeps it disabled, and of two threads pausing at
+    once, the one that found it enabled enables it again. The collector is process-wide,
+    so a thread that disables it during the block finds it enabled afterwards, and
+    cyclic garbage made by other threads waits for the next collection. Reference
+    counting frees memory as usual meanwhile.
     """
     if not gc.isenabled():
         yield

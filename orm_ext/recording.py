@@ -30,7 +30,7 @@ import os
 import re
 import uuid
 import weakref
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -40,6 +40,7 @@ from sqlalchemy import event, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Mapper, ORMExecuteState, Session, SessionTransaction
 from sqlalchemy.orm.attributes import instance_state, set_committed_value
+from sqlalchemy.orm.collections import collection_adapter
 from sqlalchemy.orm.interfaces import MANYTOONE, ONETOMANY
 from sqlalchemy.orm.state import InstanceState
 from sqlalchemy.sql.elements import ClauseElement
@@ -223,8 +224,10 @@ class Recorder:
         # (batch, states) of objects created since the last checkpoint, one entry per
         # flush: a rollback may discard their insert (see _forget_discarded).
         self.created: list[tuple[int, list[weakref.ref[InstanceState[Any]]]]] = []
-        # Related objects kept alive from a rollback's start to rolled_back (pin_related).
+        # Related objects kept alive from a rollback's start to rolled_back (pin_related),
+        # and those of objects deleted since the last checkpoint (see _record).
         self.pinned: list[Any] = []
+        self.pinned_for_deleted: list[Any] = []
         self.io: JournalIO = _call
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -306,6 +309,7 @@ class Recorder:
             _recording_connections.pop(connection, None)
         self.guarded.clear()
         self.pinned.clear()
+        self.pinned_for_deleted.clear()
         self.io(self.writer.close)
         session.expire_on_commit = self.saved_expire_on_commit
         states = session.identity_map.all_states()
@@ -331,11 +335,14 @@ class Recorder:
 
     def transaction_created(self, transaction: SessionTransaction) -> None:
         position = self.marks[transaction] = self.writer.position()
+        # Left over only if a rollback failed before rolled_back ran.
+        self.pinned.clear()
         if transaction.parent is None:
             # A new outermost transaction starts after commit() or rollback(): the
             # earliest point any later rollback can return to.
             self.checkpoint = position.batches
             self.created = [e for e in self.created if e[0] > self.checkpoint]
+            self.pinned_for_deleted.clear()
 
     def pin_related(self) -> None:
         """Keep every related object alive until :meth:`rolled_back` has run.
@@ -343,18 +350,20 @@ class Recorder:
         SQLAlchemy reports a rollback (``after_rollback``) just before it expires the
         session's objects. An object that only an expired relationship kept (a link's
         target, a collection's member) would be freed then, before rolled_back could show
-        it again from a snapshot, which holds it weakly.
+        it again from a snapshot, which holds it weakly. Objects deleted by a flush are not
+        in the identity map any more; their related objects are pinned from the flush on.
         """
         pinned = self.pinned
         for state in self.session.identity_map.all_states():
-            data = state.dict
-            for key in plan_for(state.mapper).related:
-                value = data.get(key)
-                if value is not None:
-                    pinned.append(value)
+            pinned.extend(_related(state))
 
     def rolled_back(self, transaction: SessionTransaction) -> None:
-        target = self.marks.get(transaction, self.origin)
+        try:
+            self._rewind_to(self.marks.get(transaction, self.origin))
+        finally:
+            self.pinned.clear()
+
+    def _rewind_to(self, target: Position) -> None:
         self.io(self.writer.rewind, target)
         self.handle.operations = self.writer.operations
         # SQLAlchemy has just expired the objects, as after a database rollback; show
@@ -383,8 +392,16 @@ class Recorder:
                 if ref is None or related is not None:
                     set_committed_value(obj, key, related)
             for key, refs in members.items():
-                # A member gone since (dropped by the program) cannot be shown again.
-                alive = [member for member in (ref() for ref in refs) if member is not None]
+                if key in state.dict:
+                    continue  # not expired: the session shows it as it is, as it would
+                # A member dropped by the program since cannot be shown again; one that a
+                # flush deleted and the rollback keeps deleted is not shown, as a reload
+                # would not show it.
+                alive = [
+                    member
+                    for member in (ref() for ref in refs)
+                    if member is not None and not instance_state(member).was_deleted
+                ]
                 set_committed_value(obj, key, alive)
             if REF in state.info:
                 # Only this journal knows what refers to an object created in it; what a
@@ -393,7 +410,6 @@ class Recorder:
                     if key not in state.dict:
                         set_committed_value(obj, key, ())
         self._forget_discarded(target.batches)
-        self.pinned.clear()
 
     def _forget_discarded(self, batches: int) -> None:
         """Objects whose insert a rollback discarded become new objects again.
@@ -480,6 +496,8 @@ class Recorder:
                     relinked.append((state, operation["links"]))
         for state in deleted:
             operations.append(self._delete(state))
+            # A rollback may bring the object back (see pin_related).
+            self.pinned_for_deleted.extend(_related(state))
         self._fill_old_values(operations)
 
         if operations:
@@ -533,7 +551,7 @@ class Recorder:
             for k in plan.many_to_one
             if k in data
         }
-        members = {k: tuple(map(weakref.ref, data[k])) for k in plan.collections if k in data}
+        members = {k: _weak_members(data[k]) for k in plan.collections if k in data}
         history = state.info.get(SHADOW)
         if history is None:
             state.info[SHADOW] = [(mark, values, links, members)]
@@ -575,7 +593,7 @@ class Recorder:
                 target = instance_state(value)
                 links[key] = pending.get(target) or self._target(target, state, key)
             elif value:
-                targets = [instance_state(v) for v in value]
+                targets = [instance_state(v) for v in collection_adapter(value)]
                 added[key] = [pending.get(t) or self._target(t, state, key) for t in targets]
         # As _operation builds it, without its keyword arguments: one insert per new object.
         operation: dict[str, Any] = {
@@ -650,7 +668,7 @@ class Recorder:
                 mark,
                 *plan.column_values(data),
                 *weak,
-                *[tuple(map(weakref.ref, data[key])) for key in plan.collections],
+                *[_weak_members(data[key]) for key in plan.collections],
             )
 
     def _update(
@@ -950,6 +968,23 @@ def _history(shadow: list[Snapshot] | tuple[Any, ...], plan: _MapperPlan) -> lis
     return [(shadow[0], values, links, members)]
 
 
+def _related(state: InstanceState[Any]) -> Iterator[Any]:
+    """The loaded values of ``state``'s relationships: objects and collections."""
+    data = state.dict
+    for key in plan_for(state.mapper).related:
+        value = data.get(key)
+        if value is not None:
+            yield value
+
+
+def _weak_members(collection: Any) -> tuple[weakref.ref[Any], ...]:
+    """Weak references to the objects in a loaded collection of any class.
+
+    Through the collection's adapter: iterating a dict collection itself gives its keys.
+    """
+    return tuple(map(weakref.ref, collection_adapter(collection)))
+
+
 def _forget_insert(state: InstanceState[Any]) -> None:
     """Take the journal's marks and placeholder key off an object whose insert was discarded."""
     info = state.info
@@ -984,25 +1019,12 @@ def _mark_flushed(
     rest of the session (identity map, transaction snapshot for rollback(), events such
     as pending_to_persistent) behave as after a real flush. Checked on SQLAlchemy 2.0.x
     and 2.1.9.
-
-    Making a state persistent also drops the changes SQLAlchemy queued for its collections
-    that were never loaded (InstanceState._pending_mutations: a backref appended to or
-    removed from them). After a real flush the rows hold those changes, so a later load
-    shows them; here the database has none of them, so they are put back, and loading
-    the collection applies them to the rows the database returns.
     """
-    queued = [
-        (state, state.__dict__["_pending_mutations"])
-        for state in dirty
-        if "_pending_mutations" in state.__dict__
-    ]
     persistent = {*new, *dirty}
     if persistent:
         session._register_persistent(persistent)
     if deleted:
         session._remove_newly_deleted(deleted)
-    for state, pending in queued:
-        state.__dict__["_pending_mutations"] = pending
 
 
 def _open_connections(session: Session) -> list[sqlalchemy.Connection]:

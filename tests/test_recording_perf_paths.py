@@ -9,16 +9,25 @@ what each of them must still show.
 from __future__ import annotations
 
 import gc
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import event, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import ForeignKey, String, event, func, select
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    Mapped,
+    Session,
+    attribute_keyed_dict,
+    mapped_column,
+    relationship,
+    sessionmaker,
+)
 
 from journal import Journal
-from orm_ext import DeferredOperationError, Placeholder
+from orm_ext import DeferredOperationError, JournalingSession, Placeholder
 from tests.conftest import Backend
 from tests.models import Asset, AssetVersion, Task
 from tests.scenario import make_sessions, seed
@@ -187,3 +196,76 @@ def test_a_collector_the_program_disabled_stays_disabled(
         assert not gc.isenabled()
     assert collector_seen == [False]
     assert not gc.isenabled()
+
+
+class KeyedBase(DeclarativeBase):
+    """Models with a dict collection, kept apart from the shared test schema."""
+
+
+class Shelf(KeyedBase):
+    __tablename__ = "keyed_shelf"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(50))
+    books: Mapped[dict[str, Book]] = relationship(
+        collection_class=attribute_keyed_dict("title"), back_populates="shelf"
+    )
+
+
+class Book(KeyedBase):
+    __tablename__ = "keyed_book"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    title: Mapped[str] = mapped_column(String(50))
+    shelf_id: Mapped[int] = mapped_column(ForeignKey("keyed_shelf.id"))
+    shelf: Mapped[Shelf] = relationship(back_populates="books")
+
+
+def test_dict_collection_is_recorded_and_shown_again_after_rollback(
+    backend: Backend, tmp_path: Path
+) -> None:
+    """A keyed (dict) collection records its members and comes back whole after rollback()."""
+    engine = backend.engine()
+    KeyedBase.metadata.drop_all(engine)
+    KeyedBase.metadata.create_all(engine)
+    try:
+        path = tmp_path / "ops.dbm"
+        sessions = sessionmaker(engine, class_=JournalingSession)
+        with sessions() as session, session.deferred_operations(path):
+            shelf = Shelf(name="kept", books={"a": Book(title="a"), "b": Book(title="b")})
+            session.add(shelf)
+            session.commit()
+            shelf.name = "rolled back"
+            session.flush()
+            session.rollback()
+            assert shelf.name == "kept"
+            assert sorted(shelf.books) == ["a", "b"]
+            assert shelf.books["a"].shelf is shelf
+        assert [op["class"].rsplit(":", 1)[1] for op in operations(path)] == [
+            "Shelf",
+            "Book",
+            "Book",
+        ]
+    finally:
+        KeyedBase.metadata.drop_all(engine)
+
+
+def test_a_failed_rollback_leaves_nothing_pinned(world: Any, tmp_path: Path) -> None:
+    """Objects pinned for a rollback that another listener broke are freed at the next begin."""
+    with world.sessions() as session, session.deferred_operations(tmp_path / "ops.dbm"):
+        failures = [RuntimeError("a listener failed")]
+
+        @event.listens_for(session, "after_rollback")
+        def fail_once(session: Session) -> None:
+            if failures:
+                raise failures.pop()
+
+        version = AssetVersion(asset=Asset(name="dropped"), version=1)
+        session.add(version)
+        session.flush()
+        asset = weakref.ref(version.asset)
+        with pytest.raises(RuntimeError, match="a listener failed"):
+            session.rollback()
+        del version
+        session.add(Task(name="next"))
+        session.flush()
+        gc.collect()
+        assert asset() is None
