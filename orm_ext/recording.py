@@ -368,6 +368,7 @@ class Recorder:
         self.handle.operations = self.writer.operations
         # SQLAlchemy has just expired the objects, as after a database rollback; show
         # each recorded object as the journal now has it, as a reload would.
+        collections: list[tuple[Any, InstanceState[Any], _MapperPlan, dict[str, Any]]] = []
         for state in self.session.identity_map.all_states():
             history = state.info.get(SHADOW)
             if not history:
@@ -391,6 +392,10 @@ class Recorder:
                 related = None if ref is None else ref()
                 if ref is None or related is not None:
                     set_committed_value(obj, key, related)
+            collections.append((obj, state, plan, members))
+        # Only once every object has its values again: filling a collection can read its
+        # members (a dict collection reads their key attribute).
+        for obj, state, plan, members in collections:
             for key, refs in members.items():
                 if key in state.dict:
                     continue  # not expired: the session shows it as it is, as it would
