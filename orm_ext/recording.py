@@ -62,6 +62,9 @@ SHADOW: Final = "orm_journal.shadow"
 # Key in InstanceState.info: the path of the journal an object was recorded into; such an
 # object must never be attached to another session (see refuse_if_recorded).
 RECORDED: Final = "orm_journal.recorded"
+# Key in InstanceState.info: what a deleted object relates to, kept alive for a rollback
+# that brings the object back (see Recorder.pin_related).
+PINNED: Final = "orm_journal.pinned"
 
 _PLAIN_TYPES: Final = frozenset(
     {
@@ -224,10 +227,10 @@ class Recorder:
         # (batch, states) of objects created since the last checkpoint, one entry per
         # flush: a rollback may discard their insert (see _forget_discarded).
         self.created: list[tuple[int, list[weakref.ref[InstanceState[Any]]]]] = []
-        # Related objects kept alive from a rollback's start to rolled_back (pin_related),
-        # and those of objects deleted since the last checkpoint (see _record).
+        # Related objects kept alive from a rollback's start to rolled_back (pin_related).
+        # Should the rollback fail before rolled_back, the next rollback or the end of
+        # the block releases them.
         self.pinned: list[Any] = []
-        self.pinned_for_deleted: list[Any] = []
         self.io: JournalIO = _call
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -309,7 +312,6 @@ class Recorder:
             _recording_connections.pop(connection, None)
         self.guarded.clear()
         self.pinned.clear()
-        self.pinned_for_deleted.clear()
         self.io(self.writer.close)
         session.expire_on_commit = self.saved_expire_on_commit
         states = session.identity_map.all_states()
@@ -317,6 +319,7 @@ class Recorder:
         for state in states:
             info = state.info
             info.pop(SHADOW, None)
+            info.pop(PINNED, None)
             if REF in info:
                 recorded.append(state)
         if len(recorded) == len(states) and not session.new and not session.deleted:
@@ -335,14 +338,11 @@ class Recorder:
 
     def transaction_created(self, transaction: SessionTransaction) -> None:
         position = self.marks[transaction] = self.writer.position()
-        # Left over only if a rollback failed before rolled_back ran.
-        self.pinned.clear()
         if transaction.parent is None:
             # A new outermost transaction starts after commit() or rollback(): the
             # earliest point any later rollback can return to.
             self.checkpoint = position.batches
             self.created = [e for e in self.created if e[0] > self.checkpoint]
-            self.pinned_for_deleted.clear()
 
     def pin_related(self) -> None:
         """Keep every related object alive until :meth:`rolled_back` has run.
@@ -351,35 +351,41 @@ class Recorder:
         session's objects. An object that only an expired relationship kept (a link's
         target, a collection's member) would be freed then, before rolled_back could show
         it again from a snapshot, which holds it weakly. Objects deleted by a flush are not
-        in the identity map any more; their related objects are pinned from the flush on.
+        in the identity map any more: they keep their related objects pinned themselves
+        (see :meth:`_record`).
         """
-        pinned = self.pinned
-        for state in self.session.identity_map.all_states():
-            pinned.extend(_related(state))
+        self.pinned = [
+            value for state in self.session.identity_map.all_states() for value in _related(state)
+        ]
 
     def rolled_back(self, transaction: SessionTransaction) -> None:
         try:
-            self._rewind_to(self.marks.get(transaction, self.origin))
+            target = self.marks.get(transaction, self.origin)
+            self._rewind_journal(target)
+            self._show_as_of(target)
+            self._forget_discarded(target.batches)
         finally:
-            self.pinned.clear()
+            self.pinned = []
 
-    def _rewind_to(self, target: Position) -> None:
+    def _rewind_journal(self, target: Position) -> None:
         self.io(self.writer.rewind, target)
         self.handle.operations = self.writer.operations
-        # SQLAlchemy has just expired the objects, as after a database rollback; show
-        # each recorded object as the journal now has it, as a reload would.
+
+    def _show_as_of(self, target: Position) -> None:
+        """Show each object with a snapshot as the journal has it at ``target``.
+
+        SQLAlchemy has just expired the objects, as after a database rollback; this is
+        what a reload would show.
+        """
         collections: list[tuple[Any, InstanceState[Any], _MapperPlan, dict[str, Any]]] = []
         for state in self.session.identity_map.all_states():
-            history = state.info.get(SHADOW)
-            if not history:
+            # A deleted object that the rollback brought back needs its pins no more.
+            state.info.pop(PINNED, None)
+            kept = _kept_history(state, target)
+            obj = state.obj()
+            if kept is None or obj is None:
                 continue
             plan = plan_for(state.mapper)
-            kept = [entry for entry in _history(history, plan) if entry[0] <= target.batches]
-            obj = state.obj()
-            if not kept or obj is None:
-                del state.info[SHADOW]
-                continue
-            state.info[SHADOW] = kept
             _, values, links, members = kept[-1]
             pairs = (
                 values.items()
@@ -414,7 +420,6 @@ class Recorder:
                 for key in plan.collections:
                     if key not in state.dict:
                         set_committed_value(obj, key, ())
-        self._forget_discarded(target.batches)
 
     def _forget_discarded(self, batches: int) -> None:
         """Objects whose insert a rollback discarded become new objects again.
@@ -434,10 +439,19 @@ class Recorder:
 
     def discard_uncommitted(self) -> None:
         """What ``close()`` inside the block means: drop what was recorded since the
-        last checkpoint, as closing a session rolls its transaction back."""
+        last checkpoint, as closing a session rolls its transaction back.
+
+        Closing expires nothing: the objects keep showing what they show, as after
+        closing a plain session; only the journal and their snapshots go back.
+        """
         transaction = self.session.get_transaction()
-        if transaction is not None:
-            self.rolled_back(transaction)
+        if transaction is None:
+            return
+        target = self.marks.get(transaction, self.origin)
+        self._rewind_journal(target)
+        for state in self.session.identity_map.all_states():
+            _kept_history(state, target)
+        self._forget_discarded(target.batches)
 
     # -- recording a flush ----------------------------------------------------------------
 
@@ -501,8 +515,10 @@ class Recorder:
                     relinked.append((state, operation["links"]))
         for state in deleted:
             operations.append(self._delete(state))
-            # A rollback may bring the object back (see pin_related).
-            self.pinned_for_deleted.extend(_related(state))
+            # A rollback may bring the object back, after SQLAlchemy expired what it
+            # relates to (see pin_related). Held by the object itself: once the program
+            # drops it, no rollback can bring it back.
+            state.info[PINNED] = tuple(_related(state))
         self._fill_old_values(operations)
 
         if operations:
@@ -971,6 +987,21 @@ def _history(shadow: list[Snapshot] | tuple[Any, ...], plan: _MapperPlan) -> lis
     links = {k: ref for k, ref in zip(plan.many_to_one, refs, strict=True) if ref is not None}
     members = dict(zip(plan.collections, shadow[links_end:], strict=True))
     return [(shadow[0], values, links, members)]
+
+
+def _kept_history(state: InstanceState[Any], target: Position) -> list[Snapshot] | None:
+    """Drop the snapshots of ``state`` taken after ``target``; return what is left."""
+    history = state.info.get(SHADOW)
+    if not history:
+        return None
+    kept = [
+        entry for entry in _history(history, plan_for(state.mapper)) if entry[0] <= target.batches
+    ]
+    if not kept or state.obj() is None:
+        del state.info[SHADOW]
+        return None
+    state.info[SHADOW] = kept
+    return kept
 
 
 def _related(state: InstanceState[Any]) -> Iterator[Any]:

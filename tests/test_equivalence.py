@@ -1063,3 +1063,46 @@ def test_deleted_object_brought_back_by_rollback_keeps_its_relations(
             return [version.asset.name, *(tag.label for tag in post.tags)]
 
     assert_equivalent(backend, tmp_path, body)
+
+
+def test_close_keeps_what_the_objects_show(backend: Backend, tmp_path: Path) -> None:
+    """close() in the block leaves links and collections as the flush left them, in step."""
+
+    def body(session: JournalingSession, recorded: Any) -> tuple[str, list[str], list[str]]:
+        with recorded():
+            nodes = select(Node).options(selectinload(Node.children), selectinload(Node.parent))
+            by_name = {n.name: n for n in session.scalars(nodes)}
+            root, left, right = by_name["root"], by_name["left"], by_name["right"]
+            root.name, left.name, right.name = "root1", "left1", "right1"
+            session.commit()
+            session.scalars(nodes).all()  # directly, the commit expired them: load again
+            right.parent = left
+            session.flush()
+            session.close()
+            return (
+                right.parent.name,
+                sorted(c.name for c in root.children),
+                sorted(c.name for c in left.children),
+            )
+
+    assert_equivalent(backend, tmp_path, body)
+
+
+def test_close_then_the_flushed_value_again(backend: Backend, tmp_path: Path) -> None:
+    """After close() an object shows its flushed value, and assigning it again is no change."""
+
+    def body(session: JournalingSession, recorded: Any) -> str:
+        with recorded():
+            task = session.scalars(select(Task).where(Task.name == "lighting")).one()
+            task.name = "a"
+            session.commit()
+            task.name = "b"
+            session.flush()
+            session.close()
+            shown = task.name
+            session.add(task)
+            task.name = "b"
+            session.commit()
+            return shown
+
+    assert_equivalent(backend, tmp_path, body)

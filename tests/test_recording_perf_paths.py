@@ -23,6 +23,7 @@ from sqlalchemy.orm import (
     attribute_keyed_dict,
     mapped_column,
     relationship,
+    selectinload,
     sessionmaker,
 )
 
@@ -249,7 +250,7 @@ def test_dict_collection_is_recorded_and_shown_again_after_rollback(
 
 
 def test_a_failed_rollback_leaves_nothing_pinned(world: Any, tmp_path: Path) -> None:
-    """Objects pinned for a rollback that another listener broke are freed at the next begin."""
+    """Objects pinned for a rollback that another listener broke are freed by the next one."""
     with world.sessions() as session, session.deferred_operations(tmp_path / "ops.dbm"):
         failures = [RuntimeError("a listener failed")]
 
@@ -267,5 +268,56 @@ def test_a_failed_rollback_leaves_nothing_pinned(world: Any, tmp_path: Path) -> 
         del version
         session.add(Task(name="next"))
         session.flush()
+        session.rollback()
         gc.collect()
         assert asset() is None
+
+
+def test_a_rollback_that_reads_the_database_keeps_every_collection(
+    backend: Backend, tmp_path: Path
+) -> None:
+    """Collections refilled after a rollback that had to load members are all whole."""
+    engine = backend.engine()
+    KeyedBase.metadata.drop_all(engine)
+    KeyedBase.metadata.create_all(engine)
+    try:
+        with Session(engine) as plain:
+            plain.add_all(
+                Shelf(name=name, books={t: Book(title=t) for t in titles})
+                for name, titles in (("s1", ["a", "b"]), ("s2", ["c"]))
+            )
+            plain.commit()
+        sessions = sessionmaker(engine, class_=JournalingSession)
+        with sessions() as session, session.deferred_operations(tmp_path / "ops.dbm"):
+            shelves = session.scalars(
+                select(Shelf).order_by(Shelf.name).options(selectinload(Shelf.books))
+            ).all()
+            for shelf in shelves:
+                shelf.name += "x"
+            session.commit()
+            session.scalars(select(Shelf)).all()  # the next transaction begins
+            session.rollback()  # books are keyed by their expired title: loaded again
+            gc.collect()
+            assert [(s.name, sorted(s.books)) for s in shelves] == [
+                ("s1x", ["a", "b"]),
+                ("s2x", ["c"]),
+            ]
+    finally:
+        KeyedBase.metadata.drop_all(engine)
+
+
+def test_relations_of_a_deleted_object_the_program_dropped_are_freed(
+    world: Any, tmp_path: Path
+) -> None:
+    """What a deleted object related to is not kept alive once the program drops the object."""
+    with world.sessions() as session, session.deferred_operations(tmp_path / "ops.dbm"):
+        versions = [AssetVersion(asset=Asset(name=f"a{i}"), version=i) for i in range(50)]
+        session.add_all(versions)
+        session.commit()
+        assets = [weakref.ref(v.asset) for v in versions]
+        for version in versions:
+            session.delete(version)
+        session.flush()
+        del versions, version
+        gc.collect()
+        assert [a for a in assets if a() is not None] == []
