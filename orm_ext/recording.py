@@ -311,7 +311,7 @@ class Recorder:
         for connection in self.guarded:
             _recording_connections.pop(connection, None)
         self.guarded.clear()
-        self.pinned.clear()
+        self.pinned = []
         self.io(self.writer.close)
         session.expire_on_commit = self.saved_expire_on_commit
         states = session.identity_map.all_states()

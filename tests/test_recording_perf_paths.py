@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import ForeignKey, String, event, func, select
+from sqlalchemy import Engine, ForeignKey, String, event, func, select
 from sqlalchemy.orm import (
     DeclarativeBase,
     Mapped,
@@ -220,33 +220,39 @@ class Book(KeyedBase):
     shelf: Mapped[Shelf] = relationship(back_populates="books")
 
 
-def test_dict_collection_is_recorded_and_shown_again_after_rollback(
-    backend: Backend, tmp_path: Path
-) -> None:
-    """A keyed (dict) collection records its members and comes back whole after rollback()."""
+@pytest.fixture
+def keyed_engine(backend: Backend) -> Iterator[Engine]:
+    """An engine on the backend's database with the dict-collection tables, dropped after."""
     engine = backend.engine()
     KeyedBase.metadata.drop_all(engine)
     KeyedBase.metadata.create_all(engine)
     try:
-        path = tmp_path / "ops.dbm"
-        sessions = sessionmaker(engine, class_=JournalingSession)
-        with sessions() as session, session.deferred_operations(path):
-            shelf = Shelf(name="kept", books={"a": Book(title="a"), "b": Book(title="b")})
-            session.add(shelf)
-            session.commit()
-            shelf.name = "rolled back"
-            session.flush()
-            session.rollback()
-            assert shelf.name == "kept"
-            assert sorted(shelf.books) == ["a", "b"]
-            assert shelf.books["a"].shelf is shelf
-        assert [op["class"].rsplit(":", 1)[1] for op in operations(path)] == [
-            "Shelf",
-            "Book",
-            "Book",
-        ]
+        yield engine
     finally:
         KeyedBase.metadata.drop_all(engine)
+
+
+def test_dict_collection_is_recorded_and_shown_again_after_rollback(
+    keyed_engine: Engine, tmp_path: Path
+) -> None:
+    """A keyed (dict) collection records its members and comes back whole after rollback()."""
+    path = tmp_path / "ops.dbm"
+    sessions = sessionmaker(keyed_engine, class_=JournalingSession)
+    with sessions() as session, session.deferred_operations(path):
+        shelf = Shelf(name="kept", books={"a": Book(title="a"), "b": Book(title="b")})
+        session.add(shelf)
+        session.commit()
+        shelf.name = "rolled back"
+        session.flush()
+        session.rollback()
+        assert shelf.name == "kept"
+        assert sorted(shelf.books) == ["a", "b"]
+        assert shelf.books["a"].shelf is shelf
+    assert [op["class"].rsplit(":", 1)[1] for op in operations(path)] == [
+        "Shelf",
+        "Book",
+        "Book",
+    ]
 
 
 def test_a_failed_rollback_leaves_nothing_pinned(world: Any, tmp_path: Path) -> None:
@@ -274,36 +280,30 @@ def test_a_failed_rollback_leaves_nothing_pinned(world: Any, tmp_path: Path) -> 
 
 
 def test_a_rollback_that_reads_the_database_keeps_every_collection(
-    backend: Backend, tmp_path: Path
+    keyed_engine: Engine, tmp_path: Path
 ) -> None:
     """Collections refilled after a rollback that had to load members are all whole."""
-    engine = backend.engine()
-    KeyedBase.metadata.drop_all(engine)
-    KeyedBase.metadata.create_all(engine)
-    try:
-        with Session(engine) as plain:
-            plain.add_all(
-                Shelf(name=name, books={t: Book(title=t) for t in titles})
-                for name, titles in (("s1", ["a", "b"]), ("s2", ["c"]))
-            )
-            plain.commit()
-        sessions = sessionmaker(engine, class_=JournalingSession)
-        with sessions() as session, session.deferred_operations(tmp_path / "ops.dbm"):
-            shelves = session.scalars(
-                select(Shelf).order_by(Shelf.name).options(selectinload(Shelf.books))
-            ).all()
-            for shelf in shelves:
-                shelf.name += "x"
-            session.commit()
-            session.scalars(select(Shelf)).all()  # the next transaction begins
-            session.rollback()  # books are keyed by their expired title: loaded again
-            gc.collect()
-            assert [(s.name, sorted(s.books)) for s in shelves] == [
-                ("s1x", ["a", "b"]),
-                ("s2x", ["c"]),
-            ]
-    finally:
-        KeyedBase.metadata.drop_all(engine)
+    with Session(keyed_engine) as plain:
+        plain.add_all(
+            Shelf(name=name, books={t: Book(title=t) for t in titles})
+            for name, titles in (("s1", ["a", "b"]), ("s2", ["c"]))
+        )
+        plain.commit()
+    sessions = sessionmaker(keyed_engine, class_=JournalingSession)
+    with sessions() as session, session.deferred_operations(tmp_path / "ops.dbm"):
+        shelves = session.scalars(
+            select(Shelf).order_by(Shelf.name).options(selectinload(Shelf.books))
+        ).all()
+        for shelf in shelves:
+            shelf.name += "x"
+        session.commit()
+        session.scalars(select(Shelf)).all()  # the next transaction begins
+        session.rollback()  # books are keyed by their expired title: loaded again
+        gc.collect()
+        assert [(s.name, sorted(s.books)) for s in shelves] == [
+            ("s1x", ["a", "b"]),
+            ("s2x", ["c"]),
+        ]
 
 
 def test_relations_of_a_deleted_object_the_program_dropped_are_freed(
