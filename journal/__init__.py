@@ -13,7 +13,7 @@ from journal.exc import (
     JournalLockedError,
     JournalSignatureError,
 )
-from journal.reader import Batch, Journal, JournalHeader
+from journal.reader import Batch, Journal, JournalHeader, Pickles
 from journal.storage import FORMAT_VERSION, JournalWriter, Position
 
 __all__ = [
@@ -29,6 +29,7 @@ __all__ = [
     "JournalSignatureError",
     "JournalWriter",
     "OpaqueValue",
+    "Pickles",
     "Placeholder",
     "Position",
 ]

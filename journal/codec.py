@@ -54,12 +54,14 @@ from zoneinfo import ZoneInfo
 import dill
 import msgpack
 
-from journal.exc import JournalCorruptError
+from journal.exc import JournalCorruptError, JournalError, JournalSignatureError
 
-__all__ = ["EnumRef", "OpaqueValue", "Placeholder", "decode", "encode"]
+__all__ = ["EnumRef", "OpaqueValue", "Placeholder", "decode", "encode", "pickles_encoded"]
 
 _BIGINT, _TUPLE, _DECIMAL, _DATETIME, _DATE, _TIME, _TIMEDELTA, _UUID, _ENUM, _DILL = range(1, 11)
 _PLACEHOLDER = 11
+# How dill values decode: as OpaqueValue (enums as EnumRef), unpickled, or refused.
+_OPAQUE, _DECODE, _REFUSE = range(3)
 _DILL_PROTOCOL = 5
 _DATETIME_HEAD = struct.Struct(">HBBBBBIB")
 _DATE_HEAD = struct.Struct(">HBB")
@@ -129,16 +131,27 @@ class _PackerPool(threading.local):
     # small row: so each thread keeps idle packers and a nested call takes another one.
     def __init__(self) -> None:
         self.idle: list[Any] = []
+        # Dill values encoded by this thread so far (a writer compares it around a record
+        # to mark records that hold pickles), and whether dill is refused right now.
+        self.pickles = 0
+        self.refuse_pickles = False
 
 
 _POOL = _PackerPool()
 
 
-def encode(value: object) -> bytes:
+def encode(value: object, *, pickles: bool = True) -> bytes:
     """Encode a tree of values into bytes that :func:`decode` turns back into it.
 
-    Raises ``TypeError``, naming the type, for a value that not even dill can serialise.
+    Raises ``TypeError``, naming the type, for a value that not even dill can serialise,
+    or, with ``pickles=False``, for any value that would need dill.
     """
+    if not pickles and not _POOL.refuse_pickles:
+        _POOL.refuse_pickles = True
+        try:
+            return encode(value)
+        finally:
+            _POOL.refuse_pickles = False
     idle = _POOL.idle
     packer = idle.pop() if idle else _new_packer()
     try:
@@ -308,7 +321,19 @@ def _flag_from_name(cls: type[enum.Enum], name: str) -> enum.Enum:
     return functools.reduce(operator.or_, parts, cls(0))
 
 
+def pickles_encoded() -> int:
+    """How many values this thread has encoded with dill so far."""
+    return _POOL.pickles
+
+
 def _encode_dill(value: object) -> msgpack.ExtType:
+    if _POOL.refuse_pickles:
+        kind = f"{type(value).__module__}.{type(value).__qualname__}"
+        raise TypeError(
+            f"cannot store a {kind} value in this journal: it would need dill (pickling), "
+            "which this journal refuses; store a plain SQL value, or allow dill"
+        )
+    _POOL.pickles += 1
     try:
         payload = dill.dumps(value, protocol=_DILL_PROTOCOL)
     except Exception as err:
@@ -334,17 +359,21 @@ _ENCODERS: dict[type, Callable[[Any], msgpack.ExtType]] = {
 }
 
 
-def decode(data: bytes, *, trusted: bool = True) -> Any:
+def decode(data: bytes | memoryview, *, trusted: bool = True, refuse_pickles: bool = False) -> Any:
     """Decode bytes made by :func:`encode` back into the tree of values.
 
     With ``trusted=False`` nothing from ``data`` is imported or executed: dill values
-    come back as :class:`OpaqueValue` and enum members as :class:`EnumRef`.
+    come back as :class:`OpaqueValue` and enum members as :class:`EnumRef`. With
+    ``refuse_pickles`` (and ``trusted``), enum members are decoded but a dill value raises
+    :class:`JournalSignatureError`: for data that must be applied but was not proven to
+    come from a holder of the key.
 
     Raises :class:`JournalCorruptError` (chained to the cause) for anything unreadable.
     """
+    mode = _OPAQUE if not trusted else _REFUSE if refuse_pickles else _DECODE
     try:
-        return _unpack(data, _HOOKS[trusted])
-    except JournalCorruptError:
+        return _unpack(data, _HOOKS[mode])
+    except JournalError:
         raise
     except Exception as err:
         # msgpack, struct, datetime and zoneinfo each have their own errors (and corrupt
@@ -354,13 +383,13 @@ def decode(data: bytes, *, trusted: bool = True) -> Any:
         ) from err
 
 
-def _unpack(data: bytes, hook: Callable[[int, bytes], object]) -> Any:
+def _unpack(data: bytes | memoryview, hook: Callable[[int, bytes], object]) -> Any:
     return msgpack.unpackb(
         data, ext_hook=hook, strict_map_key=False, raw=False, unicode_errors="surrogatepass"
     )
 
 
-def _make_hook(trusted: bool) -> Callable[[int, bytes], object]:
+def _make_hook(mode: int) -> Callable[[int, bytes], object]:
     def hook(code: int, data: bytes) -> object:
         decoder = _DECODERS.get(code)
         if decoder is None:
@@ -368,32 +397,32 @@ def _make_hook(trusted: bool) -> Callable[[int, bytes], object]:
                 f"a journal value has the unknown type code {code}; it was written by another"
                 " version of orm-journal or is corrupt"
             )
-        return decoder(data, trusted)
+        return decoder(data, mode)
 
     return hook
 
 
-def _decode_placeholder(data: bytes, trusted: bool) -> Placeholder:
-    parts = _unpack(data, _HOOKS[False])
+def _decode_placeholder(data: bytes, mode: int) -> Placeholder:
+    parts = _unpack(data, _HOOKS[_OPAQUE])
     if type(parts) is not list or len(parts) != 2 or [type(p) for p in parts] != [int, str]:
         raise JournalCorruptError("a journal placeholder is not [ref, attribute]")
     return Placeholder(parts[0], parts[1])
 
 
-def _decode_tuple(data: bytes, trusted: bool) -> tuple[object, ...]:
-    items = _unpack(data, _HOOKS[trusted])
+def _decode_tuple(data: bytes, mode: int) -> tuple[object, ...]:
+    items = _unpack(data, _HOOKS[mode])
     if type(items) is not list:
         raise JournalCorruptError("a journal tuple value does not hold an array")
     return tuple(items)
 
 
-def _decode_datetime(data: bytes, trusted: bool) -> datetime:
+def _decode_datetime(data: bytes, mode: int) -> datetime:
     year, month, day, hour, minute, second, micro, fold = _DATETIME_HEAD.unpack_from(data)
     tz = _decode_tz(data[_DATETIME_HEAD.size :])
     return datetime(year, month, day, hour, minute, second, micro, tz, fold=fold)
 
 
-def _decode_time(data: bytes, trusted: bool) -> time:
+def _decode_time(data: bytes, mode: int) -> time:
     hour, minute, second, micro, fold = _TIME_HEAD.unpack_from(data)
     return time(hour, minute, second, micro, _decode_tz(data[_TIME_HEAD.size :]), fold=fold)
 
@@ -421,12 +450,12 @@ def _decode_tz(tail: bytes) -> tzinfo | None:
 
 # Cached: the members of a journal are few, and importing and checking cost microseconds.
 @functools.lru_cache(maxsize=1024)
-def _decode_enum(data: bytes, trusted: bool) -> object:
-    parts = _unpack(data, _HOOKS[False])
+def _decode_enum(data: bytes, mode: int) -> object:
+    parts = _unpack(data, _HOOKS[_OPAQUE])
     if type(parts) is not list or len(parts) != 3 or {type(p) for p in parts} != {str}:
         raise JournalCorruptError("a journal enum value is not [module, qualname, name]")
     ref = EnumRef(*parts)
-    if not trusted:
+    if mode == _OPAQUE:
         return ref
     # Only modules the process has already imported: a journal never makes its reader
     # import (run) anything; the application imports its own enums with its models.
@@ -454,9 +483,14 @@ def _decode_enum(data: bytes, trusted: bool) -> object:
     raise JournalCorruptError(f"the enum {ref.module}.{ref.qualname} has no member {ref.name!r}")
 
 
-def _decode_dill(data: bytes, trusted: bool) -> object:
-    if not trusted:
+def _decode_dill(data: bytes, mode: int) -> object:
+    if mode == _OPAQUE:
         return OpaqueValue(len(data))
+    if mode == _REFUSE:
+        raise JournalSignatureError(
+            "a journal value is pickled (dill), and unpickling runs code: it is decoded only "
+            "from a journal that verified with the key, or when dill is explicitly allowed"
+        )
     try:
         return dill.loads(data)
     except Exception as err:
@@ -466,7 +500,7 @@ def _decode_dill(data: bytes, trusted: bool) -> object:
         ) from err
 
 
-_DECODERS: dict[int, Callable[[bytes, bool], object]] = {
+_DECODERS: dict[int, Callable[[bytes, int], object]] = {
     _BIGINT: lambda d, t: int.from_bytes(d, "big", signed=True),
     _TUPLE: _decode_tuple,
     _DECIMAL: lambda d, t: Decimal(d.decode("ascii"), _STRICT_DECIMAL),
@@ -479,4 +513,4 @@ _DECODERS: dict[int, Callable[[bytes, bool], object]] = {
     _DILL: _decode_dill,
     _PLACEHOLDER: _decode_placeholder,
 }
-_HOOKS = (_make_hook(False), _make_hook(True))  # indexed by ``trusted``
+_HOOKS = (_make_hook(_OPAQUE), _make_hook(_DECODE), _make_hook(_REFUSE))  # by mode

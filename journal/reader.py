@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import os
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,9 +28,11 @@ from journal.storage import (
     open_readonly,
 )
 
-__all__ = ["Batch", "Journal", "JournalHeader"]
+__all__ = ["Batch", "Journal", "JournalHeader", "Pickles"]
 
 State = Literal["sealed", "incomplete"]
+# How :meth:`Journal.batches` treats dill values; see there.
+Pickles = Literal["auto", "opaque", "refuse"]
 
 
 @dataclass(frozen=True)
@@ -37,7 +40,9 @@ class JournalHeader:
     """What a journal says about itself.
 
     ``meta`` is the creator's data (the ORM layer puts the schema fingerprint and the
-    Alembic revision there), merged with what the seal added.
+    Alembic revision there), merged with what the seal added. ``pickled_records`` is the
+    number of batch records holding ``dill`` values, as the seal says (``None`` when
+    unsealed, or sealed by an orm-journal that did not count them).
     """
 
     format_version: int
@@ -50,6 +55,17 @@ class JournalHeader:
     sealed_at: str | None = None
     operation_count: int | None = None
     digest: str | None = None
+    pickled_records: int | None = None
+
+
+@dataclass(frozen=True)
+class _Verified:
+    """What a verification saw: the key it used, and where the chain ended."""
+
+    key: bytes | None
+    records: int
+    operations: int
+    last_tag: bytes
 
 
 @dataclass(frozen=True)
@@ -68,9 +84,11 @@ class Batch:
 class Journal:
     """A journal file opened for reading; never modifies the file.
 
-    Opening checks that the file is a journal of a supported format and reads its header
-    and state. :meth:`verify` checks every record's tag (and the seal); :meth:`batches`
-    verifies the whole file before decoding any value.
+    Opening checks that the file is a journal of a supported format (exactly the format's
+    table, nothing else) and reads its header and state. Everything the object reads
+    comes from one snapshot of the file, taken when it is opened. :meth:`verify` checks
+    every record's tag (and the seal); :meth:`batches` verifies the whole file before
+    decoding any value and checks that what it decoded is exactly what was verified.
 
     >>> with Journal("ops.dbm", key=secret) as j:      # doctest: +SKIP
     ...     j.verify()
@@ -79,13 +97,23 @@ class Journal:
 
     :param key: HMAC key for a signed journal; ``None`` falls back to ``$ORM_JOURNAL_KEY``.
         A key given for an unsigned journal makes :meth:`verify` refuse it.
+    :param allow_dill: unpickle ``dill`` values even though the journal is not verified
+        with a key. Unpickling runs code: allow it only for files nobody else can write.
     :raises FileNotFoundError: nothing at ``path``.
-    :raises JournalCorruptError: not a journal, damaged, or an unknown format version.
+    :raises JournalCorruptError: not a journal, damaged, altered, or an unknown format
+        version.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, key: bytes | str | None = None) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        key: bytes | str | None = None,
+        allow_dill: bool = False,
+    ) -> None:
         self.path = Path(path)
         self._key = resolve_key(key)
+        self._allow_dill = allow_dill
         self._conn = open_readonly(self.path)
         try:
             first = next(iter_raw_records(self._conn, self.path, limit=1), None)
@@ -94,15 +122,19 @@ class Journal:
                     f"journal {self.path} has no header record; the file is damaged",
                     path=self.path,
                 )
+            last = next(iter_raw_records(self._conn, self.path, descending=True, limit=1), first)
             header = decode_json(first, self.path)
-            last = next(iter_raw_records(self._conn, self.path, descending=True, limit=1))
             seal = decode_json(last, self.path) if last.kind == KIND_SEAL else None
             self._header = _make_header(header, seal, self.path)
             self.state: State = "sealed" if seal is not None else "incomplete"
+            # What the header and seal were read from: verification must chain these very
+            # records, or it would vouch for other content than the header describes.
+            self._header_tag = first.tag
+            self._seal_tag = last.tag if seal is not None else None
         except BaseException:
             self._conn.close()
             raise
-        self._verified_with: bytes | Literal[False] | None = False
+        self._verified: _Verified | None = None
 
     @property
     def header(self) -> JournalHeader:
@@ -121,6 +153,12 @@ class Journal:
     @property
     def sealed(self) -> bool:
         return self.state == "sealed"
+
+    @property
+    def dill_allowed(self) -> bool:
+        """Whether ``dill`` values are unpickled: the journal verified with a key, or the
+        reader was opened with ``allow_dill=True``."""
+        return self._allow_dill or (self._verified is not None and self._verified.key is not None)
 
     def verify(self, key: bytes | str | None = None) -> None:
         """Check the whole journal: every record, the chain, and the seal.
@@ -141,40 +179,62 @@ class Journal:
                 path=self.path,
             )
 
-    def batches(self, *, trusted: bool = True) -> Iterator[Batch]:
+    def batches(self, *, pickles: Pickles = "auto") -> Iterator[Batch]:
         """Yield the batches in order, verifying the whole journal before decoding any value.
 
         Streams: one batch is decoded at a time. Works on incomplete journals too (they
-        hold every acknowledged batch); use :meth:`verify` to require a seal.
+        hold every acknowledged batch); use :meth:`verify` to require a seal. Records are
+        checked again while decoding, and the stream must end where verification ended
+        (same records, same last tag), or :class:`JournalCorruptError` is raised after the
+        last batch: a consumer that applies batches as they come must not commit before
+        the iteration has finished.
 
-        :param trusted: decode ``dill`` values and import enum classes; with ``False``
-            those stay opaque (:class:`journal.codec.OpaqueValue`, :class:`EnumRef`).
+        :param pickles: what ``dill`` values become. ``"auto"``: unpickled when
+            :attr:`dill_allowed`, else :class:`journal.OpaqueValue` (and enum members
+            :class:`journal.EnumRef`). ``"opaque"``: never unpickled, enums not looked
+            up. ``"refuse"``: unpickled when :attr:`dill_allowed`, else
+            :class:`JournalSignatureError` naming the record.
         """
         key = self._key
-        if self._verified_with is False or self._verified_with != key:
+        if self._verified is None or self._verified.key != key:
             self._check_chain(key)
+        verified = self._verified
+        assert verified is not None
+        decode = self._decoder(pickles)
         tag = GENESIS
+        expected = 0
+        operations = 0
         sequence = 1
         current: Batch | None = None
         for record in iter_raw_records(self._conn, self.path):
-            # Checked again while decoding: the file may have changed since verification.
-            tag = self._check_record(record, record.sequence, tag, key)
+            # Checked again while decoding: what is decoded must be what was verified.
+            if record.sequence != expected:
+                raise self._changed()
+            tag = self._check_record(record, expected, tag, key)
+            expected += 1
             if record.kind != KIND_BATCH:
                 continue
-            number, operations = self._decode_chunk(record, trusted)
+            number, chunk = decode(record)
+            operations += len(chunk)
             if current is not None and current.number != number:
                 yield current
                 current = None
             if current is None:
                 current = Batch(number, sequence, [])
-            current.operations.extend(operations)
-            sequence += len(operations)
+            current.operations.extend(chunk)
+            sequence += len(chunk)
+        if (expected, operations, tag) != (
+            verified.records,
+            verified.operations,
+            verified.last_tag,
+        ):
+            raise self._changed()
         if current is not None:
             yield current
 
-    def operations(self, *, trusted: bool = True) -> Iterator[tuple[int, Any]]:
+    def operations(self, *, pickles: Pickles = "auto") -> Iterator[tuple[int, Any]]:
         """Yield ``(sequence number, operation)`` for every operation, in order."""
-        for batch in self.batches(trusted=trusted):
+        for batch in self.batches(pickles=pickles):
             yield from enumerate(batch.operations, start=batch.first_sequence)
 
     def close(self) -> None:
@@ -223,6 +283,8 @@ class Journal:
                 )
             previous = tag
             tag = self._check_record(record, expected, tag, key)
+            if expected == 0 and record.tag != self._header_tag:
+                raise self._changed()
             if (record.kind == KIND_HEADER) != (expected == 0):
                 raise JournalCorruptError(
                     f"journal {self.path}: record {expected} has an unexpected kind",
@@ -242,6 +304,8 @@ class Journal:
             expected += 1
         if expected == 0:
             raise JournalCorruptError(f"journal {self.path} is empty", path=self.path)
+        if (seal.tag if seal is not None else None) != self._seal_tag:
+            raise self._changed()
         if seal is not None:
             info = decode_json(seal, self.path)
             if (
@@ -253,7 +317,27 @@ class Journal:
                     f"journal {self.path}: the seal does not match the records before it",
                     path=self.path,
                 )
-        self._verified_with = key
+        self._verified = _Verified(key, records, operations, tag)
+
+    def _changed(self) -> JournalCorruptError:
+        return JournalCorruptError(
+            f"journal {self.path}: its records read differently from one read to the next "
+            "(the file was altered, or is crafted to do so); do not replay it",
+            path=self.path,
+        )
+
+    def _decoder(self, pickles: Pickles) -> Any:
+        """Return the function that decodes one batch record under the ``pickles`` policy."""
+        if pickles not in ("auto", "opaque", "refuse"):
+            raise ValueError(f"pickles must be 'auto', 'opaque' or 'refuse', not {pickles!r}")
+        allowed = self.dill_allowed
+        trusted = pickles != "opaque" and (allowed or pickles == "refuse")
+        refuse = pickles == "refuse" and not allowed
+
+        def decode(record: RawRecord) -> tuple[int, list[Any]]:
+            return self._decode_chunk(record, trusted, refuse)
+
+        return decode
 
     def _check_record(
         self, record: RawRecord, sequence: int, previous: bytes, key: bytes | None
@@ -274,9 +358,20 @@ class Journal:
             )
         return tag
 
-    def _decode_chunk(self, record: RawRecord, trusted: bool) -> tuple[int, list[Any]]:
+    def _decode_chunk(
+        self, record: RawRecord, trusted: bool, refuse_pickles: bool
+    ) -> tuple[int, list[Any]]:
         try:
-            value = codec.decode(record.body, trusted=trusted)
+            value = codec.decode(record.body, trusted=trusted, refuse_pickles=refuse_pickles)
+        except JournalSignatureError as err:
+            raise JournalSignatureError(
+                f"journal {self.path}: record {record.sequence} holds a pickled (dill) value "
+                "and the journal is not signed with a key this process holds; unpickling "
+                "runs code. Sign journals with a key (journal_key / $ORM_JOURNAL_KEY), or "
+                "allow dill (allow_dill=True, --allow-dill) only for files nobody else can "
+                "write",
+                path=self.path,
+            ) from err
         except JournalCorruptError as err:
             raise JournalCorruptError(
                 f"journal {self.path}: record {record.sequence}: {err}", path=self.path
@@ -306,9 +401,19 @@ def _make_header(header: dict[str, Any], seal: dict[str, Any] | None, path: Path
         meta = dict(header.get("meta", {}))
         if seal is not None:
             meta.update(seal.get("meta", {}))
+        journal_id = header["journal_id"]
+        # Exactly the canonical form: the ledger compares ids as strings, so an id that
+        # another spelling of one UUID could match would let a journal apply twice.
+        if not isinstance(journal_id, str) or str(uuid.UUID(journal_id)) != journal_id:
+            raise JournalCorruptError(
+                f"journal {path} has the id {journal_id!r}, not a canonical lower-case UUID; "
+                "the file was altered: do not replay it",
+                path=path,
+            )
+        pickled = None if seal is None else seal.get("pickled")
         return JournalHeader(
             format_version=int(version),
-            journal_id=str(header["journal_id"]),
+            journal_id=journal_id,
             created_at=str(header["created_at"]),
             host=str(header["host"]),
             signed=bool(header["signed"]),
@@ -317,6 +422,7 @@ def _make_header(header: dict[str, Any], seal: dict[str, Any] | None, path: Path
             sealed_at=None if seal is None else str(seal["sealed_at"]),
             operation_count=None if seal is None else int(seal["operations"]),
             digest=None if seal is None else str(seal["digest"]),
+            pickled_records=None if pickled is None else int(pickled),
         )
     except (KeyError, TypeError, ValueError, OverflowError) as err:
         # OverflowError: JSON reads 1e400 as infinity, which int() refuses.

@@ -34,7 +34,9 @@ def resolve_key(key: bytes | str | None) -> bytes | None:
     return raw
 
 
-def chain_tag(key: bytes | None, previous: bytes, sequence: int, record: bytes) -> bytes:
+def chain_tag(
+    key: bytes | None, previous: bytes, sequence: int, record: bytes | memoryview
+) -> bytes:
     """Return the tag of ``record`` at ``sequence``, chained to the ``previous`` tag."""
     header = previous + sequence.to_bytes(8, "big")
     digest = hashlib.sha256(header) if key is None else hmac.new(key, header, hashlib.sha256)

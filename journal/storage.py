@@ -58,6 +58,7 @@ __all__ = [
     "JournalWriter",
     "Position",
     "RawRecord",
+    "ReadConnection",
     "iter_raw_records",
     "open_readonly",
 ]
@@ -108,18 +109,23 @@ class Position:
     operations: int
     batches: int
     tag: bytes
+    pickled: int = 0
 
 
 @dataclass(frozen=True)
 class RawRecord:
-    """One record as stored: verified bytes, not yet decoded."""
+    """One record as stored: its bytes, not yet verified nor decoded.
+
+    ``body`` and ``signed_part`` are views into the stored value, so that a record holding
+    a very large value is not copied again to be checked and decoded.
+    """
 
     sequence: int
     tag: bytes
     kind: bytes
     operations: int
-    body: bytes
-    signed_part: bytes
+    body: memoryview
+    signed_part: memoryview
 
 
 class JournalWriter:
@@ -136,15 +142,20 @@ class JournalWriter:
         store: sqlitedict.SqliteDict,
         key: bytes | None,
         journal_id: str,
+        pickles: bool,
     ) -> None:
         self.path = path
         self.journal_id = journal_id
         self._lock_fd = lock_fd
         self._store = store
         self._key = key
+        self._pickles = pickles
         self._records = 0
         self._operations = 0
         self._batches = 0
+        # Batch records holding a dill value: the seal says how many, so that a reader can
+        # refuse a journal it must not unpickle before it decodes or applies anything.
+        self._pickled = 0
         self._tag = GENESIS
         self._broken: str | None = None
         self._closed = False
@@ -161,20 +172,25 @@ class JournalWriter:
         key: bytes | str | None = None,
         versions: Mapping[str, str] | None = None,
         meta: Mapping[str, Any] | None = None,
+        pickles: bool = True,
     ) -> JournalWriter:
         """Create a new journal at ``path`` and write its header durably.
 
-        :param overwrite: replace an existing file; without it an existing file raises
-            ``FileExistsError`` (an unreplayed journal is data).
+        The file is created with mode 0600, never through a symbolic link.
+
+        :param overwrite: replace an existing file (a new file is renamed over it); without
+            it an existing file raises ``FileExistsError`` (an unreplayed journal is data).
         :param key: HMAC key; ``None`` falls back to ``$ORM_JOURNAL_KEY``; no key gives an
             unsigned journal protected by a plain checksum chain.
         :param versions: extra component versions for the header (e.g. SQLAlchemy's).
         :param meta: JSON-compatible data for the header (e.g. a schema fingerprint).
+        :param pickles: with ``False`` a value that needs ``dill`` raises ``TypeError`` in
+            :meth:`append` instead of being stored.
         :raises JournalLockedError: another writer holds ``path``.
         """
         target = Path(path)
         signing_key = resolve_key(key)
-        lock_fd = _lock(target, overwrite=overwrite)
+        lock_fd = _create_locked(target, overwrite=overwrite)
         try:
             store = sqlitedict.SqliteDict(
                 os.fspath(target),
@@ -195,8 +211,9 @@ class JournalWriter:
                 path=target,
             ) from err
         journal_id = str(uuid.uuid4())
-        writer = cls(target, lock_fd, store, signing_key, journal_id)
+        writer = cls(target, lock_fd, store, signing_key, journal_id, pickles)
         try:
+            _check_same_file(target, lock_fd)
             writer._configure()
             header = {
                 "format": FORMAT_VERSION,
@@ -255,7 +272,7 @@ class JournalWriter:
 
     def position(self) -> Position:
         """Return the current end of the journal, for a later :meth:`rewind`."""
-        return Position(self._records, self._operations, self._batches, self._tag)
+        return Position(self._records, self._operations, self._batches, self._tag, self._pickled)
 
     # -- writing --------------------------------------------------------------------------
 
@@ -269,14 +286,20 @@ class JournalWriter:
         if not operations:
             return self._batches
         number = self._batches + 1
-        chunks = (
-            operations[start : start + CHUNK_OPERATIONS]
-            for start in range(0, len(operations), CHUNK_OPERATIONS)
-        )
-        self._write(
-            (KIND_BATCH, len(chunk), codec.encode([number, list(chunk)])) for chunk in chunks
-        )
+        pickled = 0
+
+        def records() -> Iterator[tuple[bytes, int, bytes]]:
+            nonlocal pickled
+            for start in range(0, len(operations), CHUNK_OPERATIONS):
+                chunk = operations[start : start + CHUNK_OPERATIONS]
+                before = codec.pickles_encoded()
+                body = codec.encode([number, list(chunk)], pickles=self._pickles)
+                pickled += codec.pickles_encoded() != before
+                yield KIND_BATCH, len(chunk), body
+
+        self._write(records())
         self._batches = number
+        self._pickled += pickled
         return number
 
     def rewind(self, position: Position) -> None:
@@ -297,6 +320,7 @@ class JournalWriter:
         self._operations = position.operations
         self._batches = position.batches
         self._tag = position.tag
+        self._pickled = position.pickled
 
     def seal(self, *, meta: Mapping[str, Any] | None = None) -> None:
         """Write the seal record, fold the write-ahead log into the file and close it.
@@ -309,6 +333,7 @@ class JournalWriter:
             "records": self._records,
             "operations": self._operations,
             "batches": self._batches,
+            "pickled": self._pickled,
             "digest": self._tag.hex(),
             "sealed_at": dt.datetime.now(dt.UTC).isoformat(),
             "meta": dict(meta or {}),
@@ -542,43 +567,114 @@ def _receive(
     return rows
 
 
-def _lock(path: Path, *, overwrite: bool) -> int:
-    """Open ``path`` (creating it) and take the writer's lock; return the descriptor."""
+# O_NOFOLLOW: a journal is never written through a symbolic link someone left at its
+# path (or at the name of a file being created); O_EXCL: always a file of our own.
+_CREATE_FLAGS: Final = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_SIDE_FILES: Final = ("-wal", "-shm", "-journal")
+
+
+def _create_locked(path: Path, *, overwrite: bool) -> int:
+    """Create a new, empty journal file at ``path`` and take the writer's lock on it.
+
+    The file has mode 0600 (SQLite gives its side files the same mode): a journal holds
+    application data. An existing file is replaced only with ``overwrite``, by a new file
+    renamed over it, so neither it nor a symbolic link's target is ever truncated.
+    Returns the locked descriptor.
+    """
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
-        existed = False
+        fd = os.open(path, _CREATE_FLAGS, 0o600)
     except FileExistsError:
-        if path.is_dir():
+        if path.is_dir() and not path.is_symlink():
             raise IsADirectoryError(
                 errno.EISDIR, "is a directory, not a journal", str(path)
             ) from None
-        fd = os.open(path, os.O_RDWR)
-        existed = True
+        return _replace(path, overwrite=overwrite)
     try:
-        # flock, not fcntl locks: SQLite uses fcntl locks on this same file, and the two
-        # kinds do not interfere; flock is released by the kernel when a writer dies.
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+        _flock(fd, path)
+    except BaseException:
         os.close(fd)
-        raise JournalLockedError(
-            f"journal {path} is being written by another process; wait for it to finish "
-            "or choose another path",
-            path=path,
-        ) from None
-    if existed:
+        raise
+    try:
+        # Nobody's write-ahead log: the path held no file, so these are stale or planted.
+        _unlink_side_files(path)
+    except BaseException:
+        os.close(fd)
+        _discard(path)
+        raise
+    return fd
+
+
+def _replace(path: Path, *, overwrite: bool) -> int:
+    """Put a new, locked journal file in place of the file or link at ``path``."""
+    try:
+        old: int | None = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as err:
+        if err.errno != errno.ELOOP:  # ELOOP: a symbolic link, replaced, never followed
+            raise
+        old = None
+    try:
+        if old is not None:
+            # A journal still being written keeps its lock: never replace it.
+            _flock(old, path)
         if not overwrite:
-            os.close(fd)
             raise FileExistsError(
                 errno.EEXIST,
                 "a journal (or another file) already exists there; replay or move it, or "
                 "pass overwrite=True to replace it",
                 str(path),
             )
-        os.ftruncate(fd, 0)
-        # A stale write-ahead log would be replayed into the new file by SQLite.
-        for suffix in ("-wal", "-shm", "-journal"):
-            Path(f"{path}{suffix}").unlink(missing_ok=True)
-    return fd
+        fresh = path.with_name(f".{path.name}.{uuid.uuid4().hex}.new")
+        fd = os.open(fresh, _CREATE_FLAGS, 0o600)
+        try:
+            _flock(fd, fresh)
+            # A stale write-ahead log would be replayed into the new file by SQLite.
+            _unlink_side_files(path)
+            os.replace(fresh, path)
+        except BaseException:
+            os.close(fd)
+            fresh.unlink(missing_ok=True)
+            raise
+        return fd
+    finally:
+        if old is not None:
+            os.close(old)
+
+
+def _flock(fd: int, path: Path) -> None:
+    try:
+        # flock, not fcntl locks: SQLite uses fcntl locks on this same file, and the two
+        # kinds do not interfere; flock is released by the kernel when a writer dies.
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise JournalLockedError(
+            f"journal {path} is being written by another process; wait for it to finish "
+            "or choose another path",
+            path=path,
+        ) from None
+
+
+def _unlink_side_files(path: Path) -> None:
+    for suffix in _SIDE_FILES:
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
+def _check_same_file(path: Path, fd: int) -> None:
+    """Refuse to go on if ``path`` is no longer the file created and locked as ``fd``.
+
+    SQLite opens the journal by name; someone who can write the directory could have put
+    another file (or a link) there in between.
+    """
+    try:
+        named = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        named = None
+    held = os.fstat(fd)
+    if named is None or (named.st_dev, named.st_ino) != (held.st_dev, held.st_ino):
+        raise JournalError(
+            f"journal {path} was replaced by another file while it was being created; "
+            "record into a directory that only trusted users can write",
+            path=path,
+        )
 
 
 def _has_record(path: Path, sequence: int) -> bool:
@@ -589,7 +685,7 @@ def _has_record(path: Path, sequence: int) -> bool:
         return False
     try:
         query = f'SELECT 1 FROM "{TABLE}" WHERE key = ?'
-        return conn.execute(query, (key_for(sequence),)).fetchone() is not None
+        return conn.query(query, (key_for(sequence),)).fetchone() is not None
     except sqlite3.Error:
         return False
     finally:
@@ -599,8 +695,8 @@ def _has_record(path: Path, sequence: int) -> bool:
 def _discard(path: Path) -> None:
     # The file itself last: once it is gone another writer may create the path, and its
     # write-ahead log must not be the one removed here.
-    for suffix in ("-wal", "-shm", "-journal", ""):
-        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    _unlink_side_files(path)
+    path.unlink(missing_ok=True)
 
 
 def _fsync_directory(directory: Path) -> None:
@@ -618,8 +714,61 @@ def _json(value: Mapping[str, Any]) -> bytes:
 # -- reading ------------------------------------------------------------------------------
 
 
-def open_readonly(path: str | os.PathLike[str]) -> sqlite3.Connection:
-    """Open a journal file read-only and check it is a journal of a format we read.
+# Longest a single step of reading may take (one statement, or one row of it). Reading a
+# journal is an index walk; a file crafted to make SQLite work forever is refused instead.
+READ_STEP_SECONDS: Final = 30.0
+# SQLite virtual-machine instructions between two looks at the clock.
+_PROGRESS_INSTRUCTIONS: Final = 10_000
+# The whole schema of a journal, as sqlitedict creates it (checked on sqlitedict 2.1.0):
+# anything else (a view, a trigger, another table or index) could make two reads of one
+# file disagree, or make reading it run arbitrary SQL.
+_SCHEMA: Final = frozenset(
+    {
+        ("table", TABLE, TABLE, f'CREATE TABLE "{TABLE}" (key TEXT PRIMARY KEY, value BLOB)'),
+        ("index", f"sqlite_autoindex_{TABLE}_1", TABLE, None),
+    }
+)
+
+
+class _Clock:
+    """The deadline of the reading step in progress; SQLite's progress handler asks it."""
+
+    def __init__(self) -> None:
+        self.deadline = time.monotonic() + READ_STEP_SECONDS
+
+    def arm(self) -> None:
+        self.deadline = time.monotonic() + READ_STEP_SECONDS
+
+    def expired(self) -> bool:
+        return time.monotonic() > self.deadline
+
+
+class ReadConnection(sqlite3.Connection):
+    """A connection that reads one journal from one snapshot, each step bounded in time.
+
+    Opened by :func:`open_readonly`, which begins the read transaction that every later
+    read of the connection shares, so verification and decoding see the same records.
+    """
+
+    clock: _Clock
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.clock = _Clock()
+        # An interrupted statement raises sqlite3.OperationalError("interrupted").
+        self.set_progress_handler(self.clock.expired, _PROGRESS_INSTRUCTIONS)
+
+    def query(self, sql: str, args: Sequence[object] = ()) -> sqlite3.Cursor:
+        """Execute ``sql`` with a fresh deadline."""
+        self.clock.arm()
+        return self.execute(sql, args)
+
+
+def open_readonly(path: str | os.PathLike[str]) -> ReadConnection:
+    """Open a journal file read-only in one read transaction and check it is a journal.
+
+    Checks the format identity and that the file holds exactly the format's table: a view,
+    trigger or any other object is refused before a record is read.
 
     Reading goes straight to SQLite rather than through sqlitedict: sqlitedict issues
     ``PRAGMA journal_mode`` on every open, which would rewrite the file being read.
@@ -634,45 +783,79 @@ def open_readonly(path: str | os.PathLike[str]) -> sqlite3.Connection:
         )
     uri = f"{target.resolve().as_uri().replace('file://', 'file:', 1)}?mode=ro"
     try:
-        conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+        conn = sqlite3.connect(
+            uri, uri=True, isolation_level=None, check_same_thread=False, factory=ReadConnection
+        )
     except sqlite3.Error as err:
         raise JournalCorruptError(f"cannot open journal {target}: {err}", path=target) from err
+    assert isinstance(conn, ReadConnection)
     try:
         application_id, version = _identity(conn)
     except sqlite3.Error as err:
         conn.close()
         if not _left_by_a_dead_writer(target):
-            raise JournalCorruptError(
-                f"{target} is not an orm-journal file ({err})", path=target
-            ) from err
+            raise _unreadable(target, err) from err
         conn = _recovered_copy(target)
         try:
             application_id, version = _identity(conn)
         except sqlite3.Error as copy_err:
             conn.close()
+            raise _unreadable(target, copy_err) from copy_err
+    try:
+        if application_id != APPLICATION_ID:
             raise JournalCorruptError(
-                f"{target} is not an orm-journal file ({copy_err})", path=target
-            ) from copy_err
-    if application_id != APPLICATION_ID:
+                f"{target} is not an orm-journal file (an empty file or another SQLite database)",
+                path=target,
+            )
+        if version != FORMAT_VERSION:
+            raise JournalCorruptError(
+                f"{target} has journal format version {version}; this orm-journal reads "
+                f"version {FORMAT_VERSION}: use the orm-journal release that wrote it",
+                path=target,
+            )
+        _check_schema(conn, target)
+    except BaseException:
         conn.close()
-        raise JournalCorruptError(
-            f"{target} is not an orm-journal file (an empty file or another SQLite database)",
-            path=target,
-        )
-    if version != FORMAT_VERSION:
-        conn.close()
-        raise JournalCorruptError(
-            f"{target} has journal format version {version}; this orm-journal reads version "
-            f"{FORMAT_VERSION}: use the orm-journal release that wrote it",
-            path=target,
-        )
+        raise
     return conn
 
 
-def _identity(conn: sqlite3.Connection) -> tuple[int, int]:
-    """The file's SQLite application id and user version (our format version)."""
-    application_id = conn.execute("PRAGMA application_id").fetchone()[0]
-    version = conn.execute("PRAGMA user_version").fetchone()[0]
+def _unreadable(target: Path, err: sqlite3.Error) -> JournalCorruptError:
+    if "interrupted" in str(err):
+        return JournalCorruptError(
+            f"{target}: reading it took over {READ_STEP_SECONDS:.0f} s for one step; the "
+            "file is damaged or crafted, not a journal to replay",
+            path=target,
+        )
+    return JournalCorruptError(f"{target} is not an orm-journal file ({err})", path=target)
+
+
+def _check_schema(conn: ReadConnection, target: Path) -> None:
+    try:
+        found = {
+            tuple(row) for row in conn.query("SELECT type, name, tbl_name, sql FROM sqlite_master")
+        }
+    except sqlite3.Error as err:
+        raise _unreadable(target, err) from err
+    if found != _SCHEMA:
+        extra = sorted(f"{kind} {name!r}" for kind, name, _, _ in found - _SCHEMA)
+        missing = sorted(f"{kind} {name!r}" for kind, name, _, _ in _SCHEMA - found)
+        detail = ", ".join(
+            [*(f"unexpected {e}" for e in extra), *(f"missing {m}" for m in missing)]
+        )
+        raise JournalCorruptError(
+            f"{target} is not an orm-journal file as written by orm-journal ({detail}); it "
+            "was altered: do not replay it",
+            path=target,
+        )
+
+
+def _identity(conn: ReadConnection) -> tuple[int, int]:
+    """Begin the connection's read transaction; return the file's SQLite application id
+    and user version (our format version)."""
+    conn.query("BEGIN")
+    application_id = conn.query("PRAGMA application_id").fetchone()[0]
+    version = conn.query("PRAGMA user_version").fetchone()[0]
     return application_id, version
 
 
@@ -700,7 +883,7 @@ def _left_by_a_dead_writer(target: Path) -> bool:
     return True
 
 
-class _RecoveredCopy(sqlite3.Connection):
+class _RecoveredCopy(ReadConnection):
     """A connection to a private copy of a journal; the copy goes when it is closed."""
 
     scratch = ""
@@ -712,7 +895,7 @@ class _RecoveredCopy(sqlite3.Connection):
             shutil.rmtree(self.scratch, ignore_errors=True)
 
 
-def _recovered_copy(target: Path) -> sqlite3.Connection:
+def _recovered_copy(target: Path) -> ReadConnection:
     """Open a copy of a journal whose writer died in the middle of a transaction.
 
     A writer killed while SQLite changes the file (sealing switches it out of WAL mode,
@@ -746,19 +929,28 @@ def _recovered_copy(target: Path) -> sqlite3.Connection:
 
 
 def iter_raw_records(
-    conn: sqlite3.Connection, path: Path, *, descending: bool = False, limit: int | None = None
+    conn: ReadConnection, path: Path, *, descending: bool = False, limit: int | None = None
 ) -> Iterator[RawRecord]:
-    """Yield stored records in sequence order (bytes only; nothing is decoded)."""
+    """Yield stored records in sequence order (bytes only; nothing is decoded).
+
+    Each row must come within ``READ_STEP_SECONDS`` of asking for it.
+    """
     order = "DESC" if descending else "ASC"
     sql = f'SELECT key, value FROM "{TABLE}" ORDER BY key {order}'
     if limit is not None:
         sql += f" LIMIT {int(limit)}"
     try:
-        cursor = conn.execute(sql)
-        for key, value in cursor:
-            yield _split(key, value, path)
+        cursor = conn.query(sql)
+        while True:
+            conn.clock.arm()
+            row = cursor.fetchone()
+            if row is None:
+                return
+            yield _split(row[0], row[1], path)
     # A key whose bytes are not UTF-8 fails in the sqlite3 module, not in SQLite.
     except (sqlite3.Error, UnicodeDecodeError) as err:
+        if isinstance(err, sqlite3.Error) and "interrupted" in str(err):
+            raise _unreadable(path, err) from err
         raise JournalCorruptError(
             f"journal {path} cannot be read: {err}; the file is damaged or not a journal",
             path=path,
@@ -776,20 +968,21 @@ def _split(key: object, value: object, path: Path) -> RawRecord:
     if len(value) < PREFIX_SIZE:
         raise JournalCorruptError(f"journal {path}: record {int(key)} is truncated", path=path)
     kind, count = _PREFIX.unpack_from(value, TAG_SIZE)
+    view = memoryview(value)
     return RawRecord(
         sequence=int(key),
         tag=value[:TAG_SIZE],
         kind=kind,
         operations=count,
-        body=value[PREFIX_SIZE:],
-        signed_part=value[TAG_SIZE:],
+        body=view[PREFIX_SIZE:],
+        signed_part=view[TAG_SIZE:],
     )
 
 
 def decode_json(record: RawRecord, path: Path) -> dict[str, Any]:
     """Decode a header or seal body (plain JSON: nothing executable)."""
     try:
-        value = json.loads(record.body)
+        value = json.loads(bytes(record.body))
     except (ValueError, RecursionError) as err:
         # Runs before verification, on bytes anyone may have written: a value error is
         # also an over-long integer, and nesting deep enough exhausts the stack.

@@ -17,7 +17,7 @@ import contextlib
 import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractContextManager, asynccontextmanager
-from typing import Any, Final, TypeVar
+from typing import Any, Final, Literal, TypeVar
 
 from sqlalchemy.exc import MissingGreenlet
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -110,6 +110,8 @@ class AsyncJournalingSession(AsyncSession):
         *,
         on_conflict: ConflictPolicy = "fail",
         allow_schema_drift: bool = False,
+        allow_dill: bool = False,
+        if_busy: Literal["wait", "skip"] = "wait",
     ) -> ReplayResult:
         """Apply the journal at ``path`` to the database in one transaction, exactly once.
 
@@ -123,16 +125,24 @@ class AsyncJournalingSession(AsyncSession):
         :param on_conflict: ``"fail"``, ``"overwrite"`` or ``"skip"``; see
             :meth:`JournalingSession.reconnect_and_commit`.
         :param allow_schema_drift: replay even if the schema differs from the recording's.
+        :param allow_dill: unpickle ``dill`` values of a journal not verified with a key;
+            see :meth:`JournalingSession.reconnect_and_commit`.
+        :param if_busy: ``"wait"`` or ``"skip"``; see
+            :meth:`JournalingSession.reconnect_and_commit`.
         :raises DeferredOperationError: pending changes, inside a deferred block, or an
             operation the database rejected (nothing is applied).
         :raises ReplayConflictError: a recorded update/delete no longer matches its row.
         :raises SchemaMismatchError: the schema differs and drift is not allowed.
+        :raises JournalSignatureError: unverifiable, or holding dill values without a key
+            or ``allow_dill``.
         """
         return await greenlet_spawn(
             self.sync_session.reconnect_and_commit,
             path,
             on_conflict=on_conflict,
             allow_schema_drift=allow_schema_drift,
+            allow_dill=allow_dill,
+            if_busy=if_busy,
         )
 
     @asynccontextmanager

@@ -108,7 +108,7 @@ def inspect(
     unless ``unsafe`` is set (and then only after the journal verified).
     """
     out = console or Console()
-    with Journal(path, key=key) as journal:
+    with Journal(path, key=key, allow_dill=unsafe) as journal:
         header = journal.header
         operations: list[tuple[int, dict[str, Any]]] = []
         try:
@@ -122,7 +122,7 @@ def inspect(
         except JournalError as err:
             status, readable = f"INVALID: {err}", journal.state == "incomplete"
         if readable:
-            operations = list(journal.operations(trusted=unsafe))
+            operations = list(journal.operations(pickles="auto" if unsafe else "opaque"))
     if as_json:
         document = {
             "path": str(path),

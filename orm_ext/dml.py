@@ -40,7 +40,14 @@ from orm_ext.references import Placeholder, class_path
 
 Refuse = Callable[[str], NoReturn]
 
-__all__ = ["RecordedResult", "describe", "empty_result", "rebuild_criteria", "refuse_placeholders"]
+__all__ = [
+    "CRITERIA_OPERATORS",
+    "RecordedResult",
+    "describe",
+    "empty_result",
+    "rebuild_criteria",
+    "refuse_placeholders",
+]
 
 _OPERATORS: Final[dict[Any, str]] = {
     operators.eq: "eq",
@@ -70,6 +77,8 @@ _BUILDERS: Final[dict[str, Any]] = {
     "like": lambda c, v: c.like(v),
     "not_like": lambda c, v: c.not_like(v),
 }
+# The comparison operators a recorded WHERE clause may use.
+CRITERIA_OPERATORS: Final = frozenset(_BUILDERS)
 
 
 class RecordedResult(IteratorResult[Any]):

@@ -27,10 +27,11 @@ from sqlalchemy.orm import Mapper, Session, class_mapper
 from sqlalchemy.orm.attributes import flag_modified, instance_state
 from sqlalchemy.orm.exc import UnmappedClassError
 
-from journal import Journal
+from journal import Batch, Journal, JournalCorruptError, JournalError, JournalSignatureError
 from orm_ext import bulk, dml, ledger
 from orm_ext.exc import DeferredOperationError, ReplayConflictError, SchemaMismatchError
 from orm_ext.fingerprint import describe_table, diff_schemas, read_alembic_revision
+from orm_ext.operations import OperationChecker, check_meta
 from orm_ext.recording import has_flushed_changes, plan_for
 from orm_ext.references import Placeholder
 
@@ -86,6 +87,7 @@ class Replay:
         self._sequence: int = 0
         self.deleted_here: set[Any] = set()  # identity keys this replay deleted
         self._op: dict[str, Any] = {}
+        self._checker = OperationChecker(self.path, self.mapper)
 
     # -- resolving what the journal names -------------------------------------------------
 
@@ -160,36 +162,69 @@ class Replay:
     # -- applying operations --------------------------------------------------------------
 
     def apply(self) -> None:
-        """Apply every batch: one unit of work per recorded flush, in order."""
-        for batch in self.journal.batches():
-            first, last = batch.first_sequence, batch.first_sequence + len(batch.operations) - 1
-            where = (
-                f"operation {first} (batch {batch.number})"
-                if first == last
-                else f"batch {batch.number} (operations {first}-{last})"
+        """Apply every batch: one unit of work per recorded flush, in order.
+
+        Every operation is checked before its batch is applied, and the journal must end
+        where its seal says: a journal that streams other operations than were verified is
+        refused before the transaction commits.
+        """
+        applied = 0
+        # "refuse": a pickled value is decoded only from a journal verified with the key
+        # (or with allow_dill); reconnect_and_commit refuses such a journal up front when
+        # its seal admits to pickles, and this catches one whose seal does not.
+        for batch in self.journal.batches(pickles="refuse"):
+            for sequence, operation in enumerate(batch.operations, start=batch.first_sequence):
+                self._checker.check(sequence, operation)
+            self._apply_batch(batch)
+            applied += len(batch.operations)
+        expected = self.journal.header.operation_count
+        if applied != expected:
+            raise JournalCorruptError(
+                f"journal {self.path}: replay applied {applied} operation(s) but the seal "
+                f"says {expected}; the file was altered: nothing was applied",
+                path=self.path,
             )
-            try:
-                for run in bulk.plan_batch(self, batch):
-                    if run.bulk is not None:
-                        run.bulk.execute(self)
-                    else:
-                        for sequence, operation in run.operations:
-                            self._apply_one(sequence, operation)
-                self._link_pending()
-                self.session.flush()
-            except (ReplayConflictError, DeferredOperationError, SchemaMismatchError):
+
+    def _apply_batch(self, batch: Batch) -> None:
+        first, last = batch.first_sequence, batch.first_sequence + len(batch.operations) - 1
+        where = (
+            f"operation {first} (batch {batch.number})"
+            if first == last
+            else f"batch {batch.number} (operations {first}-{last})"
+        )
+        try:
+            for run in bulk.plan_batch(self, batch):
+                if run.bulk is not None:
+                    run.bulk.execute(self)
+                else:
+                    for sequence, operation in run.operations:
+                        self._apply_one(sequence, operation)
+            self._link_pending()
+            self.session.flush()
+        except JournalError:
+            raise
+        except (TypeError, ValueError, LookupError, AttributeError) as err:
+            # Every operation passed OperationChecker, but a value can still be unusable
+            # where it is applied (a key of the wrong arity, a link to a row of another
+            # class): still the journal's content, never a traceback.
+            if self._op:
+                where = f"operation {self._sequence} ({self._op['op']} of {self._op['table']})"
+            raise JournalCorruptError(
+                f"journal {self.path}: {where} cannot be applied ({type(err).__name__}: "
+                f"{err}); nothing was applied. The journal is malformed",
+                path=self.path,
+            ) from err
+        except SQLAlchemyError as err:
+            if isinstance(err, DBAPIError) and err.connection_invalidated:
                 raise
-            except SQLAlchemyError as err:
-                if isinstance(err, DBAPIError) and err.connection_invalidated:
-                    raise
-                if self._op and len(batch.operations) > 1 and not self.session.new:
-                    where = f"operation {self._sequence} ({self._op['op']} of {self._op['table']})"
-                raise _failed(self.path, where, err) from err
-            for ref, obj in self.batch_objects.items():
-                self.identities[ref] = _key_values(obj)
-            # Objects of earlier batches are only needed again by key: let them go.
-            self.batch_objects.clear()
-            self._op = {}
+            if self._op and len(batch.operations) > 1 and not self.session.new:
+                where = f"operation {self._sequence} ({self._op['op']} of {self._op['table']})"
+            raise _failed(self.path, where, err) from err
+        for ref, obj in self.batch_objects.items():
+            self.identities[ref] = _key_values(obj)
+        # Objects of earlier batches are only needed again by key: let them go.
+        self.batch_objects.clear()
+        self._op = {}
 
     def _apply_one(self, sequence: int, op: dict[str, Any]) -> None:
         self._sequence, self._op = sequence, op
@@ -452,10 +487,14 @@ def reconnect_and_commit(
     key: bytes | str | None,
     on_conflict: ConflictPolicy = "fail",
     allow_schema_drift: bool = False,
+    allow_dill: bool = False,
     if_busy: Literal["wait", "skip"] = "wait",
 ) -> ReplayResult:
     """Apply the journal at ``path`` through ``session`` in one transaction, exactly once.
 
+    :param allow_dill: unpickle ``dill`` values of a journal that did not verify with a
+        key (unpickling runs code). Without it such a journal is refused with
+        :class:`JournalSignatureError` before anything is claimed, decoded or applied.
     :param if_busy: what to do when another replayer is applying the same journal right
         now: ``"wait"`` for it (then ``applied=False``), or ``"skip"`` at once with
         ``busy=True`` (PostgreSQL and MariaDB; SQLite serialises writers and waits).
@@ -480,9 +519,11 @@ def reconnect_and_commit(
             "before replaying a journal, so that only the journal's operations are committed",
             path=path,
         )
-    with Journal(path, key=key) as journal:
+    with Journal(path, key=key, allow_dill=allow_dill) as journal:
         journal.verify()
         header = journal.header
+        check_meta(os.fspath(path), header.meta)
+        _refuse_untrusted_pickles(journal)
         journal_id = header.journal_id
         count = header.operation_count or 0
         session.rollback()
@@ -546,6 +587,21 @@ def reconnect_and_commit(
         conflicts=replay.conflicts,
         duration=time.monotonic() - started,
     )
+
+
+def _refuse_untrusted_pickles(journal: Journal) -> None:
+    # The seal counts the records holding pickles. One that says none while a record holds
+    # one (an edited unsigned journal) is refused when that record is decoded: later,
+    # but still before anything is committed and without unpickling anything.
+    pickled = journal.header.pickled_records
+    if pickled and not journal.dill_allowed:
+        raise JournalSignatureError(
+            f"journal {journal.path} holds pickled (dill) values in {pickled} record(s) and "
+            "did not verify with a key: unpickling them would run code from the file. "
+            "Record and replay with a key (journal_key / $ORM_JOURNAL_KEY), or allow dill "
+            "(allow_dill=True, CLI --allow-dill) only for files nobody else can write",
+            path=journal.path,
+        )
 
 
 def _commit_failed(

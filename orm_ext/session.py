@@ -92,6 +92,7 @@ class JournalingSession(Session):
         *,
         on_conflict: ConflictPolicy = "fail",
         allow_schema_drift: bool = False,
+        allow_dill: bool = False,
         if_busy: Literal["wait", "skip"] = "wait",
     ) -> ReplayResult:
         """Apply the journal at ``path`` to the database in one transaction, exactly once.
@@ -109,12 +110,19 @@ class JournalingSession(Session):
             update/delete no longer matches its row; ``"overwrite"`` applies it anyway;
             ``"skip"`` leaves it out and lists it in ``ReplayResult.conflicts``.
         :param allow_schema_drift: replay even if the schema differs from the recording's.
+        :param allow_dill: unpickle ``dill`` values although the journal did not verify
+            with a key. Unpickling runs code from the file: allow it only for journals
+            nobody else can write. Without it such a journal is refused with
+            :class:`JournalSignatureError` before anything is claimed or applied.
         :param if_busy: when another replayer is applying the same journal right now:
             ``"wait"`` for it (the result is then ``applied=False``) or ``"skip"`` at once
             with ``busy=True`` (PostgreSQL and MariaDB; SQLite serialises writers).
         :raises DeferredOperationError: pending changes, inside a deferred block, or an
             operation the database rejected (nothing is applied).
         :raises SchemaMismatchError: the schema differs and drift is not allowed.
+        :raises JournalSignatureError: the signature does not verify, or the journal holds
+            dill values without a key or ``allow_dill``.
+        :raises JournalCorruptError: the journal is damaged, altered or malformed.
         """
         return replay.reconnect_and_commit(
             self,
@@ -122,6 +130,7 @@ class JournalingSession(Session):
             key=self.journal_key,
             on_conflict=on_conflict,
             allow_schema_drift=allow_schema_drift,
+            allow_dill=allow_dill,
             if_busy=if_busy,
         )
 

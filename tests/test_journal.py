@@ -24,6 +24,7 @@ from journal import (
     JournalSignatureError,
     JournalWriter,
     OpaqueValue,
+    Pickles,
     storage,
 )
 
@@ -296,10 +297,11 @@ def test_failing_commit_raises_within_bounded_time(tmp_path: Path) -> None:
     writer = JournalWriter.create(path)
     writer.append([operation(0)])
     # A deferred foreign key violation is only detected at COMMIT: a real failing commit.
+    # Temporary tables: the journal file itself must keep exactly the format's schema.
     writer._call("PRAGMA foreign_keys = ON")
-    writer._call("CREATE TABLE parent (id INTEGER PRIMARY KEY)")
+    writer._call("CREATE TEMP TABLE parent (id INTEGER PRIMARY KEY)")
     writer._call(
-        "CREATE TABLE child (id INTEGER PRIMARY KEY, "
+        "CREATE TEMP TABLE child (id INTEGER PRIMARY KEY, "
         "parent INTEGER REFERENCES parent(id) DEFERRABLE INITIALLY DEFERRED)"
     )
     writer._call(
@@ -549,8 +551,8 @@ class _CreatesFile:
         return (open, (self.target, "w"))
 
 
-@pytest.mark.parametrize("trusted", [True, False])
-def test_tampered_dill_payload_never_runs(tmp_path: Path, trusted: bool) -> None:
+@pytest.mark.parametrize("pickles", ["auto", "opaque", "refuse"])
+def test_tampered_dill_payload_never_runs(tmp_path: Path, pickles: Pickles) -> None:
     """A signed journal whose dill payload was swapped for a malicious one is refused unrun."""
     path = tmp_path / "ops.dbm"
     victim = tmp_path / "pwned"
@@ -569,18 +571,22 @@ def test_tampered_dill_payload_never_runs(tmp_path: Path, trusted: bool) -> None
         with pytest.raises(JournalSignatureError):
             journal.verify()
         with pytest.raises(JournalSignatureError):
-            list(journal.batches(trusted=trusted))
+            list(journal.batches(pickles=pickles))
     assert not victim.exists()
 
 
 def test_untrusted_read_leaves_dill_opaque(tmp_path: Path) -> None:
-    """Reading with trusted=False shows dill values as opaque instead of unpickling them."""
+    """An unsigned journal's dill values stay opaque unless the reader allows dill."""
     path = tmp_path / "ops.dbm"
     with JournalWriter.create(path) as writer:
         writer.append([{"value": {1, 2}}])
         writer.seal()
     with Journal(path) as journal:
-        [(_, op)] = list(journal.operations(trusted=False))
+        assert not journal.dill_allowed
+        [(_, op)] = list(journal.operations())
+        assert isinstance(op["value"], OpaqueValue)
+    with Journal(path, allow_dill=True) as journal:
+        [(_, op)] = list(journal.operations(pickles="opaque"))
         assert isinstance(op["value"], OpaqueValue)
         [(_, op)] = list(journal.operations())
         assert op["value"] == {1, 2}
