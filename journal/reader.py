@@ -208,7 +208,7 @@ class Journal:
         current: Batch | None = None
         for record in iter_raw_records(self._conn, self.path):
             # Checked again while decoding: what is decoded must be what was verified.
-            if record.sequence != expected:
+            if record.sequence != expected or (expected == 0 and record.tag != self._header_tag):
                 raise self._changed()
             tag = self._check_record(record, expected, tag, key)
             expected += 1
@@ -404,7 +404,7 @@ def _make_header(header: dict[str, Any], seal: dict[str, Any] | None, path: Path
         journal_id = header["journal_id"]
         # Exactly the canonical form: the ledger compares ids as strings, so an id that
         # another spelling of one UUID could match would let a journal apply twice.
-        if not isinstance(journal_id, str) or str(uuid.UUID(journal_id)) != journal_id:
+        if not isinstance(journal_id, str) or _canonical_uuid(journal_id) != journal_id:
             raise JournalCorruptError(
                 f"journal {path} has the id {journal_id!r}, not a canonical lower-case UUID; "
                 "the file was altered: do not replay it",
@@ -431,3 +431,10 @@ def _make_header(header: dict[str, Any], seal: dict[str, Any] | None, path: Path
         raise JournalCorruptError(
             f"journal {path} has a malformed header ({err!r})", path=path
         ) from err
+
+
+def _canonical_uuid(text: str) -> str | None:
+    try:
+        return str(uuid.UUID(text))
+    except ValueError:
+        return None

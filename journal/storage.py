@@ -270,6 +270,11 @@ class JournalWriter:
         """Whether :meth:`seal` completed."""
         return self._sealed
 
+    @property
+    def pickles(self) -> bool:
+        """Whether values that need ``dill`` may be stored (see :meth:`create`)."""
+        return self._pickles
+
     def position(self) -> Position:
         """Return the current end of the journal, for a later :meth:`rewind`."""
         return Position(self._records, self._operations, self._batches, self._tag, self._pickled)

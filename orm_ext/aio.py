@@ -80,7 +80,7 @@ class AsyncJournalingSession(AsyncSession):
 
     @asynccontextmanager
     async def deferred_operations(
-        self, path: str | os.PathLike[str], *, overwrite: bool = False
+        self, path: str | os.PathLike[str], *, overwrite: bool = False, allow_dill: bool = True
     ) -> AsyncIterator[DeferredOperations]:
         """Record this session's writes into the journal at ``path`` instead of the database.
 
@@ -96,11 +96,14 @@ class AsyncJournalingSession(AsyncSession):
         >>> ops.operations                                             # doctest: +SKIP
         1
 
+        :param allow_dill: see :meth:`JournalingSession.deferred_operations`.
         :raises FileExistsError: ``path`` exists and ``overwrite`` is false.
         :raises JournalLockedError: another process is recording into ``path``.
         :raises DeferredOperationError: already inside a deferred block.
         """
-        manager = self.sync_session.deferred_operations(path, overwrite=overwrite)
+        manager = self.sync_session.deferred_operations(
+            path, overwrite=overwrite, allow_dill=allow_dill
+        )
         async with _entered(manager) as handle:
             yield handle
 

@@ -46,6 +46,7 @@ from sqlalchemy.orm.state import InstanceState
 from sqlalchemy.sql.elements import ClauseElement
 
 from journal import JournalWriter, Position
+from journal.codec import encode
 from orm_ext import dml
 from orm_ext.exc import DeferredOperationError
 from orm_ext.fingerprint import describe_table, read_alembic_revision
@@ -243,6 +244,7 @@ class Recorder:
         *,
         overwrite: bool,
         key: bytes | str | None,
+        allow_dill: bool = True,
     ) -> Recorder:
         """Check the session can start recording, then create the journal."""
         if session.new or session.deleted or any(session.is_modified(o) for o in session.dirty):
@@ -264,6 +266,7 @@ class Recorder:
             overwrite=overwrite,
             key=key,
             versions={"sqlalchemy": sqlalchemy.__version__},
+            pickles=allow_dill,
         )
         recorder = cls(session, writer, _alembic_revision(session))
         recorder.io = io
@@ -522,7 +525,14 @@ class Recorder:
         self._fill_old_values(operations)
 
         if operations:
-            self.io(self.writer.append, operations)
+            try:
+                self.io(self.writer.append, operations)
+            except TypeError as err:
+                # The codec refused a value (dill cannot store it, or this journal refuses
+                # dill): nothing was written, and the program must learn which value.
+                raise DeferredOperationError(
+                    f"{_unstorable(operations, self.writer.pickles)}: {err}", path=self.path
+                ) from err
             self.handle.operations = self.writer.operations
         self.next_ref += len(new)
         self._settle_new(new, mark)
@@ -925,6 +935,18 @@ def _operation(
         if value:
             operation[key] = value
     return operation
+
+
+def _unstorable(operations: Sequence[dict[str, Any]], pickles: bool) -> str:
+    """Name the first recorded value the journal's codec cannot store."""
+    for operation in operations:
+        for part in ("values", "old"):
+            for key, value in operation.get(part, {}).items():
+                try:
+                    encode(value, pickles=pickles)
+                except TypeError:
+                    return f"{operation['class']}.{key} ({operation['table']})"
+    return "a recorded value"
 
 
 def has_flushed_changes(session: Session) -> bool:

@@ -53,7 +53,7 @@ class JournalingSession(Session):
 
     @contextmanager
     def deferred_operations(
-        self, path: str | os.PathLike[str], *, overwrite: bool = False
+        self, path: str | os.PathLike[str], *, overwrite: bool = False, allow_dill: bool = True
     ) -> Iterator[DeferredOperations]:
         """Record this session's writes into the journal at ``path`` instead of the database.
 
@@ -68,6 +68,12 @@ class JournalingSession(Session):
         >>> ops.operations                                        # doctest: +SKIP
         1
 
+        :param overwrite: replace an existing file at ``path`` (a new file is renamed over
+            it; a symbolic link there is replaced, never followed).
+        :param allow_dill: with ``False``, a value that is not a standard SQL value (it
+            would be stored with ``dill``, whose decoding runs code) raises
+            :class:`DeferredOperationError` at the flush that records it, so the journal
+            can be replayed without a key and without ``allow_dill``.
         :raises FileExistsError: ``path`` exists and ``overwrite`` is false.
         :raises JournalLockedError: another process is recording into ``path``.
         :raises DeferredOperationError: already inside a deferred block.
@@ -77,7 +83,9 @@ class JournalingSession(Session):
                 f"already recording into {self._recorder.path}; deferred blocks do not nest",
                 path=self._recorder.path,
             )
-        recorder = Recorder.start_recording(self, path, overwrite=overwrite, key=self.journal_key)
+        recorder = Recorder.start_recording(
+            self, path, overwrite=overwrite, key=self.journal_key, allow_dill=allow_dill
+        )
         self._recorder = recorder
         try:
             yield recorder.handle
