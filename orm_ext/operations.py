@@ -66,6 +66,41 @@ class OperationChecker:
 
     def check(self, sequence: int, op: object) -> None:
         """Raise :class:`JournalCorruptError` unless ``op`` is a well-formed operation."""
+        if type(op) is dict and op.get("op") == "insert" and self._plain_insert(op):
+            return
+        self._check(sequence, op)
+
+    def _plain_insert(self, op: dict[str, Any]) -> bool:
+        """Whether ``op`` is an insert of the most common shape, checked in one expression.
+
+        Replay runs this for every operation of a journal of millions of inserts; anything
+        it does not accept goes through the full check, which names the problem.
+        """
+        class_path = op.get("class")
+        attrs = self._attributes.get(class_path) if type(class_path) is str else None
+        ref = op.get("ref")
+        values = op.get("values")
+        if (
+            attrs is None
+            or type(op.get("table")) is not str
+            or type(ref) is not int
+            or ref <= 0
+            or type(values) is not dict
+            or not values.keys() <= attrs.columns
+        ):
+            return False
+        size = len(op)
+        if size == 5:
+            return True
+        links = op.get("links")
+        if size != 6 or type(links) is not dict or not links.keys() <= attrs.relationships:
+            return False
+        for target in links.values():
+            if not (type(target) is int or type(target) is list or target is None):
+                return False
+        return True
+
+    def _check(self, sequence: int, op: object) -> None:
         if type(op) is not dict:
             raise self._bad(sequence, "is not a mapping")
         kind = op.get("op")
