@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 import traceback
 from collections.abc import Sequence
@@ -10,7 +12,6 @@ from typing import Any
 
 from rich.console import Console
 
-from journal import JournalError
 from orm_ext import commands
 
 __all__ = ["build_parser", "main"]
@@ -32,16 +33,26 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=lambda a, c: commands.demo(directory=a.directory, console=c))
 
     key_help = "HMAC key of signed journals (default: $ORM_JOURNAL_KEY)"
-    inspect = sub.add_parser("inspect", help="show a journal's header and operations")
+    inspect = sub.add_parser("inspect", help="show a journal's header, summary and operations")
     inspect.add_argument("path")
-    inspect.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    inspect.add_argument("--json", action="store_true", help="print one JSON document")
     inspect.add_argument(
-        "--unsafe", action="store_true", help="decode dill values (runs code from the journal)"
+        "--limit",
+        type=_count,
+        metavar="N",
+        help="show at most N operations (the summary still counts all of them)",
+    )
+    inspect.add_argument(
+        "--unsafe",
+        "--allow-dill",
+        dest="unsafe",
+        action="store_true",
+        help="decode dill values: this runs code from the file; only for journals you trust",
     )
     inspect.add_argument("--key", help=key_help)
     inspect.set_defaults(
         func=lambda a, c: commands.inspect(
-            a.path, as_json=a.json, unsafe=a.unsafe, key=a.key, console=c
+            a.path, as_json=a.json, unsafe=a.unsafe, limit=a.limit, key=a.key, console=c
         )
     )
 
@@ -62,6 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     replay.add_argument("--on-conflict", choices=("fail", "overwrite", "skip"), default="fail")
     replay.add_argument("--allow-schema-drift", action="store_true")
+    replay.add_argument(
+        "--allow-dill",
+        action="store_true",
+        help="decode dill values of journals that did not verify with a key: this runs code "
+        "from the files; only for journals nobody else can write",
+    )
     replay.add_argument("--key", help=key_help)
     replay.set_defaults(
         func=lambda a, c: commands.replay(
@@ -70,7 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
             models=a.models,
             on_conflict=a.on_conflict,
             allow_schema_drift=a.allow_schema_drift,
+            allow_dill=a.allow_dill,
             key=a.key,
+            show_traceback=a.traceback,
             console=c,
         )
     )
@@ -81,6 +100,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _count(text: str) -> int:
+    """An argparse type: a whole number, zero or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number, 0 or more, not {text!r}")
+    return value
+
+
 def main(argv: Sequence[str] | None = None, console: Console | None = None) -> int:
     """Run the command line; return the exit status (errors are one line on stderr)."""
     parser = build_parser()
@@ -88,11 +118,18 @@ def main(argv: Sequence[str] | None = None, console: Console | None = None) -> i
     out = console or Console()
     try:
         status: Any = args.func(args, out)
-    except (commands.CommandError, JournalError, OSError, ValueError) as err:
+    except BrokenPipeError:
+        # Whoever read the output stopped (``| head``): end quietly, and point stdout at
+        # /dev/null so that flushing it at exit does not report the pipe once more.
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 2
+    except Exception as err:
         if args.traceback:
             traceback.print_exc()
-        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        print(f"orm-journal {args.command}: error: {message}", file=sys.stderr)
+        message = commands.one_line(err, url=getattr(args, "url", None))
+        sys.stderr.write(f"orm-journal {args.command}: error: {message}\n")
+        sys.stderr.flush()
         return 2
     return int(status)
 

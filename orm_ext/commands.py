@@ -2,135 +2,483 @@
 
 Every command prints to the :class:`rich.console.Console` it is given and returns the
 process exit status; errors are raised as exceptions, which the command line turns into
-one line of output.
+one line of output (:func:`one_line`).
+
+A journal is a file anyone may have written, so nothing read from one is ever printed as
+Rich markup or highlighted, and every line that holds text from a journal (or a path, or
+an error message quoting either) goes through :func:`plain` first.
 """
 
 from __future__ import annotations
 
+import contextlib
+import enum
 import importlib
 import json
+import math
+import os
+import re
+import reprlib
+import stat
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+import traceback
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from datetime import time as clock_time
+from decimal import Decimal
+from itertools import groupby, islice
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
+from rich.text import Text
 from sqlalchemy import create_engine, select
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import sessionmaker
 
-from journal import Journal, JournalError, JournalSignatureError, Placeholder
+from journal import (
+    EnumRef,
+    Journal,
+    JournalError,
+    JournalIncompleteError,
+    JournalSignatureError,
+    OpaqueValue,
+    Placeholder,
+)
 from orm_ext import demo as demo_models
 from orm_ext import ledger
 from orm_ext.replay import ConflictPolicy, reconnect_and_commit
 from orm_ext.session import JournalingSession
 
-__all__ = ["CommandError", "demo", "init_db", "inspect", "replay", "verify"]
+__all__ = [
+    "CommandError",
+    "demo",
+    "init_db",
+    "inspect",
+    "one_line",
+    "plain",
+    "replay",
+    "verify",
+]
 
 
 class CommandError(Exception):
     """A command could not do its job; the message is the one line the user sees."""
 
 
+# -- plain output ---------------------------------------------------------------------------
+
+# What a terminal would act on instead of showing: C0 controls (ESC starts an escape
+# sequence, CR and BS overwrite a line), DEL, C1 controls (CSI), line and paragraph
+# separators, and invisible formatting characters (bidirectional overrides reorder what
+# follows them, zero-width ones hide text).
+_UNSAFE = re.compile(
+    "[\x00-\x1f\x7f-\x9f\xad\u061c\u180e\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff"
+    "\ufff9-\ufffb\U000e0000-\U000e007f]"
+)
+# Longest text of a header field, a name or a value shown by ``inspect`` before it is cut.
+_FIELD = 200
+_VALUE = 60
+# Changes (columns, links, ...) shown per operation line, and rows per collection change.
+_PARTS = 20
+# Distinct (table, kind) groups counted one by one in the summary; the rest are summed, so
+# a crafted journal with a new table name per operation cannot make the summary grow.
+_GROUPS = 1000
+# Longest str or bytes written in full by ``inspect --json``.
+_JSON_TEXT = 1024
+# Longest int formatted in decimal: Python refuses to format more than 4,300 digits.
+_INT_BITS = 12_000
+
+
+def plain(text: str) -> str:
+    """Return ``text`` with terminal control and invisible formatting characters escaped.
+
+    Each such character becomes a Python escape (``\\x1b``, ``\\u202e``), so that text
+    from a journal, a path or an error message shows literally and stays on one line.
+
+    >>> plain("host\\x1b[2J")
+    'host\\\\x1b[2J'
+    """
+    return _UNSAFE.sub(_escape, text)
+
+
+_MNEMONIC = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    code = ord(char)
+    if char in _MNEMONIC:
+        return _MNEMONIC[char]
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def _clip(text: str, limit: int = _FIELD) -> str:
+    """Cut ``text`` to ``limit`` characters (saying how long it was), then escape it."""
+    if len(text) > limit:
+        text = f"{text[:limit]}...({len(text)} characters)"
+    return plain(text)
+
+
+class _ShortRepr(reprlib.Repr):
+    """``repr()`` that never builds the full text of a long value, then cuts it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.maxstring = self.maxother = _VALUE
+        self.maxlist = self.maxtuple = self.maxdict = self.maxset = self.maxfrozenset = 8
+        self.maxlevel = 4
+
+    def repr1(self, x: Any, level: int) -> str:
+        kind = type(x)
+        if kind is str:
+            return self._cut(repr(x[: self.maxstring]), len(x) > self.maxstring, len(x), "chars")
+        if kind in (bytes, bytearray):
+            long = len(x) > self.maxstring
+            return self._cut(repr(bytes(x[: self.maxstring])), long, len(x), "bytes")
+        if kind is int and x.bit_length() > _INT_BITS:
+            return f"<int of {x.bit_length()} bits>"
+        if kind is Placeholder:
+            return f"#{x.ref}.{_clip(str(x.attribute), _VALUE)}"
+        if kind is EnumRef:
+            return _clip(str(x), _VALUE)
+        return super().repr1(x, level)
+
+    @staticmethod
+    def _cut(text: str, long: bool, length: int, unit: str) -> str:
+        return f"{text}...({length} {unit})" if long else text
+
+
+_REPR = _ShortRepr()
+
+
+def _short(value: Any) -> str:
+    """A value for one line of ``inspect``: at most about ``_VALUE`` characters, escaped."""
+    try:
+        text = _REPR.repr(value)
+    except Exception:  # a decoded (--unsafe) object's __repr__ may raise anything
+        text = f"<{type(value).__name__}>"
+    return plain(text)
+
+
+def _line(out: Console, *parts: str | tuple[str, str]) -> None:
+    """Print one line: never wrapped or cut, no markup, no highlighting."""
+    out.print(Text.assemble(*parts), soft_wrap=True, highlight=False)
+
+
+def _hide_password(text: str, url: str | None) -> str:
+    """Replace the password of ``url`` wherever it occurs in ``text`` with ``***``."""
+    if not url:
+        return text
+    # As written (maybe %-quoted), up to the first and to the last '@', and as parsed.
+    secrets = set(re.findall(r"^[^:/]*://[^:@/]*:([^@]*)@", url))
+    secrets.update(re.findall(r"^[^:/]*://[^:@/]*:(.*)@", url))
+    with contextlib.suppress(Exception):
+        secrets.add(make_url(url).password or "")
+    for secret in sorted(filter(None, secrets), key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
+
+
+def _safe_url(url: str) -> str:
+    """``url`` with its password masked, for a message."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "(an unparsable URL)"
+
+
+def one_line(err: BaseException, *, url: str | None = None) -> str:
+    """Return the one line that reports ``err``: escaped, with no password of ``url``.
+
+    A database error loses the SQL and the link SQLAlchemy appends, and the line breaks of
+    the driver's message become spaces; any other message is kept exactly, its control
+    characters escaped (a path may hold a line break). An error the commands do not
+    expect is named by its type.
+    """
+    text = str(err).strip()
+    if isinstance(err, SQLAlchemyError):
+        text = re.split(r"\n\[SQL: |\n\(Background on this error", text, maxsplit=1)[0]
+        text = re.sub(r"\s*\n\s*", " ", text)
+    if not isinstance(err, CommandError | JournalError | OSError | ValueError | SQLAlchemyError):
+        text = f"{type(err).__name__}: {text}" if text else type(err).__name__
+    return plain(_hide_password(text or type(err).__name__, url))
+
+
 # -- inspect and verify -------------------------------------------------------------------------
 
 
-def _format(value: Any) -> str:
-    if isinstance(value, Placeholder):
-        return f"#{value.ref}.{value.attribute}"
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+def _open(path: str | Path, *, key: str | None, allow_dill: bool = False) -> Journal:
+    """Open a journal for reading; anything but a regular file is refused first.
+
+    Opening a FIFO, say, would wait for a writer forever.
+    """
+    with contextlib.suppress(FileNotFoundError):  # Journal says so in its own words
+        _check_regular(path)
+    return Journal(path, key=key, allow_dill=allow_dill)
+
+
+def _check_regular(path: str | Path) -> None:
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise OSError(f"{path}: not a regular file, so not a journal")
+
+
+def _verification(journal: Journal) -> tuple[bool, str, bool]:
+    """Return whether ``journal`` verified, its status line, and whether to list operations."""
+    try:
+        journal.verify()
+    except JournalSignatureError as err:
+        return False, f"NOT VERIFIED: {err}", False
+    except JournalIncompleteError as err:
+        # Unsealed but intact: the acknowledged batches can be shown.
+        return False, f"INVALID: {err}", True
+    except JournalError as err:
+        return False, f"INVALID: {err}", False
+    checked = "signed, signature verified" if journal.signed else "unsigned, checksums verified"
+    return True, checked, True
+
+
+@dataclass
+class _Summary:
+    """Operations counted per (table, kind) in one streaming pass."""
+
+    total: int = 0
+    groups: Counter[tuple[str, str]] = field(default_factory=Counter)
+    other: int = 0
+
+    def add(self, op: Any) -> None:
+        self.total += 1
+        if not isinstance(op, dict):
+            group = ("(malformed)", "-")
+        else:
+            group = (_name(op.get("table")), _name(op.get("op")))
+        if group in self.groups or len(self.groups) < _GROUPS:
+            self.groups[group] += 1
+        else:
+            self.other += 1
+
+
+def _summarise(journal: Journal) -> _Summary:
+    summary = _Summary()
+    for _, op in journal.operations(pickles="opaque"):
+        summary.add(op)
+    return summary
+
+
+def _name(value: Any) -> str:
+    return _clip(value, _VALUE) if isinstance(value, str) else _short(value)
+
+
+def _mapping(value: Any) -> dict[Any, Any]:
+    return value if isinstance(value, dict) else {}
 
 
 def _row(target: Any) -> str:
-    if isinstance(target, int):
+    if type(target) is int:
         return f"#{target}"
     if isinstance(target, list):
-        return repr(tuple(target))
-    return repr(target)
+        return _short(tuple(target[: _REPR.maxtuple + 1]))
+    return _short(target)
+
+
+def _rows(targets: Any) -> str:
+    if not isinstance(targets, list):
+        return _short(targets)
+    shown = ", ".join(_row(t) for t in targets[:_PARTS])
+    return shown + (f", ... {len(targets) - _PARTS} more" if len(targets) > _PARTS else "")
 
 
 def _target(op: dict[str, Any]) -> str:
     if "ref" in op:
-        return f"new #{op['ref']}"
-    target = op.get("target")
-    if isinstance(target, int):
-        return f"#{target}"
-    if isinstance(target, list):
-        return repr(tuple(target))
+        return f"new #{_short(op['ref'])}"
+    if "target" in op:
+        return _row(op["target"])
     where = op.get("where")
-    return "where " + json.dumps(where, default=str) if where is not None else "all rows"
+    return "all rows" if where is None else f"where {_short(where)}"
 
 
-def _changes(op: dict[str, Any]) -> str:
-    old = op.get("old", {})
-    parts = []
-    if op["op"] == "delete":
-        return ", ".join(f"{k}={_format(v)}" for k, v in old.items())
-    for key, value in op.get("values", {}).items():
-        parts.append(
-            f"{key}: {_format(old[key])} → {_format(value)}"
-            if key in old
-            else f"{key}={_format(value)}"
-        )
-    for key, (ref, attribute) in op.get("refs", {}).items():
-        parts.append(f"{key}=#{ref}.{attribute}")
-    for key, target in op.get("links", {}).items():
-        parts.append(f"{key} → {_row(target)}")
-    for key, targets in op.get("added", {}).items():
-        parts.append(f"{key} += {', '.join(_row(t) for t in targets)}")
-    for key, targets in op.get("removed", {}).items():
-        parts.append(f"{key} -= {', '.join(_row(t) for t in targets)}")
-    if "version" in op and isinstance(op["version"], list):
-        parts.append(f"version: {op['version'][0]} → {op['version'][1]}")
-    if "rows" in op:
-        parts.append(f"{len(op['rows'])} row(s)")
-    return ", ".join(parts)
+def _change_parts(op: dict[str, Any]) -> Iterator[str]:
+    old = _mapping(op.get("old"))
+    if op.get("op") == "delete":
+        for key, value in old.items():
+            yield f"{_name(key)}={_short(value)}"
+        return
+    for key, value in _mapping(op.get("values")).items():
+        if key in old:
+            yield f"{_name(key)}: {_short(old[key])} → {_short(value)}"
+        else:
+            yield f"{_name(key)}={_short(value)}"
+    for key, ref in _mapping(op.get("refs")).items():
+        if isinstance(ref, list | tuple) and len(ref) == 2:
+            yield f"{_name(key)}=#{_short(ref[0])}.{_name(ref[1])}"
+        else:
+            yield f"{_name(key)}={_short(ref)}"
+    for key, target in _mapping(op.get("links")).items():
+        yield f"{_name(key)} → {_row(target)}"
+    for key, targets in _mapping(op.get("added")).items():
+        yield f"{_name(key)} += {_rows(targets)}"
+    for key, targets in _mapping(op.get("removed")).items():
+        yield f"{_name(key)} -= {_rows(targets)}"
+    version = op.get("version")
+    if isinstance(version, list) and len(version) == 2:
+        yield f"version: {_short(version[0])} → {_short(version[1])}"
+    if isinstance(op.get("rows"), list):
+        yield f"{len(op['rows'])} row(s)"
 
 
-def inspect(
+def _change_count(op: dict[str, Any]) -> int:
+    if op.get("op") == "delete":
+        return len(_mapping(op.get("old")))
+    sections = ("values", "refs", "links", "added", "removed")
+    count = sum(len(_mapping(op.get(s))) for s in sections)
+    version = op.get("version")
+    count += isinstance(version, list) and len(version) == 2
+    return count + isinstance(op.get("rows"), list)
+
+
+def _describe(sequence: int, op: Any) -> str:
+    """One line of ``inspect`` for one operation, whatever the journal holds there."""
+    if not isinstance(op, dict):
+        return f"{sequence:>6}  malformed operation: {_short(op)}"
+    kind = _name(op.get("op"))
+    cls = op.get("class")
+    cls = _clip(cls.rsplit(":", 1)[-1], _VALUE) if isinstance(cls, str) else _short(cls)
+    changes = ", ".join(islice(_change_parts(op), _PARTS))
+    more = _change_count(op) - _PARTS
+    if more > 0:
+        changes += f", ... {more} more"
+    return f"{sequence:>6}  {kind:<7} {cls} / {_name(op.get('table'))}  {_target(op)}  {changes}"
+
+
+def _header_fields(journal: Journal) -> list[tuple[str, str]]:
+    """The header as (label, text) pairs, every text escaped and cut to a bounded length."""
+    header = journal.header
+    versions = ", ".join(
+        f"{_clip(name, _VALUE)} {_clip(str(version), _VALUE)}"
+        for name, version in islice(sorted(header.versions.items()), _PARTS)
+    )
+    schema = header.meta.get("schema")
+    tables = sorted(str(name) for name in schema) if isinstance(schema, dict) else []
+    shown = ", ".join(_clip(name, _VALUE) for name in tables[:_PARTS])
+    if len(tables) > _PARTS:
+        shown += f", ... {len(tables) - _PARTS} more"
+    revision = header.meta.get("alembic_revision")
+    return [
+        ("id", _clip(header.journal_id)),
+        ("state", journal.state),
+        ("created", f"{_clip(header.created_at)} on {_clip(header.host)}"),
+        ("sealed", _clip(header.sealed_at or "-")),
+        ("operations", "-" if header.operation_count is None else str(header.operation_count)),
+        ("versions", versions or "-"),
+        ("alembic revision", _name(revision) if revision else "-"),
+        ("tables", shown or "-"),
+    ]
+
+
+def _write_text(
+    write: Callable[[str], object],
+    journal: Journal,
     path: str,
-    *,
-    as_json: bool = False,
-    unsafe: bool = False,
-    key: str | None = None,
-    console: Console | None = None,
-) -> int:
-    """Show a journal's header, state, signature status and operations.
+    verified: bool,
+    status: str,
+    summary: _Summary | None,
+    operations: Iterator[tuple[int, Any]],
+    limit: int | None,
+) -> None:
+    marker = "" if verified else " (unverified)"
+    write(f"{'journal':<18}{plain(path)}\n")
+    write(f"{'signature':<18}{plain(status)}\n")
+    for label, text in _header_fields(journal):
+        write(f"{label:<18}{text}{marker}\n")
+    if summary is None:
+        write(f"{'summary':<18}operations not shown: the journal did not verify\n")
+        return
+    write(f"{'summary':<18}{summary.total} operation(s)\n")
+    for table, groups in groupby(sorted(summary.groups.items()), key=lambda g: g[0][0]):
+        write(f"  {table}: " + ", ".join(f"{count} {kind}" for (_, kind), count in groups) + "\n")
+    if summary.other:
+        write(f"  ... {summary.other} more in other tables\n")
+    write("operations        seq  kind  class / table  row  changes\n")
+    shown = 0
+    for sequence, op in operations:
+        if limit is not None and shown >= limit:
+            break
+        write(_describe(sequence, op) + "\n")
+        shown += 1
+    if shown < summary.total:
+        write(f"  ... {summary.total - shown} more operation(s) not shown (--limit {limit})\n")
 
-    Never runs anything from the journal: ``dill`` values and enum classes stay opaque
-    unless ``unsafe`` is set (and then only after the journal verified).
-    """
-    out = console or Console()
-    with Journal(path, key=key, allow_dill=unsafe) as journal:
-        header = journal.header
-        operations: list[tuple[int, dict[str, Any]]] = []
-        try:
-            journal.verify()
-            status = (
-                "signed, signature verified" if journal.signed else "unsigned, checksums verified"
-            )
-            readable = True
-        except JournalSignatureError as err:
-            status, readable = f"NOT VERIFIED: {err}", False
-        except JournalError as err:
-            status, readable = f"INVALID: {err}", journal.state == "incomplete"
-        if readable:
-            operations = list(journal.operations(pickles="auto" if unsafe else "opaque"))
-    if as_json:
-        document = {
-            "path": str(path),
-            "journal_id": header.journal_id,
-            "state": journal.state,
-            "signed": header.signed,
-            "status": status,
-            "header": {
+
+def _json_value(value: Any, depth: int = 0) -> Any:
+    """``value`` as JSON data: long str and bytes cut, with their length; see the CLI docs."""
+    kind = type(value)
+    if value is None or kind is bool:
+        return value
+    if kind is int:
+        return value if value.bit_length() <= _INT_BITS else _short(value)
+    if kind is float:
+        return value if math.isfinite(value) else repr(value)
+    if kind is str:
+        if len(value) > _JSON_TEXT:
+            return {"truncated": value[:_JSON_TEXT], "length": len(value)}
+        return value
+    if kind is bytes:
+        if len(value) > _JSON_TEXT:
+            return {"truncated": repr(value[:_JSON_TEXT]), "length": len(value)}
+        return repr(value)
+    if depth > 64:
+        return _short(value)
+    if kind is list or kind is tuple:
+        return [_json_value(item, depth + 1) for item in value]
+    if kind is dict:
+        return {_json_key(k): _json_value(v, depth + 1) for k, v in value.items()}
+    if isinstance(
+        value, date | clock_time | timedelta | Decimal | uuid.UUID | enum.Enum | EnumRef
+    ) or kind in (Placeholder, OpaqueValue):
+        return _json_value(str(value), depth + 1)
+    return _short(value)
+
+
+def _json_key(key: Any) -> str:
+    if isinstance(key, str) and len(key) <= _JSON_TEXT:
+        return key
+    return _short(key)
+
+
+def _write_json(
+    write: Callable[[str], object],
+    journal: Journal,
+    path: str,
+    verified: bool,
+    status: str,
+    summary: _Summary | None,
+    operations: Iterator[tuple[int, Any]],
+    limit: int | None,
+) -> None:
+    def dump(value: Any) -> str:
+        return json.dumps(value, ensure_ascii=True)
+
+    header = journal.header
+    head = {
+        "path": path,
+        "journal_id": header.journal_id,
+        "state": journal.state,
+        "signed": header.signed,
+        "verified": verified,
+        "status": status,
+        "header": _json_value(
+            {
                 "format_version": header.format_version,
                 "created_at": header.created_at,
                 "sealed_at": header.sealed_at,
@@ -138,34 +486,68 @@ def inspect(
                 "versions": header.versions,
                 "operation_count": header.operation_count,
                 "meta": header.meta,
-            },
-            "operations": [{"sequence": seq, **op} for seq, op in operations],
-        }
-        out.print_json(json.dumps(document, default=str))
-        return 0
-    summary = Table(show_header=False, box=None)
-    summary.add_row("journal", str(path))
-    summary.add_row("id", header.journal_id)
-    summary.add_row("state", journal.state)
-    summary.add_row("signature", status)
-    summary.add_row("created", f"{header.created_at} on {header.host}")
-    summary.add_row("sealed", header.sealed_at or "-")
-    summary.add_row("versions", ", ".join(f"{k} {v}" for k, v in sorted(header.versions.items())))
-    summary.add_row("alembic revision", str(header.meta.get("alembic_revision") or "-"))
-    summary.add_row("tables", ", ".join(sorted(header.meta.get("schema", {}))) or "-")
-    out.print(summary)
-    table = Table(title=f"{len(operations)} operation(s)")
-    for column in ("seq", "kind", "class / table", "row", "changes"):
-        table.add_column(column)
-    for sequence, op in operations:
-        table.add_row(
-            str(sequence),
-            op["op"],
-            f"{op['class'].rsplit(':', 1)[-1]} / {op['table']}",
-            _target(op),
-            _changes(op),
-        )
-    out.print(table)
+            }
+        ),
+        "summary": [],
+    }
+    if summary is not None:
+        head["summary"] = [
+            {"table": table, "kind": kind, "operations": count}
+            for (table, kind), count in sorted(summary.groups.items())
+        ]
+        if summary.other:
+            head["summary"].append({"table": None, "kind": None, "operations": summary.other})
+    # The document is written piece by piece: the head, then one operation at a time.
+    write(dump(head)[:-1] + ', "operations": [')
+    shown = 0
+    total = 0 if summary is None else summary.total
+    for sequence, op in operations if summary is not None else ():
+        if limit is not None and shown >= limit:
+            break
+        item: dict[str, Any] = {"sequence": sequence}
+        if isinstance(op, dict):
+            item.update((_json_key(k), _json_value(v)) for k, v in op.items() if k != "sequence")
+        else:
+            item["malformed"] = _json_value(op)
+        write(("\n" if shown == 0 else ",\n") + dump(item))
+        shown += 1
+    write(f'\n], "operations_shown": {shown}, "operations_left_out": {total - shown}}}\n')
+
+
+def inspect(
+    path: str,
+    *,
+    as_json: bool = False,
+    unsafe: bool = False,
+    limit: int | None = None,
+    key: str | None = None,
+    console: Console | None = None,
+) -> int:
+    """Show a journal's header, state, signature status, a summary and its operations.
+
+    Streams: a first pass over the operations counts them per table and kind, a second
+    prints them one line (or one JSON object) at a time, so memory stays flat on any
+    journal size. Everything read from the journal is printed as plain, escaped text,
+    and long values are cut before they are formatted.
+
+    :param unsafe: decode ``dill`` values (``--unsafe`` / ``--allow-dill``). This runs
+        code from the file. Without it they show as opaque.
+    :param limit: show at most this many operations, and say how many were left out.
+    """
+    out = console or Console()
+    write = out.file.write
+    with _open(path, key=key, allow_dill=unsafe) as journal:
+        verified, status, readable = _verification(journal)
+        summary: _Summary | None = None
+        if readable:
+            try:
+                summary = _summarise(journal)
+            except JournalError as err:
+                verified, status = False, f"INVALID: {err}"
+        operations = journal.operations(pickles="auto" if unsafe else "opaque")
+        writer = _write_json if as_json else _write_text
+        writer(write, journal, str(path), verified, status, summary, operations, limit)
+    out.file.flush()
     return 0
 
 
@@ -173,16 +555,14 @@ def verify(path: str, *, key: str | None = None, console: Console | None = None)
     """Check a journal completely; exit status 0 if it can be replayed, 1 if not."""
     out = console or Console()
     try:
-        with Journal(path, key=key) as journal:
+        with _open(path, key=key) as journal:
             journal.verify()
             count = journal.header.operation_count
             signed = "signed" if journal.signed else "unsigned"
-    except (JournalError, FileNotFoundError) as err:
-        out.print(f"[red]invalid[/red]: {err}", highlight=False)
+    except (JournalError, OSError) as err:
+        _line(out, ("invalid", "red"), f": {one_line(err)}")
         return 1
-    out.print(
-        f"[green]valid[/green]: {path}: sealed, {signed}, {count} operation(s)", highlight=False
-    )
+    _line(out, ("valid", "green"), f": {plain(str(path))}: sealed, {signed}, {count} operation(s)")
     return 0
 
 
@@ -204,11 +584,20 @@ def _journals(paths: Iterable[str]) -> list[Path]:
     return found
 
 
-def _engine(url: str) -> Any:
+def _engine(url: str) -> Engine:
     try:
-        return create_engine(make_url(url))
-    except (ArgumentError, SQLAlchemyError, ImportError) as err:
-        raise CommandError(f"cannot use database URL {url!r}: {err}") from err
+        parsed = make_url(url)
+    except Exception:
+        # Not chained: the parser's error could quote the URL, password and all.
+        raise CommandError(
+            "cannot parse the database URL; expected dialect+driver://user:password@host/database"
+        ) from None
+    try:
+        return create_engine(parsed)
+    except Exception as err:
+        raise CommandError(
+            f"cannot use database URL {_safe_url(url)}: {one_line(err, url=url)}"
+        ) from err
 
 
 def replay(
@@ -218,15 +607,23 @@ def replay(
     models: Sequence[str] = (),
     on_conflict: ConflictPolicy = "fail",
     allow_schema_drift: bool = False,
+    allow_dill: bool = False,
     key: str | None = None,
+    show_traceback: bool = False,
     console: Console | None = None,
 ) -> int:
     """Replay journals (files, or directories of ``*.dbm``) in order, each exactly once.
 
-    Several ``replay`` processes may share a directory and a database: a journal another
-    process is applying right now is passed over and looked at again at the end.
+    Prints one line per journal as it finishes: path, outcome, detail. A journal that
+    fails, for whatever reason, is reported with its one-line reason and the others still
+    run. Several ``replay`` processes may share a directory and a database: a journal
+    another process is applying right now is passed over and looked at again at the end.
     Exit status 0 when every journal is in the database (applied now or before), 1 if
     any failed.
+
+    :param allow_dill: unpickle ``dill`` values of journals not verified with a key
+        (``--allow-dill``). This runs code from the files.
+    :param show_traceback: print the traceback of each failure too (``--traceback``).
     """
     out = console or Console()
     for module in models:
@@ -236,39 +633,40 @@ def replay(
             raise CommandError(f"--models {module}: cannot import it ({err})") from err
     journals = _journals(paths)
     engine = _engine(url)
-    outcomes: dict[Path, tuple[str, str]] = {}
     sessions = sessionmaker(engine, class_=JournalingSession, journal_key=key)
+    failed = False
     try:
         with Progress(console=out, transient=True, disable=not out.is_terminal) as progress:
             task = progress.add_task("replaying", total=len(journals))
             pending = list(journals)
-            for attempt in range(2):
+            for if_busy in ("skip", "wait"):
                 busy: list[Path] = []
                 for path in pending:
-                    outcome = _replay_one(
-                        sessions,
-                        path,
-                        key,
-                        on_conflict,
-                        allow_schema_drift,
-                        "skip" if attempt == 0 else "wait",
-                    )
+                    try:
+                        outcome = _replay_one(
+                            sessions,
+                            path,
+                            key,
+                            on_conflict,
+                            allow_schema_drift,
+                            allow_dill,
+                            if_busy,
+                        )
+                    except Exception as err:
+                        if show_traceback:
+                            traceback.print_exc()
+                        outcome = ("failed", one_line(err, url=url))
                     if outcome is None:
                         busy.append(path)
                         continue
-                    outcomes[path] = outcome
+                    failed = failed or outcome[0] == "failed"
+                    style = "red" if outcome[0] == "failed" else "green"
+                    _line(out, f"{plain(str(path))}: ", (outcome[0], style), f": {outcome[1]}")
                     progress.advance(task)
                 pending = busy
     finally:
         engine.dispose()
-    table = Table(title="replay")
-    for column in ("journal", "outcome", "detail"):
-        table.add_column(column)
-    for path in journals:
-        status, detail = outcomes[path]
-        table.add_row(str(path), status, detail)
-    out.print(table)
-    return 0 if all(s in ("applied", "already applied") for s, _ in outcomes.values()) else 1
+    return 1 if failed else 0
 
 
 def _replay_one(
@@ -277,26 +675,26 @@ def _replay_one(
     key: str | None,
     on_conflict: ConflictPolicy,
     allow_schema_drift: bool,
-    if_busy: Any,
+    allow_dill: bool,
+    if_busy: Literal["wait", "skip"],
 ) -> tuple[str, str] | None:
     started = time.monotonic()
-    try:
-        with sessions() as session:
-            result = reconnect_and_commit(
-                session,
-                path,
-                key=key,
-                on_conflict=on_conflict,
-                allow_schema_drift=allow_schema_drift,
-                if_busy=if_busy,
-            )
-    except (JournalError, FileNotFoundError, SQLAlchemyError) as err:
-        return "failed", str(err).splitlines()[0]
+    _check_regular(path)
+    with sessions() as session:
+        result = reconnect_and_commit(
+            session,
+            path,
+            key=key,
+            on_conflict=on_conflict,
+            allow_schema_drift=allow_schema_drift,
+            allow_dill=allow_dill,
+            if_busy=if_busy,
+        )
     if result.busy:
         return None
     elapsed = f"{time.monotonic() - started:.2f} s"
     if not result.applied:
-        return "already applied", f"{result.journal_id}"
+        return "already applied", result.journal_id
     skipped = f", {len(result.conflicts)} conflict(s)" if result.conflicts else ""
     return "applied", f"{result.operations} operation(s) in {elapsed}{skipped}"
 
@@ -309,10 +707,10 @@ def init_db(url: str, *, console: Console | None = None) -> int:
         with engine.begin() as connection:
             ledger.upgrade(connection)
     except SQLAlchemyError as err:
-        raise CommandError(f"cannot migrate {url}: {str(err).splitlines()[0]}") from err
+        raise CommandError(f"cannot migrate {_safe_url(url)}: {one_line(err, url=url)}") from err
     finally:
         engine.dispose()
-    out.print(f"ledger table {ledger.LEDGER_TABLE} is at the head of branch {ledger.BRANCH}")
+    _line(out, f"ledger table {ledger.LEDGER_TABLE} is at the head of branch {ledger.BRANCH}")
     return 0
 
 
@@ -339,13 +737,13 @@ def demo(*, directory: str | None = None, console: Console | None = None) -> int
     demo_models.setup(url)
     out.rule("1. a recording worker records instead of writing")
     count = _step("record", url, journal)
-    out.print(f"recorded {count} operation(s) into {journal}; the database is untouched")
+    _line(out, f"recorded {count} operation(s) into {plain(journal)}; the database is untouched")
     out.rule("2. orm-journal inspect")
     inspect(journal, console=out)
     out.rule("3. a replay process applies the journal")
-    out.print(f"applied: {_step('replay', url, journal)}")
+    _line(out, f"applied: {_step('replay', url, journal)}")
     out.rule("4. replaying again changes nothing (exactly once)")
-    out.print(f"applied: {_step('replay', url, journal)}")
+    _line(out, f"applied: {_step('replay', url, journal)}")
     out.rule("5. the database now")
     engine = create_engine(url)
     with sessionmaker(engine)() as session:
@@ -363,5 +761,5 @@ def demo(*, directory: str | None = None, console: Console | None = None) -> int
                     )
         out.print(rows)
     engine.dispose()
-    out.print(f"files are in {workdir}")
+    _line(out, f"files are in {plain(str(workdir))}")
     return 0
