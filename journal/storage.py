@@ -796,14 +796,15 @@ def open_readonly(path: str | os.PathLike[str]) -> ReadConnection:
     assert isinstance(conn, ReadConnection)
     try:
         application_id, version = _identity(conn)
-    except sqlite3.Error as err:
+    # A message or schema text that is not UTF-8 fails in the sqlite3 module, not SQLite.
+    except (sqlite3.Error, UnicodeDecodeError) as err:
         conn.close()
         if not _left_by_a_dead_writer(target):
             raise _unreadable(target, err) from err
         conn = _recovered_copy(target)
         try:
             application_id, version = _identity(conn)
-        except sqlite3.Error as copy_err:
+        except (sqlite3.Error, UnicodeDecodeError) as copy_err:
             conn.close()
             raise _unreadable(target, copy_err) from copy_err
     try:
@@ -825,7 +826,7 @@ def open_readonly(path: str | os.PathLike[str]) -> ReadConnection:
     return conn
 
 
-def _unreadable(target: Path, err: sqlite3.Error) -> JournalCorruptError:
+def _unreadable(target: Path, err: sqlite3.Error | UnicodeDecodeError) -> JournalCorruptError:
     if "interrupted" in str(err):
         return JournalCorruptError(
             f"{target}: reading it took over {READ_STEP_SECONDS:.0f} s for one step; the "
@@ -840,7 +841,7 @@ def _check_schema(conn: ReadConnection, target: Path) -> None:
         found = {
             tuple(row) for row in conn.query("SELECT type, name, tbl_name, sql FROM sqlite_master")
         }
-    except sqlite3.Error as err:
+    except (sqlite3.Error, UnicodeDecodeError) as err:
         raise _unreadable(target, err) from err
     if found != _SCHEMA:
         extra = sorted(f"{kind} {name!r}" for kind, name, _, _ in found - _SCHEMA)

@@ -33,12 +33,20 @@ _ALLOWED: Final[dict[str, frozenset[str]]] = {
 }
 _REQUIRED: Final[dict[str, frozenset[str]]] = {
     "insert": _COMMON | {"ref", "values"},
-    "update": _COMMON | {"target", "values"},
-    "delete": _COMMON | {"target"},
+    "update": _COMMON | {"target", "values", "old"},
+    "delete": _COMMON | {"target", "old"},
     "bulk_insert": _COMMON | {"rows"},
     "bulk_update": _COMMON,
     "bulk_delete": _COMMON,
 }
+# An ORM statement is recorded either by rows of parameters or by its WHERE clause (None:
+# every row), never both and never neither: each is one of these exact field sets.
+_STATEMENT_FORMS: Final[dict[str, tuple[frozenset[str], ...]]] = {
+    "bulk_update": (_COMMON | {"rows"}, _COMMON | {"where", "values"}),
+    "bulk_delete": (_COMMON | {"rows"}, _COMMON | {"where"}),
+}
+# Values a key, a version counter or a comparison may hold: what a column holds.
+_CONTAINERS: Final = (list, dict, tuple, set, bool)
 # Criteria nest as deep as the program's WHERE clause; far deeper is a crafted file.
 _MAX_CRITERIA_DEPTH: Final = 64
 
@@ -50,6 +58,9 @@ class _Attributes:
     columns: frozenset[str]
     relationships: frozenset[str]
     primary_key: int
+    # Each relationship's target class's primary-key length: a target given by key must
+    # have exactly that many values.
+    target_keys: dict[str, int]
 
 
 class OperationChecker:
@@ -63,6 +74,8 @@ class OperationChecker:
         self.path = path
         self._mapper_of = mapper_of
         self._attributes: dict[str, _Attributes] = {}
+        # Refs of new objects are handed out in increasing order and never reused.
+        self._last_ref = 0
 
     def check(self, sequence: int, op: object) -> None:
         """Raise :class:`JournalCorruptError` unless ``op`` is a well-formed operation."""
@@ -84,20 +97,21 @@ class OperationChecker:
             attrs is None
             or type(op.get("table")) is not str
             or type(ref) is not int
-            or ref <= 0
+            or ref <= self._last_ref
             or type(values) is not dict
             or not values.keys() <= attrs.columns
         ):
             return False
         size = len(op)
-        if size == 5:
-            return True
-        links = op.get("links")
-        if size != 6 or type(links) is not dict or not links.keys() <= attrs.relationships:
-            return False
-        for target in links.values():
-            if not (type(target) is int or type(target) is list or target is None):
+        if size != 5:
+            links = op.get("links")
+            if size != 6 or type(links) is not dict or not links.keys() <= attrs.relationships:
                 return False
+            for target in links.values():
+                # A link by key, or to no object, goes through the full check.
+                if not (type(target) is int and 0 < target < ref):
+                    return False
+        self._last_ref = ref
         return True
 
     def _check(self, sequence: int, op: object) -> None:
@@ -114,15 +128,21 @@ class OperationChecker:
             raise self._bad(
                 sequence, f"({kind}) has the fields {extra} too many, {missing} missing"
             )
+        forms = _STATEMENT_FORMS.get(kind)
+        if forms is not None and keys not in forms:
+            raise self._bad(sequence, f"({kind}) has neither exactly rows nor a WHERE clause")
         if type(op["class"]) is not str or type(op["table"]) is not str:
             raise self._bad(sequence, "does not name its class and table as text")
         attributes = self._attributes_of(op["class"])
         self._check_fields(sequence, op, attributes)
 
     def _check_fields(self, sequence: int, op: dict[str, Any], attrs: _Attributes) -> None:
-        if "ref" in op and not _is_ref(op["ref"]):
-            raise self._bad(sequence, "has a ref that is not a positive integer")
-        if "target" in op and not _is_target(op["target"], attrs):
+        if "ref" in op:
+            if not _is_ref(op["ref"]) or op["ref"] <= self._last_ref:
+                raise self._bad(sequence, "has a ref that is not a new positive integer")
+            self._last_ref = op["ref"]
+        # The row an update or delete changes exists already: an object of an earlier batch.
+        if "target" in op and not self._is_target(op["target"], attrs.primary_key, existing=True):
             raise self._bad(sequence, "names its row neither by ref nor by primary key")
         for field in ("values", "old"):
             if field in op:
@@ -151,15 +171,14 @@ class OperationChecker:
             raise self._bad(sequence, "(bulk_update) has neither rows nor values")
         if op.get("where") is not None and not self._criteria_ok(op["where"], attrs, 0):
             raise self._bad(sequence, "has a malformed WHERE clause")
-        version = op.get("version")
-        if type(version) is list and len(version) != 2:
-            raise self._bad(sequence, "has a version that is not [old, new]")
+        if "version" in op and not _is_version(op["op"], op["version"]):
+            raise self._bad(sequence, "has a malformed version counter")
 
     def _check_columns(
         self, sequence: int, op: dict[str, Any], field: str, values: object, attrs: _Attributes
     ) -> None:
-        if type(values) is not dict:
-            raise self._bad(sequence, f"has {field} that are not a mapping")
+        if type(values) is not dict or not all(type(k) is str for k in values):
+            raise self._bad(sequence, f"has {field} that are not a mapping of attribute names")
         unknown = values.keys() - attrs.columns
         if unknown:
             raise self._unmapped(sequence, op, field, unknown)
@@ -168,19 +187,33 @@ class OperationChecker:
         self, sequence: int, op: dict[str, Any], field: str, attrs: _Attributes
     ) -> None:
         links = op[field]
-        if type(links) is not dict:
-            raise self._bad(sequence, f"has {field} that are not a mapping")
+        if type(links) is not dict or not all(type(k) is str for k in links):
+            raise self._bad(sequence, f"has {field} that are not a mapping of relationships")
         unknown = links.keys() - attrs.relationships
         if unknown:
             raise self._unmapped(sequence, op, field, unknown)
-        # The targets' class is the relationship's: checked against it when applied.
-        for value in links.values():
+        for key, value in links.items():
+            arity = attrs.target_keys[key]
             if field == "links":
-                ok = value is None or type(value) is int or type(value) is list
+                ok = value is None or self._is_target(value, arity)
             else:
-                ok = type(value) is list and all(type(t) is int or type(t) is list for t in value)
+                ok = type(value) is list and all(self._is_target(t, arity) for t in value)
             if not ok:
                 raise self._bad(sequence, f"has {field} whose targets are malformed")
+
+    def _is_target(self, value: object, arity: int, *, existing: bool = False) -> bool:
+        """A ref of an object created in the journal, or a primary key.
+
+        Links may name objects of their own batch in any order (a flush inserts a graph),
+        so only an ``existing`` target must have been created before.
+        """
+        if type(value) is int:
+            return 0 < value <= self._last_ref if existing else value > 0
+        return (
+            type(value) is list
+            and len(value) == arity
+            and not any(isinstance(v, _CONTAINERS) for v in value)
+        )
 
     def _criteria_ok(self, node: object, attrs: _Attributes, depth: int) -> bool:
         if type(node) is not list or not node or depth > _MAX_CRITERIA_DEPTH:
@@ -194,12 +227,16 @@ class OperationChecker:
             )
         if kind == "not":
             return len(node) == 2 and self._criteria_ok(node[1], attrs, depth + 1)
-        return (
-            len(node) == 4
-            and node[0] == "cmp"
-            and node[1] in CRITERIA_OPERATORS
-            and node[2] in attrs.columns
-        )
+        if len(node) != 4 or node[0] != "cmp" or node[1] not in CRITERIA_OPERATORS:
+            return False
+        operator, key, value = node[1], node[2], node[3]
+        if type(key) is not str or key not in attrs.columns:
+            return False
+        if operator in ("in", "not_in"):
+            return type(value) is list and not any(isinstance(v, _CONTAINERS) for v in value)
+        if operator in ("like", "not_like"):
+            return type(value) is str
+        return not isinstance(value, _CONTAINERS) or type(value) is bool
 
     def _attributes_of(self, class_path: str) -> _Attributes:
         found = self._attributes.get(class_path)
@@ -209,6 +246,7 @@ class OperationChecker:
                 columns=frozenset(p.key for p in mapper.column_attrs),
                 relationships=frozenset(mapper.relationships.keys()),
                 primary_key=len(mapper.primary_key),
+                target_keys={r.key: len(r.mapper.primary_key) for r in mapper.relationships},
             )
         return found
 
@@ -237,10 +275,11 @@ def _is_ref(value: object) -> bool:
     return type(value) is int and value > 0
 
 
-def _is_target(value: object, attrs: _Attributes) -> bool:
-    if type(value) is int:
-        return value > 0
-    return type(value) is list and len(value) == attrs.primary_key
+def _is_version(kind: str, version: object) -> bool:
+    # An update carries [old, new]; a delete the old counter alone.
+    parts = version if kind == "update" and type(version) is list else [version]
+    expected = 2 if kind == "update" else 1
+    return len(parts) == expected and not any(isinstance(v, _CONTAINERS) for v in parts)
 
 
 def check_meta(path: str, meta: Mapping[str, Any]) -> None:
