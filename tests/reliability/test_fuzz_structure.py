@@ -457,11 +457,6 @@ def test_container_other_than_the_format_is_refused(
     assert not problems, "\n".join(problems)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="orm_ext/commands.py verify prints 'invalid: ...' through rich, which wraps it at "
-    "80 columns when stdout is not a terminal (SPEC §7: never wrapped)",
-)
 def test_verify_command_refuses_in_one_line(children: Children) -> None:
     """orm-journal verify, its output a pipe, says that each altered container is invalid in one unwrapped line."""
     runs = [(structure, children.start(structure)) for structure in STRUCTURES]
@@ -738,9 +733,8 @@ FOUND_BY_REPLAY = [
         Corruption("set", "where", ["cmp", "in", "name", "not a list"]),
     ),
 ]
-INSPECT_CRASH = "orm_ext/commands.py inspect assumes the recorded shape of every operation"
 FOUND_BY_INSPECT = [
-    found(name, steps, corruption, still=INSPECT_CRASH)
+    found(name, steps, corruption)
     for name, steps, corruption in [
         ("operation-not-a-mapping", ["insert_task"], Corruption("replace", None, None)),
         ("kind-not-text", ["insert_task"], Corruption("set", "op", 7)),
@@ -797,7 +791,6 @@ def test_malformed_operations_are_refused_by_replay(
     case()
 
 
-@pytest.mark.xfail(strict=True, reason=INSPECT_CRASH)
 def test_inspect_shows_malformed_operations_without_a_traceback(
     workspace: Path, world: World, soak: int
 ) -> None:
