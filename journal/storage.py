@@ -786,6 +786,12 @@ def open_readonly(path: str | os.PathLike[str]) -> ReadConnection:
             f"{target} is a directory, not a journal file; pass the journal's file path",
             path=target,
         )
+    if not target.is_file():
+        # A FIFO or a device would block SQLite's open forever, or feed it endless bytes.
+        raise JournalCorruptError(
+            f"{target} is not a regular file (a pipe, socket or device), so not a journal",
+            path=target,
+        )
     uri = f"{target.resolve().as_uri().replace('file://', 'file:', 1)}?mode=ro"
     try:
         conn = sqlite3.connect(

@@ -540,3 +540,15 @@ def test_cli_never_echoes_a_pickle_run(tmp_path: Path) -> None:
         )
         assert done.returncode == 0, done.stderr
     assert not marker.exists()
+
+
+def test_pipe_at_the_path_is_refused_without_blocking(tmp_path: Path) -> None:
+    """A FIFO named like a journal is refused at once instead of blocking the reader."""
+    path = tmp_path / "ops.dbm"
+    os.mkfifo(path)
+    script = f"from journal import Journal\nJournal({str(path)!r})"
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert "JournalCorruptError" in done.stderr
+    assert "not a regular file" in done.stderr
