@@ -16,7 +16,7 @@ from journal.exc import (
     JournalIncompleteError,
     JournalSignatureError,
 )
-from journal.signing import GENESIS, chain_tag, resolve_key
+from journal.signing import GENESIS, chain_tag_of_pieces, resolve_key
 from journal.storage import (
     FORMAT_VERSION,
     KIND_BATCH,
@@ -122,7 +122,10 @@ class Journal:
                     f"journal {self.path} has no header record; the file is damaged",
                     path=self.path,
                 )
-            last = next(iter_raw_records(self._conn, self.path, descending=True, limit=1), first)
+            last = next(
+                iter_raw_records(self._conn, self.path, descending=True, limit=1, whole=False),
+                first,
+            )
             header = decode_json(first, self.path)
             seal = decode_json(last, self.path) if last.kind == KIND_SEAL else None
             self._header = _make_header(header, seal, self.path)
@@ -269,7 +272,7 @@ class Journal:
         records = operations = 0
         seal: RawRecord | None = None
         digest = GENESIS
-        for record in iter_raw_records(self._conn, self.path):
+        for record in iter_raw_records(self._conn, self.path, whole=False):
             if seal is not None:
                 raise JournalCorruptError(
                     f"journal {self.path}: record {record.sequence} follows the seal",
@@ -342,7 +345,7 @@ class Journal:
     def _check_record(
         self, record: RawRecord, sequence: int, previous: bytes, key: bytes | None
     ) -> bytes:
-        tag = chain_tag(key, previous, sequence, record.signed_part)
+        tag = chain_tag_of_pieces(key, previous, sequence, record.signed_pieces())
         if not hmac.compare_digest(tag, record.tag):
             if key is not None:
                 raise JournalSignatureError(

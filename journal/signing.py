@@ -11,8 +11,16 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+from collections.abc import Iterable
 
-__all__ = ["GENESIS", "KEY_ENVIRONMENT_VARIABLE", "TAG_SIZE", "chain_tag", "resolve_key"]
+__all__ = [
+    "GENESIS",
+    "KEY_ENVIRONMENT_VARIABLE",
+    "TAG_SIZE",
+    "chain_tag",
+    "chain_tag_of_pieces",
+    "resolve_key",
+]
 
 KEY_ENVIRONMENT_VARIABLE = "ORM_JOURNAL_KEY"
 TAG_SIZE = 32
@@ -38,7 +46,16 @@ def chain_tag(
     key: bytes | None, previous: bytes, sequence: int, record: bytes | memoryview
 ) -> bytes:
     """Return the tag of ``record`` at ``sequence``, chained to the ``previous`` tag."""
+    return chain_tag_of_pieces(key, previous, sequence, (record,))
+
+
+def chain_tag_of_pieces(
+    key: bytes | None, previous: bytes, sequence: int, pieces: Iterable[bytes | memoryview]
+) -> bytes:
+    """Return the tag of the record made of ``pieces``: what :func:`chain_tag` returns for
+    their concatenation, without holding it whole."""
     header = previous + sequence.to_bytes(8, "big")
     digest = hashlib.sha256(header) if key is None else hmac.new(key, header, hashlib.sha256)
-    digest.update(record)
+    for piece in pieces:
+        digest.update(piece)
     return digest.digest()

@@ -36,7 +36,7 @@ import tempfile
 import time
 import uuid
 import weakref
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -55,6 +55,7 @@ from journal.signing import GENESIS, TAG_SIZE, chain_tag, resolve_key
 __all__ = [
     "APPLICATION_ID",
     "FORMAT_VERSION",
+    "PIECE_SIZE",
     "JournalWriter",
     "Position",
     "RawRecord",
@@ -117,7 +118,9 @@ class RawRecord:
     """One record as stored: its bytes, not yet verified nor decoded.
 
     ``body`` and ``signed_part`` are views into the stored value, so that a record holding
-    a very large value is not copied again to be checked and decoded.
+    a very large value is not copied again to be checked and decoded. A large batch record
+    read with ``whole=False`` (see :func:`iter_raw_records`) has neither: its signed part
+    comes from :meth:`signed_pieces`, read from the file piece by piece.
     """
 
     sequence: int
@@ -126,6 +129,11 @@ class RawRecord:
     operations: int
     body: memoryview
     signed_part: memoryview
+    pieces: Callable[[], Iterator[bytes]] | None = None
+
+    def signed_pieces(self) -> Iterable[bytes | memoryview]:
+        """The signed part (kind, count, body), in pieces of at most ``PIECE_SIZE`` bytes."""
+        return (self.signed_part,) if self.pieces is None else self.pieces()
 
 
 class JournalWriter:
@@ -940,15 +948,34 @@ def _recovered_copy(target: Path) -> ReadConnection:
     return conn
 
 
+# Records larger than this are read in pieces of this size where only their bytes are
+# needed (verification): checking a journal never holds a whole large value in memory.
+PIECE_SIZE: Final = 1 << 20
+
+
 def iter_raw_records(
-    conn: ReadConnection, path: Path, *, descending: bool = False, limit: int | None = None
+    conn: ReadConnection,
+    path: Path,
+    *,
+    descending: bool = False,
+    limit: int | None = None,
+    whole: bool = True,
 ) -> Iterator[RawRecord]:
     """Yield stored records in sequence order (bytes only; nothing is decoded).
 
-    Each row must come within ``READ_STEP_SECONDS`` of asking for it.
+    Each row must come within ``READ_STEP_SECONDS`` of asking for it. With
+    ``whole=False`` a batch record over ``PIECE_SIZE`` bytes comes without ``body`` and
+    is read piece by piece through :meth:`RawRecord.signed_pieces` (SQLite's incremental
+    blob I/O, in the same read transaction).
     """
     order = "DESC" if descending else "ASC"
-    sql = f'SELECT key, value FROM "{TABLE}" ORDER BY key {order}'
+    # length() and typeof() of a column do not load its content; the value itself is read
+    # only when small enough, or when the whole record is wanted.
+    value = "value" if whole else f"CASE WHEN length(value) <= {PIECE_SIZE} THEN value END"
+    sql = (
+        f'SELECT key, {value}, rowid, typeof(value), length(value) FROM "{TABLE}" '
+        f"ORDER BY key {order}"
+    )
     if limit is not None:
         sql += f" LIMIT {int(limit)}"
     try:
@@ -958,7 +985,11 @@ def iter_raw_records(
             row = cursor.fetchone()
             if row is None:
                 return
-            yield _split(row[0], row[1], path)
+            key, stored, rowid, kind, size = row
+            if stored is None and kind == "blob":
+                yield _large(conn, path, key, rowid, size)
+            else:
+                yield _split(key, stored, path)
     # A key whose bytes are not UTF-8 fails in the sqlite3 module, not in SQLite.
     except (sqlite3.Error, UnicodeDecodeError) as err:
         if isinstance(err, sqlite3.Error) and "interrupted" in str(err):
@@ -988,6 +1019,33 @@ def _split(key: object, value: object, path: Path) -> RawRecord:
         operations=count,
         body=view[PREFIX_SIZE:],
         signed_part=view[TAG_SIZE:],
+    )
+
+
+def _large(conn: ReadConnection, path: Path, key: object, rowid: int, size: int) -> RawRecord:
+    """A record too large to read whole: its prefix now, the rest on demand, in pieces."""
+    with conn.blobopen(TABLE, "value", rowid, readonly=True) as blob:
+        head = blob.read(PREFIX_SIZE)
+        record = _split(key, head, path)
+        if record.kind != KIND_BATCH:
+            # Headers and seals are decoded as JSON; only batches are verified in pieces.
+            blob.seek(0)
+            return _split(key, blob.read(), path)
+
+    def pieces() -> Iterator[bytes]:
+        with conn.blobopen(TABLE, "value", rowid, readonly=True) as blob:
+            if len(blob) != size:
+                raise JournalCorruptError(
+                    f"journal {path}: record {record.sequence} changed while it was read",
+                    path=path,
+                )
+            blob.seek(TAG_SIZE)
+            while piece := blob.read(PIECE_SIZE):
+                yield piece
+
+    empty = memoryview(b"")
+    return RawRecord(
+        record.sequence, record.tag, record.kind, record.operations, empty, empty, pieces
     )
 
 

@@ -371,13 +371,16 @@ GOOD = {
     "ref": 1,
     "values": {"code": "a"},
 }
+# The second insert of the journal, as a recorder would write it.
+NEXT = {**GOOD, "ref": 2}
 MALFORMED: dict[str, tuple[type[Exception], list[Any]]] = {
     "not a mapping": (JournalCorruptError, [[1, 2]]),
-    "unknown kind": (JournalCorruptError, [{**GOOD, "op": "upsert"}]),
-    "values not a mapping": (JournalCorruptError, [{**GOOD, "values": ["code", "a"]}]),
-    "ref not an int": (JournalCorruptError, [{**GOOD, "ref": "1"}]),
-    "missing values": (JournalCorruptError, [{k: v for k, v in GOOD.items() if k != "values"}]),
-    "unmapped attribute": (SchemaMismatchError, [{**GOOD, "values": {"__class__": 1}}]),
+    "unknown kind": (JournalCorruptError, [{**NEXT, "op": "upsert"}]),
+    "values not a mapping": (JournalCorruptError, [{**NEXT, "values": ["code", "a"]}]),
+    "ref not an int": (JournalCorruptError, [{**NEXT, "ref": "2"}]),
+    "ref used twice": (JournalCorruptError, [{**NEXT, "ref": 1}]),
+    "missing values": (JournalCorruptError, [{k: v for k, v in NEXT.items() if k != "values"}]),
+    "unmapped attribute": (SchemaMismatchError, [{**NEXT, "values": {"__class__": 1}}]),
     "target of the wrong arity": (
         JournalCorruptError,
         [
@@ -402,8 +405,8 @@ MALFORMED: dict[str, tuple[type[Exception], list[Any]]] = {
             }
         ],
     ),
-    "link to an unknown relationship": (SchemaMismatchError, [{**GOOD, "links": {"owner": [1]}}]),
-    "refs entry malformed": (JournalCorruptError, [{**GOOD, "refs": {"code": [1]}}]),
+    "link to an unknown relationship": (SchemaMismatchError, [{**NEXT, "links": {"owner": [1]}}]),
+    "refs entry malformed": (JournalCorruptError, [{**NEXT, "refs": {"code": [1]}}]),
 }
 
 
@@ -552,3 +555,26 @@ def test_pipe_at_the_path_is_refused_without_blocking(tmp_path: Path) -> None:
     )
     assert "JournalCorruptError" in done.stderr
     assert "not a regular file" in done.stderr
+
+
+@pytest.mark.parametrize("key", [None, KEY])
+def test_large_record_is_verified_in_pieces(tmp_path: Path, key: bytes | None) -> None:
+    """A batch record larger than a piece verifies and decodes intact, and one flipped byte in it is caught."""
+    path = tmp_path / "ops.dbm"
+    value = os.urandom(3 * storage.PIECE_SIZE + 17)
+    with JournalWriter.create(path, key=key) as writer:
+        writer.append([{"blob": value}])
+        writer.seal()
+    with Journal(path, key=key) as journal:
+        journal.verify()
+        [(_, op)] = journal.operations()
+        assert op["blob"] == value
+    conn = raw(path)
+    stored = conn.execute("SELECT value FROM records WHERE key = ?", (f"{1:012d}",)).fetchone()[0]
+    middle = len(stored) // 2
+    flipped = stored[:middle] + bytes([stored[middle] ^ 1]) + stored[middle + 1 :]
+    conn.execute("UPDATE records SET value = ? WHERE key = ?", (flipped, f"{1:012d}"))
+    conn.close()
+    with Journal(path, key=key) as journal:
+        with pytest.raises(JournalSignatureError if key else JournalCorruptError):
+            journal.verify()
