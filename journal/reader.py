@@ -122,10 +122,7 @@ class Journal:
                     f"journal {self.path} has no header record; the file is damaged",
                     path=self.path,
                 )
-            last = next(
-                iter_raw_records(self._conn, self.path, descending=True, limit=1, whole=False),
-                first,
-            )
+            last = next(iter_raw_records(self._conn, self.path, descending=True, limit=1), first)
             header = decode_json(first, self.path)
             seal = decode_json(last, self.path) if last.kind == KIND_SEAL else None
             self._header = _make_header(header, seal, self.path)
@@ -209,8 +206,9 @@ class Journal:
         operations = 0
         sequence = 1
         current: Batch | None = None
-        for record in iter_raw_records(self._conn, self.path):
-            # Checked again while decoding: what is decoded must be what was verified.
+        for stored in iter_raw_records(self._conn, self.path):
+            # Read whole once, then checked again: what is decoded must be what was verified.
+            record = stored.loaded()
             if record.sequence != expected or (expected == 0 and record.tag != self._header_tag):
                 raise self._changed()
             tag = self._check_record(record, expected, tag, key)
@@ -272,7 +270,7 @@ class Journal:
         records = operations = 0
         seal: RawRecord | None = None
         digest = GENESIS
-        for record in iter_raw_records(self._conn, self.path, whole=False):
+        for record in iter_raw_records(self._conn, self.path):
             if seal is not None:
                 raise JournalCorruptError(
                     f"journal {self.path}: record {record.sequence} follows the seal",

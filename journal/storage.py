@@ -118,9 +118,9 @@ class RawRecord:
     """One record as stored: its bytes, not yet verified nor decoded.
 
     ``body`` and ``signed_part`` are views into the stored value, so that a record holding
-    a very large value is not copied again to be checked and decoded. A large batch record
-    read with ``whole=False`` (see :func:`iter_raw_records`) has neither: its signed part
-    comes from :meth:`signed_pieces`, read from the file piece by piece.
+    a very large value is not copied again to be checked and decoded. A batch record over
+    ``PIECE_SIZE`` bytes comes without them (see :func:`iter_raw_records`): its signed
+    part is read piece by piece by :meth:`signed_pieces`, or whole by :meth:`loaded`.
     """
 
     sequence: int
@@ -130,10 +130,15 @@ class RawRecord:
     body: memoryview
     signed_part: memoryview
     pieces: Callable[[], Iterator[bytes]] | None = None
+    load: Callable[[], RawRecord] | None = None
 
     def signed_pieces(self) -> Iterable[bytes | memoryview]:
         """The signed part (kind, count, body), in pieces of at most ``PIECE_SIZE`` bytes."""
         return (self.signed_part,) if self.pieces is None else self.pieces()
+
+    def loaded(self) -> RawRecord:
+        """This record with ``body`` and ``signed_part``, read from the file if need be."""
+        return self if self.load is None else self.load()
 
 
 class JournalWriter:
@@ -954,27 +959,22 @@ PIECE_SIZE: Final = 1 << 20
 
 
 def iter_raw_records(
-    conn: ReadConnection,
-    path: Path,
-    *,
-    descending: bool = False,
-    limit: int | None = None,
-    whole: bool = True,
+    conn: ReadConnection, path: Path, *, descending: bool = False, limit: int | None = None
 ) -> Iterator[RawRecord]:
     """Yield stored records in sequence order (bytes only; nothing is decoded).
 
-    Each row must come within ``READ_STEP_SECONDS`` of asking for it. With
-    ``whole=False`` a batch record over ``PIECE_SIZE`` bytes comes without ``body`` and
-    is read piece by piece through :meth:`RawRecord.signed_pieces` (SQLite's incremental
-    blob I/O, in the same read transaction).
+    Each row must come within ``READ_STEP_SECONDS`` of asking for it. A batch record over
+    ``PIECE_SIZE`` bytes comes without ``body``: it is read only when asked, piece by
+    piece through :meth:`RawRecord.signed_pieces` or whole through
+    :meth:`RawRecord.loaded` (SQLite's incremental blob I/O, in the same read
+    transaction, which also spares SQLite's own copy of the value).
     """
     order = "DESC" if descending else "ASC"
     # length() and typeof() of a column do not load its content; the value itself is read
-    # only when small enough, or when the whole record is wanted.
-    value = "value" if whole else f"CASE WHEN length(value) <= {PIECE_SIZE} THEN value END"
+    # here only when it is small.
     sql = (
-        f'SELECT key, {value}, rowid, typeof(value), length(value) FROM "{TABLE}" '
-        f"ORDER BY key {order}"
+        f"SELECT key, CASE WHEN length(value) <= {PIECE_SIZE} THEN value END, rowid, "
+        f'typeof(value), length(value) FROM "{TABLE}" ORDER BY key {order}'
     )
     if limit is not None:
         sql += f" LIMIT {int(limit)}"
@@ -1032,20 +1032,29 @@ def _large(conn: ReadConnection, path: Path, key: object, rowid: int, size: int)
             blob.seek(0)
             return _split(key, blob.read(), path)
 
+    def reopen() -> sqlite3.Blob:
+        blob = conn.blobopen(TABLE, "value", rowid, readonly=True)
+        if len(blob) != size:
+            blob.close()
+            raise JournalCorruptError(
+                f"journal {path}: record {record.sequence} changed while it was read",
+                path=path,
+            )
+        return blob
+
     def pieces() -> Iterator[bytes]:
-        with conn.blobopen(TABLE, "value", rowid, readonly=True) as blob:
-            if len(blob) != size:
-                raise JournalCorruptError(
-                    f"journal {path}: record {record.sequence} changed while it was read",
-                    path=path,
-                )
+        with reopen() as blob:
             blob.seek(TAG_SIZE)
             while piece := blob.read(PIECE_SIZE):
                 yield piece
 
+    def load() -> RawRecord:
+        with reopen() as blob:
+            return _split(key, blob.read(), path)
+
     empty = memoryview(b"")
     return RawRecord(
-        record.sequence, record.tag, record.kind, record.operations, empty, empty, pieces
+        record.sequence, record.tag, record.kind, record.operations, empty, empty, pieces, load
     )
 
 
