@@ -211,7 +211,8 @@ class Replay:
                 where = f"operation {self._sequence} ({self._op['op']} of {self._op['table']})"
             raise JournalCorruptError(
                 f"journal {self.path}: {where} cannot be applied ({type(err).__name__}: "
-                f"{err}); nothing was applied. The journal is malformed",
+                f"{err}); nothing was applied. The journal is malformed (if orm-journal "
+                "recorded it as it is, report this as a bug)",
                 path=self.path,
             ) from err
         except SQLAlchemyError as err:
