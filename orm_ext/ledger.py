@@ -48,6 +48,8 @@ VERSION_TABLE = "orm_journal_alembic_version"
 BRANCH = "orm_journal"
 # The newest revision of alembic/versions/; ``ensure_ledger`` upgrades any other to it.
 HEAD_REVISION = "d78bd9e47017"
+# The revision that creates the ledger table.
+FIRST_REVISION = "7c1e5a0d2b94"
 
 # Mirrors alembic/versions/ at HEAD_REVISION; replay code writes and reads through this
 # Table, never through a reflected one, so that it works before and after migration alike.
@@ -209,12 +211,28 @@ def _migrate(engine: Engine) -> None:
         try:
             with connection.begin():
                 if not _is_current(connection):
+                    _stamp_if_cut_short(connection)
                     upgrade(connection)
         finally:
             # The lock belongs to the session, which outlives this block in the pool.
             if named and not connection.invalidated:
                 connection.execute(text("SELECT RELEASE_LOCK(:name)"), {"name": _SERVER_LOCK})
                 connection.commit()
+
+
+def _stamp_if_cut_short(connection: Connection) -> None:
+    """Record the first revision for a ledger table whose creation was cut short.
+
+    Where DDL commits on its own (SQLite through pysqlite, MySQL/MariaDB), a replayer
+    killed during the first migration can leave the ledger table created and the version
+    table empty; upgrading from nothing would then fail forever on the existing table.
+    The first revision only creates that table, so the table being there is that
+    revision: stamp it, and upgrade from there (later revisions are safe to repeat).
+    """
+    inspector = inspect(connection)
+    context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
+    if inspector.has_table(LEDGER_TABLE) and not context.get_current_heads():
+        alembic.command.stamp(alembic_config(connection=connection), FIRST_REVISION)
 
 
 def _is_current(connection: Connection) -> bool:

@@ -14,12 +14,12 @@ import datetime as dt
 import os
 import socket
 import sys
-import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from alembic.util import CommandError
 from sqlalchemy import delete, insert, select, text, update
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
@@ -531,7 +531,7 @@ def reconnect_and_commit(
         replay = Replay(session, journal, on_conflict)
         locked = committing = False
         try:
-            _ensure_ledger(session)
+            _ensure_ledger(session, path)
             connection = session.connection()
             # Already applied means nothing to do, even if the schema moved on since.
             if _applied(connection, journal_id):
@@ -644,36 +644,18 @@ def _commit_failed(
     )
 
 
-_MIGRATION_LOCK = threading.Lock()
-
-
-def _ensure_ledger(session: Session, attempts: int = 100) -> None:
-    """Create the ledger through the packaged migration unless it is there already.
-
-    Replayers starting together race to create it; the losers see the winner's tables
-    appear (MariaDB's DDL is not transactional, so possibly one table at a time) and
-    try again until the migration reports the ledger at its head.
-    """
-    engine = session.get_bind().engine
-    for attempt in range(attempts):
-        with engine.connect() as conn:
-            if ledger.LEDGER_TABLE in _table_names(conn):
-                return
-        try:
-            # Alembic's command API is not safe to run from several threads at once.
-            with _MIGRATION_LOCK, engine.begin() as conn:
-                ledger.upgrade(conn)
-            return
-        except SQLAlchemyError:
-            if attempt == attempts - 1:
-                raise
-            time.sleep(0.05)
-
-
-def _table_names(conn: Any) -> list[str]:
-    from sqlalchemy import inspect
-
-    return list(inspect(conn).get_table_names())
+def _ensure_ledger(session: Session, path: str | os.PathLike[str]) -> None:
+    try:
+        ledger.ensure_ledger(session.get_bind().engine)
+    except CommandError as err:
+        # Alembic does not know the database's revision of our branch: a newer release
+        # migrated this ledger, and this one must not write to a table it does not know.
+        raise DeferredOperationError(
+            f"journal {path}: the database's orm-journal ledger is at a migration this "
+            f"orm-journal does not know ({err}); replay with the orm-journal release that "
+            "migrated it, or a newer one. Nothing was applied",
+            path=path,
+        ) from err
 
 
 def _try_lock(connection: Any, journal_id: str) -> bool:

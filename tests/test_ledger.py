@@ -20,7 +20,7 @@ from tests.conftest import Backend
 from tests.scenario import watch
 
 REPO = Path(__file__).resolve().parent.parent
-FIRST_REVISION = "7c1e5a0d2b94"
+FIRST_REVISION = ledger.FIRST_REVISION
 JOURNAL_ID = "3f2b8c1e-9a4d-4e6f-8b7a-1c2d3e4f5a6b"
 PROCESSES = 4
 
@@ -95,6 +95,20 @@ def test_ledger_at_first_revision_is_upgraded(engine: Engine) -> None:
         insert(conn, JOURNAL_ID.upper())
     assert ledger_ids(engine) == [JOURNAL_ID.upper(), JOURNAL_ID]
     assert ledger_ids(engine, where=JOURNAL_ID) == [JOURNAL_ID]
+
+
+def test_ledger_whose_creation_was_cut_short_is_completed(engine: Engine) -> None:
+    """A ledger table left without its version row (a replayer killed mid-migration) is brought to head."""
+    with engine.begin() as conn:
+        alembic.command.upgrade(ledger.alembic_config(connection=conn), FIRST_REVISION)
+    with engine.begin() as conn:
+        insert(conn, JOURNAL_ID)
+        conn.execute(sa.text(f"DELETE FROM {ledger.VERSION_TABLE}"))
+    ledger.ensure_ledger(engine)
+    assert version(engine) == [ledger.HEAD_REVISION]
+    with engine.begin() as conn:
+        insert(conn, JOURNAL_ID.upper())
+    assert ledger_ids(engine) == [JOURNAL_ID.upper(), JOURNAL_ID]
 
 
 def test_replayers_starting_together_upgrade_once(backend: Backend, engine: Engine) -> None:
