@@ -38,8 +38,8 @@ from typing import Any, Final
 import sqlalchemy
 from sqlalchemy import event, select
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Mapper, ORMExecuteState, Session, SessionTransaction
-from sqlalchemy.orm.attributes import instance_state, set_committed_value
+from sqlalchemy.orm import Mapper, ORMExecuteState, Session, SessionTransaction, attributes
+from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.orm.collections import collection_adapter
 from sqlalchemy.orm.interfaces import MANYTOONE, ONETOMANY
 from sqlalchemy.orm.state import InstanceState
@@ -414,7 +414,7 @@ class Recorder:
                 alive = [
                     member
                     for member in (ref() for ref in refs)
-                    if member is not None and not instance_state(member).was_deleted
+                    if member is not None and not attributes.instance_state(member).was_deleted
                 ]
                 set_committed_value(obj, key, alive)
             if REF in state.info:
@@ -470,9 +470,9 @@ class Recorder:
             # The transaction records which objects this flush made persistent, so that
             # a later rollback() discards them exactly as it would after a real flush.
             session.begin()
-        new = list(map(instance_state, session.new))
-        deleted = list(map(instance_state, session.deleted))
-        dirty = list(map(instance_state, session.dirty))
+        new = list(map(attributes.instance_state, session.new))
+        deleted = list(map(attributes.instance_state, session.deleted))
+        dirty = list(map(attributes.instance_state, session.dirty))
         for state in dirty:
             if _is_orphan(state):
                 deleted.append(state)
@@ -621,10 +621,10 @@ class Recorder:
             if value is None:
                 continue
             if many_to_one:
-                target = instance_state(value)
+                target = attributes.instance_state(value)
                 links[key] = pending.get(target) or self._target(target, state, key)
             elif value:
-                targets = [instance_state(v) for v in collection_adapter(value)]
+                targets = [attributes.instance_state(v) for v in collection_adapter(value)]
                 added[key] = [pending.get(t) or self._target(t, state, key) for t in targets]
         # As _operation builds it, without its keyword arguments: one insert per new object.
         operation: dict[str, Any] = {
@@ -686,7 +686,7 @@ class Recorder:
                     continue
                 weak.append(weakref.ref(target))
                 # As _sync_foreign_keys does for a relinked object.
-                target_data = instance_state(target).dict
+                target_data = attributes.instance_state(target).dict
                 for local, remote in plan.many_to_one_pairs[key]:
                     data[local] = target_data.get(remote)
             for key in plan.collections:
@@ -725,7 +725,9 @@ class Recorder:
             if many_to_one:
                 target = history.added[0] if history.added else None
                 links[key] = (
-                    None if target is None else self._target(instance_state(target), state, key)
+                    None
+                    if target is None
+                    else self._target(attributes.instance_state(target), state, key)
                 )
                 # The foreign key columns change with the link: their old values are what
                 # replay checks for a conflict, as for any changed column.
@@ -735,11 +737,13 @@ class Recorder:
             else:
                 if history.added:
                     added[key] = [
-                        self._target(instance_state(v), state, key) for v in history.added
+                        self._target(attributes.instance_state(v), state, key)
+                        for v in history.added
                     ]
                 if history.deleted:
                     removed[key] = [
-                        self._target(instance_state(v), state, key) for v in history.deleted
+                        self._target(attributes.instance_state(v), state, key)
+                        for v in history.deleted
                     ]
         if not (changed or links or added or removed):
             return None
@@ -847,7 +851,7 @@ class Recorder:
             if key not in links:
                 continue
             target = data.get(key)
-            target_data = None if target is None else instance_state(target).dict
+            target_data = None if target is None else attributes.instance_state(target).dict
             for local, remote in pairs:
                 data[local] = None if target_data is None else target_data.get(remote)
 
@@ -862,8 +866,14 @@ class Recorder:
                 continue
             state, missing = operation.pop("missing_old")
             mapper = state.mapper
-            columns = [mapper.get_property(k).columns[0] for k in missing]
-            criteria = [c == v for c, v in zip(mapper.primary_key, state.key[1], strict=True)]
+            # Through the mapped attributes, not the bare columns: for joined inheritance
+            # the ORM joins the subclass table to the base table holding the primary key,
+            # where bare columns would give a cartesian product and another row's value.
+            columns = [mapper.attrs[k].class_attribute for k in missing]
+            criteria = [
+                mapper.get_property_by_column(c).class_attribute == v
+                for c, v in zip(mapper.primary_key, state.key[1], strict=True)
+            ]
             try:
                 row = (
                     self.session.connection(bind_arguments={"mapper": mapper})
@@ -892,8 +902,9 @@ class Recorder:
         if not self.session.in_transaction():
             # As for a flush: the transaction is what a later rollback() rewinds to.
             self.session.begin()
-        if self.session.autoflush:
-            # As the ORM autoflushes before executing a statement (not under no_autoflush).
+        if self.session.autoflush and not _is_flushing(self.session):
+            # As the ORM autoflushes before executing a statement (not under no_autoflush,
+            # nor from a before_flush listener, while the session is already flushing).
             self.session.flush()
         self.io(self.writer.append, [operation])
         self.handle.operations = self.writer.operations
@@ -1063,6 +1074,13 @@ def _is_orphan(state: InstanceState[Any]) -> bool:
     return bool(state.mapper._is_orphan(state))
 
 
+def _is_flushing(session: Session) -> bool:
+    # Private: Session._flushing is what Session._autoflush() checks to skip autoflush
+    # inside a flush (e.g. a statement run from a before_flush listener); there is no
+    # public equivalent. Checked on SQLAlchemy 2.1.9.
+    return bool(session._flushing)
+
+
 def _mark_flushed(
     session: Session,
     new: Sequence[InstanceState[Any]],
@@ -1120,7 +1138,10 @@ def refuse_if_recorded(session: Session, instance: object) -> None:
 
     Adding it back to the session that is still recording that journal is fine.
     """
-    state = instance_state(instance)  # before_attach only sees mapped instances
+    # attributes.instance_state looked up at each call, here and throughout this module:
+    # sqlalchemy.ext.instrumentation replaces it once a class uses custom instrumentation
+    # (its state is not in _sa_instance_state), so a name bound at import would miss it.
+    state = attributes.instance_state(instance)  # before_attach only sees mapped instances
     # Private: InstanceState.info is memoized into the state's __dict__; reading it from
     # there does not create an info dictionary for every object any session attaches.
     # Checked on SQLAlchemy 2.0.x and 2.1.9.
