@@ -20,11 +20,12 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from alembic.util import CommandError
-from sqlalchemy import delete, insert, select, text, update
+from sqlalchemy import delete, insert, literal, select, text, update
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
-from sqlalchemy.orm import Mapper, Session, class_mapper
+from sqlalchemy.orm import Mapper, Session, class_mapper, registry
 from sqlalchemy.orm.attributes import flag_modified, instance_state
+from sqlalchemy.orm.collections import collection_adapter
 from sqlalchemy.orm.exc import UnmappedClassError
 
 from journal import Batch, Journal, JournalCorruptError, JournalError, JournalSignatureError
@@ -106,9 +107,10 @@ class Replay:
         for part in qualname.split("."):
             target = getattr(target, part, None)
         try:
-            if not isinstance(target, type):
-                raise UnmappedClassError(type(None))
-            found = class_mapper(target)
+            if isinstance(target, type):
+                found = class_mapper(target)
+            else:
+                found = self._registered_mapper(path, module, module_name, qualname)
         except UnmappedClassError:
             raise SchemaMismatchError(
                 f"journal {self.path} records {path}, which is not a mapped class in this "
@@ -121,6 +123,50 @@ class Replay:
             ) from None
         self._mappers[path] = found
         return found
+
+    def _registered_mapper(
+        self, path: str, module: Any, module_name: str, qualname: str
+    ) -> Mapper[Any]:
+        """Find a class that is no module attribute through the registries of the module.
+
+        Classes made while mapping (``type()`` inside a ``declared_attr``) are reachable
+        only through their registry: look through the registries of the mapped classes
+        and declarative bases the (already imported) module holds.
+        """
+        registries: list[registry] = []
+        for value in vars(module).values() if module is not None else ():
+            if isinstance(value, registry):
+                candidate: Any = value
+            elif isinstance(value, type):
+                mapped: Any = sa_inspect(value, raiseerr=False)
+                candidate = (
+                    mapped.registry
+                    if isinstance(mapped, Mapper)
+                    else getattr(value, "registry", None)
+                )
+            else:
+                continue
+            if isinstance(candidate, registry) and all(candidate is not r for r in registries):
+                registries.append(candidate)
+        matches = {
+            m
+            for r in registries
+            for m in r.mappers
+            if m.class_.__module__ == module_name and m.class_.__qualname__ == qualname
+        }
+        if not matches:
+            raise UnmappedClassError(type(None))
+        if len(matches) > 1:
+            names = " and ".join(
+                sorted(f"one mapped to {m.local_table.description}" for m in matches)
+            )
+            raise SchemaMismatchError(
+                f"journal {self.path} records {path}, which names more than one mapped class "
+                f"in this process ({names}); give them distinct names",
+                differences=[f"class {path} is ambiguous: {names}"],
+                path=self.path,
+            )
+        return matches.pop()
 
     def resolve_value(self, value: Any) -> Any:
         """Replace placeholders (also inside an IN list) by the keys the database assigned."""
@@ -147,6 +193,7 @@ class Replay:
 
     def target(self, target: Any, mapper: Mapper[Any], *, lock: bool) -> object | None:
         """Return the object a recorded target names (None if its row is gone)."""
+        exact = lock  # an update/delete names the row's own class; a link its base
         if isinstance(target, int):
             obj = self.batch_objects.get(target)
             if obj is not None:
@@ -154,10 +201,49 @@ class Replay:
             key = self.key_of(target)
             mapper = self.ref_classes[target]
             pk = tuple(key[k] for k in _pk_attributes(mapper))
+            exact = True
         else:
             pk = tuple(target)
-        options: dict[str, Any] = {"with_for_update": True} if lock else {}
-        return self.session.get(mapper.class_, pk, **options)
+        if lock and not self._lock_row(mapper, pk):
+            return None
+        if exact and any(m.concrete for m in mapper.self_and_descendants):
+            return self._own_table_row(mapper, pk)
+        return self.session.get(mapper.class_, pk)
+
+    def _lock_row(self, mapper: Mapper[Any], pk: tuple[Any, ...]) -> bool:
+        """Lock the row of ``pk`` (FOR UPDATE) through Core; False if it is gone.
+
+        Not through ``Session.get(..., with_for_update=True)``: PostgreSQL refuses FOR
+        UPDATE on the outer joins of ``lazy="joined"`` relationships and on the UNION of
+        a concrete hierarchy. The mapped table(s) of the class alone (a joined subclass's
+        inner join) hold exactly the rows the update or delete writes.
+        """
+        connection = self.session.connection()
+        if connection.dialect.name == "sqlite":
+            return True  # no row locks: SQLite already serialises writers
+        statement = (
+            select(*mapper.primary_key)
+            .select_from(mapper.persist_selectable)
+            .where(*[column == value for column, value in zip(mapper.primary_key, pk, strict=True)])
+            .with_for_update()
+        )
+        return connection.execute(statement).first() is not None
+
+    def _own_table_row(self, mapper: Mapper[Any], pk: tuple[Any, ...]) -> object | None:
+        """Load the row of ``pk`` from the class's own table in a concrete hierarchy.
+
+        ``Session.get`` would read the hierarchy's polymorphic UNION, where each concrete
+        table repeats the keys of the others.
+        """
+        table = mapper.local_table
+        columns: list[Any] = [table]
+        on = mapper.polymorphic_on
+        if on is not None and table.corresponding_column(on) is None:
+            columns.append(literal(mapper.polymorphic_identity).label(on.key))
+        statement = select(*columns).where(
+            *[column == value for column, value in zip(mapper.primary_key, pk, strict=True)]
+        )
+        return self.session.scalars(select(mapper.class_).from_statement(statement)).first()
 
     # -- applying operations --------------------------------------------------------------
 
@@ -288,22 +374,25 @@ class Replay:
                 # later in the batch must not take an object the journal moved away.
                 getattr(obj, key)
             setattr(obj, key, value)
+        # Through the collection's adapter, so that any collection class works (lists,
+        # sets, attribute_keyed_dict, custom ones): iterating the adapter yields the
+        # members (a dict's values, not its keys).
         for key, targets in added.items():
             prop = mapper.relationships[key]
-            collection = getattr(obj, key)
+            adapter = collection_adapter(getattr(obj, key))
             for target in targets:
                 value = self.target(target, prop.mapper, lock=False)
                 if value is None:
                     raise bulk.missing_target(self, self._sequence, self._op, prop.mapper, target)
-                if value not in collection:
-                    collection.append(value)
+                if adapter is not None and not any(m is value for m in adapter):
+                    adapter.append_with_event(value)
         for key, targets in removed.items():
             prop = mapper.relationships[key]
-            collection = getattr(obj, key)
+            adapter = collection_adapter(getattr(obj, key))
             for target in targets:
                 value = self.target(target, prop.mapper, lock=False)
-                if value is not None and value in collection:
-                    collection.remove(value)
+                if value is not None and adapter is not None and any(m is value for m in adapter):
+                    adapter.remove_with_event(value)
 
     def _update(self, sequence: int, mapper: Mapper[Any], op: dict[str, Any]) -> None:
         obj = self.target(op["target"], mapper, lock=True)
