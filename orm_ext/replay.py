@@ -23,8 +23,11 @@ from alembic.util import CommandError
 from sqlalchemy import delete, insert, literal, select, text, update
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
-from sqlalchemy.orm import Mapper, Session, class_mapper, registry
-from sqlalchemy.orm.attributes import flag_modified, instance_state
+
+# attributes.instance_state is looked up at each call, not imported by name:
+# sqlalchemy.ext.instrumentation replaces it once a class uses custom instrumentation.
+from sqlalchemy.orm import Mapper, Session, attributes, class_mapper, registry
+from sqlalchemy.orm.attributes import flag_modified
 from sqlalchemy.orm.collections import collection_adapter
 from sqlalchemy.orm.exc import UnmappedClassError
 
@@ -322,7 +325,7 @@ class Replay:
             # Recorded values already went through the application's attribute events
             # (validators) when they were set; a pending object's dict is what its INSERT
             # reads, so writing it directly keeps those events from running twice.
-            data = instance_state(obj).dict
+            data = attributes.instance_state(obj).dict
             for key, value in op["values"].items():
                 data[key] = self.resolve_value(value)
             for key, (ref, attribute) in op.get("refs", {}).items():
@@ -368,7 +371,7 @@ class Replay:
             value = None if target is None else self.target(target, prop.mapper, lock=False)
             if value is None and target is not None:
                 raise bulk.missing_target(self, self._sequence, self._op, prop.mapper, target)
-            if instance_state(obj).key is not None:
+            if attributes.instance_state(obj).key is not None:
                 # Load the old target first, so the backref takes the object out of the
                 # old target's collection: a delete cascading through that collection
                 # later in the batch must not take an object the journal moved away.
@@ -400,7 +403,7 @@ class Replay:
             return
         # As for inserts: the values were validated when recorded. flag_modified makes
         # the unit of work write a value set without attribute events.
-        data = instance_state(obj).dict
+        data = attributes.instance_state(obj).dict
         changes = {k: self.resolve_value(v) for k, v in op["values"].items()}
         changes.update({k: self.key_of(r)[a] for k, (r, a) in op.get("refs", {}).items()})
         for key, value in changes.items():
@@ -411,7 +414,7 @@ class Replay:
         )
 
     def _delete(self, sequence: int, mapper: Mapper[Any], op: dict[str, Any]) -> None:
-        self.deleted_here.update(instance_state(o).key for o in self.session.deleted)
+        self.deleted_here.update(attributes.instance_state(o).key for o in self.session.deleted)
         obj = self.target(op["target"], mapper, lock=True)
         if obj is None:
             # The recording session listed the rows its cascades deleted one by one; a
