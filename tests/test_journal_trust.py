@@ -97,6 +97,21 @@ def edit_record(path: Path, sequence: int, edit: Any) -> None:
     conn.close()
 
 
+def alter(path: Path, statements: list[str]) -> None:
+    """Run SQL on the journal file itself, as someone with write access to it would."""
+    conn = raw(path)
+    for statement in statements:
+        conn.execute(statement)
+    conn.close()
+
+
+def sealed_empty_journal(directory: Path) -> Path:
+    path = directory / "ops.dbm"
+    with JournalWriter.create(path) as writer:
+        writer.seal()
+    return path
+
+
 def last_sequence(path: Path) -> int:
     conn = raw(path)
     try:
@@ -132,10 +147,7 @@ def test_container_with_other_objects_is_refused(tmp_path: Path, edit: str) -> N
         writer.append([{"n": 1}])
         writer.append([{"n": 2}])
         writer.seal()
-    conn = raw(path)
-    for statement in CONTAINER_EDITS[edit]:
-        conn.execute(statement)
-    conn.close()
+    alter(path, CONTAINER_EDITS[edit])
     with pytest.raises(JournalCorruptError, match="altered"):
         Journal(path, key=KEY)
 
@@ -148,10 +160,7 @@ def test_replay_of_a_journal_behind_a_view_applies_nothing(
     factory = sessions(engine, KEY)
     path = tmp_path / "ops.dbm"
     record(factory, path, Shot(code="a"), Shot(code="b"))
-    conn = raw(path)
-    conn.execute("ALTER TABLE records RENAME TO real_records")
-    conn.execute("CREATE VIEW records AS SELECT key, value FROM real_records")
-    conn.close()
+    alter(path, CONTAINER_EDITS["view over the records"])
     with factory() as session, pytest.raises(JournalCorruptError):
         session.reconnect_and_commit(path)
     assert shots_in(engine) == []
@@ -167,13 +176,8 @@ RECURSIVE_VIEW = [
 
 def test_recursive_view_is_refused_without_hanging(tmp_path: Path) -> None:
     """Opening a journal whose records are an endless recursive view fails at once, in every tool."""
-    path = tmp_path / "ops.dbm"
-    with JournalWriter.create(path) as writer:
-        writer.seal()
-    conn = raw(path)
-    for statement in RECURSIVE_VIEW:
-        conn.execute(statement)
-    conn.close()
+    path = sealed_empty_journal(tmp_path)
+    alter(path, RECURSIVE_VIEW)
     for argv in (["verify", str(path)], ["inspect", str(path)], ["inspect", "--json", str(path)]):
         done = subprocess.run(
             [sys.executable, "-m", "orm_ext.cli", *argv],
@@ -192,13 +196,8 @@ def test_every_reading_step_is_bounded_in_time(
 ) -> None:
     """A statement that never yields a row is interrupted by the progress handler, as corrupt."""
     monkeypatch.setattr(storage, "READ_STEP_SECONDS", 0.5)
-    path = tmp_path / "ops.dbm"
-    with JournalWriter.create(path) as writer:
-        writer.seal()
-    conn = raw(path)
-    for statement in RECURSIVE_VIEW:
-        conn.execute(statement)
-    conn.close()
+    path = sealed_empty_journal(tmp_path)
+    alter(path, RECURSIVE_VIEW)
     # The reader's own connection class, without the schema check that would refuse the
     # view first: this is the defence for whatever else could make SQLite work forever.
     reader = sqlite3.connect(path, factory=storage.ReadConnection)
