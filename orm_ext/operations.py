@@ -84,7 +84,7 @@ class OperationChecker:
         self._check(sequence, op)
 
     def _plain_insert(self, op: dict[str, Any]) -> bool:
-        """Whether ``op`` is an insert of the most common shape, checked in one expression.
+        """Whether ``op`` is an insert of the most common shape, checked in one pass.
 
         Replay runs this for every operation of a journal of millions of inserts; anything
         it does not accept goes through the full check, which names the problem.
