@@ -5,7 +5,7 @@ from __future__ import annotations
 import hmac
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -327,7 +327,7 @@ class Journal:
             path=self.path,
         )
 
-    def _decoder(self, pickles: Pickles) -> Any:
+    def _decoder(self, pickles: Pickles) -> Callable[[RawRecord], tuple[int, list[Any]]]:
         """Return the function that decodes one batch record under the ``pickles`` policy."""
         if pickles not in ("auto", "opaque", "refuse"):
             raise ValueError(f"pickles must be 'auto', 'opaque' or 'refuse', not {pickles!r}")
