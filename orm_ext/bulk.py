@@ -106,6 +106,9 @@ def _bulk_plan(replay: Replay, numbered: list[tuple[int, dict[str, Any]]]) -> Bu
     # Rows that existed at recording time which links name: target mapper -> key -> first
     # operation naming it.
     existing: dict[Mapper[Any], dict[Any, tuple[int, dict[str, Any]]]] = defaultdict(dict)
+    # Links to new objects of other classes: their table first, with or without a foreign
+    # key constraint between the tables (a relationship with foreign() annotations).
+    linked: set[tuple[Any, Any]] = set()
     for mapper, ops in by_mapper.items():
         for sequence, op in ops:
             if "added" in op:
@@ -114,8 +117,11 @@ def _bulk_plan(replay: Replay, numbered: list[tuple[int, dict[str, Any]]]) -> Bu
             if links:
                 for key, target in links.items():
                     if type(target) is int:
-                        if refs_here.get(target) is mapper:
+                        parent = refs_here.get(target)
+                        if parent is mapper:
                             return None  # row-level order within one table
+                        if parent is not None:
+                            linked.add((parent.local_table, mapper.local_table))
                     elif isinstance(target, list):
                         existing[mapper.relationships[key].mapper].setdefault(
                             target[0], (sequence, op)
@@ -126,7 +132,9 @@ def _bulk_plan(replay: Replay, numbered: list[tuple[int, dict[str, Any]]]) -> Bu
     tables = {mapper.local_table: mapper for mapper in by_mapper}
     order: list[Mapper[Any]] = []
     # The last entry, (None, constraints), lists foreign keys that form cycles.
-    for table, constraints in sort_tables_and_constraints(list(tables)):  # type: ignore[no-untyped-call]
+    for table, constraints in sort_tables_and_constraints(  # type: ignore[no-untyped-call]
+        list(tables), extra_dependencies=linked
+    ):
         if table is None:
             if constraints:
                 return None

@@ -48,12 +48,13 @@ from sqlalchemy.sql.elements import ClauseElement
 from journal import JournalWriter, Position
 from journal.codec import encode
 from orm_ext import dml
+from orm_ext.block_reads import BlockReads
 from orm_ext.exc import DeferredOperationError
 from orm_ext.fingerprint import describe_table, read_alembic_revision
 from orm_ext.gc_pause import paused_gc
 from orm_ext.references import Placeholder, class_path
 
-__all__ = ["DeferredOperations", "Recorder", "install", "refuse_if_recorded"]
+__all__ = ["DeferredOperations", "Recorder", "install", "listen_last", "refuse_if_recorded"]
 
 # Key in InstanceState.info: the journal-local number of an object created in a block.
 REF: Final = "orm_journal.ref"
@@ -114,9 +115,20 @@ class _MapperPlan:
     many_to_one: tuple[str, ...]
     related: tuple[str, ...]  # every relationship: what a rollback pins
     secondary: tuple[sqlalchemy.Table, ...] = field(default=())
+    # One-to-many collection -> (parent attr, member attr) pairs: the member's foreign key
+    # a flush sets from the parent.
+    one_to_many_pairs: dict[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)
+    # Every table a change of such an object can write: its own, link tables, and those
+    # of the members of its one-to-many collections.
+    written_tables: tuple[sqlalchemy.Table, ...] = field(default=())
+    # dynamic and write-only relationships: no collection in the object, only a history.
+    query_loaded: frozenset[str] = field(default=frozenset())
 
 
 _plans: dict[Mapper[Any], _MapperPlan] = {}
+# Relationship strategies that hold no collection in the object: what the program added
+# or removed is in the attribute's history only.
+_QUERY_LOADED: Final = frozenset({"dynamic", "write_only"})
 
 
 def plan_for(mapper: Mapper[Any]) -> _MapperPlan:
@@ -131,12 +143,14 @@ def _make_plan(mapper: Mapper[Any]) -> _MapperPlan:
     columns: list[str] = []
     defaults: list[tuple[str, Any]] = []
     for prop in mapper.column_attrs:
-        if len(prop.columns) != 1 or not isinstance(prop.columns[0], sqlalchemy.Column):
+        if not all(isinstance(c, sqlalchemy.Column) for c in prop.columns):
             continue  # column_property() expressions are read-only: nothing to record
+        # Several columns: one attribute written to each (a joined-inheritance key that
+        # the subclass table repeats), as a flush writes it.
         columns.append(str(prop.key))
         default = prop.columns[0].default
         if default is not None and getattr(default, "is_scalar", False):
-            defaults.append((prop.key, default.arg))  # type: ignore[attr-defined]
+            defaults.append((prop.key, default.arg))
     relationships = []
     pairs: dict[str, tuple[tuple[str, str], ...]] = {}
     for rel in mapper.relationships:
@@ -152,6 +166,29 @@ def _make_plan(mapper: Mapper[Any]) -> _MapperPlan:
                 )
                 for local, remote in rel.local_remote_pairs
             )
+    members: dict[str, tuple[tuple[str, str], ...]] = {}
+    for rel in mapper.relationships:
+        if rel.direction is ONETOMANY and rel.secondary is None and not rel.viewonly:
+            members[rel.key] = tuple(
+                (
+                    mapper.get_property_by_column(local).key,
+                    rel.mapper.get_property_by_column(remote).key,
+                )
+                for local, remote in rel.local_remote_pairs
+            )
+    tables = tuple(t for t in mapper.tables if isinstance(t, sqlalchemy.Table))
+    secondary = tuple(
+        r.secondary
+        for r in mapper.relationships
+        if isinstance(r.secondary, sqlalchemy.Table) and not r.viewonly
+    )
+    member_tables = tuple(
+        t
+        for r in mapper.relationships
+        if r.key in members
+        for t in r.mapper.tables
+        if isinstance(t, sqlalchemy.Table)
+    )
     version = None
     if mapper.version_id_col is not None and mapper.version_id_generator is not False:
         version = mapper.get_property_by_column(mapper.version_id_col).key
@@ -164,18 +201,21 @@ def _make_plan(mapper: Mapper[Any]) -> _MapperPlan:
         scalar_defaults=tuple(defaults),
         primary_key=tuple(mapper.get_property_by_column(c).key for c in mapper.primary_key),
         relationships=tuple(relationships),
-        collections=tuple(r.key for r in mapper.relationships if r.uselist and not r.viewonly),
+        collections=tuple(
+            r.key
+            for r in mapper.relationships
+            if r.uselist and not r.viewonly and r.lazy not in _QUERY_LOADED
+        ),
         many_to_one_pairs=pairs,
         version=version,
-        tables=tuple(t for t in mapper.tables if isinstance(t, sqlalchemy.Table)),
+        tables=tables,
         column_values=_tuple_getter(columns),
         many_to_one=tuple(k for k, m2o in relationships if m2o),
-        related=tuple(r.key for r in mapper.relationships),
-        secondary=tuple(
-            r.secondary
-            for r in mapper.relationships
-            if isinstance(r.secondary, sqlalchemy.Table) and not r.viewonly
-        ),
+        related=tuple(r.key for r in mapper.relationships if r.lazy not in _QUERY_LOADED),
+        query_loaded=frozenset(r.key for r in mapper.relationships if r.lazy in _QUERY_LOADED),
+        secondary=secondary,
+        one_to_many_pairs=members,
+        written_tables=tuple(dict.fromkeys((*tables, *secondary, *member_tables))),
     )
 
 
@@ -233,6 +273,7 @@ class Recorder:
         # the block releases them.
         self.pinned: list[Any] = []
         self.io: JournalIO = _call
+        self.reads = BlockReads(writer.path, self._restore, self._autoflush)
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -315,6 +356,7 @@ class Recorder:
             _recording_connections.pop(connection, None)
         self.guarded.clear()
         self.pinned = []
+        self.reads = BlockReads(self.path, self._restore, self._autoflush)
         self.io(self.writer.close)
         session.expire_on_commit = self.saved_expire_on_commit
         states = session.identity_map.all_states()
@@ -365,6 +407,7 @@ class Recorder:
         try:
             target = self.marks.get(transaction, self.origin)
             self._rewind_journal(target)
+            self.reads.rewind(target.batches)
             self._show_as_of(target)
             self._forget_discarded(target.batches)
         finally:
@@ -389,40 +432,34 @@ class Recorder:
             if kept is None or obj is None:
                 continue
             plan = plan_for(state.mapper)
-            _, values, links, members = kept[-1]
-            pairs = (
-                values.items()
-                if isinstance(values, dict)
-                else zip(plan.columns, values, strict=True)
-            )
-            for key, value in pairs:
-                set_committed_value(obj, key, value)
-            for key, ref in links.items():
-                related = None if ref is None else ref()
-                if ref is None or related is not None:
-                    set_committed_value(obj, key, related)
-            collections.append((obj, state, plan, members))
+            _show_values(obj, state, plan, kept[-1], only_missing=False)
+            collections.append((obj, state, plan, kept[-1][3]))
         # Only once every object has its values again: filling a collection can read its
         # members (a dict collection reads their key attribute).
         for obj, state, plan, members in collections:
-            for key, refs in members.items():
-                if key in state.dict:
-                    continue  # not expired: the session shows it as it is, as it would
-                # A member dropped by the program since cannot be shown again; one that a
-                # flush deleted and the rollback keeps deleted is not shown, as a reload
-                # would not show it.
-                alive = [
-                    member
-                    for member in (ref() for ref in refs)
-                    if member is not None and not attributes.instance_state(member).was_deleted
-                ]
-                set_committed_value(obj, key, alive)
-            if REF in state.info:
-                # Only this journal knows what refers to an object created in it; what a
-                # reload from the database would show is an empty collection.
-                for key in plan.collections:
-                    if key not in state.dict:
-                        set_committed_value(obj, key, ())
+            _show_members(obj, state, plan, members)
+
+    def _restore(self, state: InstanceState[Any]) -> None:
+        """Show the expired attributes of an object the block wrote as the journal has them.
+
+        What a reload would show were the journal applied; the database itself still has
+        the row as it was before the block (or no row at all).
+        """
+        obj = state.obj()
+        if obj is None:
+            return
+        history = state.info.get(SHADOW)
+        if history:
+            plan = plan_for(state.mapper)
+            snapshot = _history(history, plan)[-1]
+            _show_values(obj, state, plan, snapshot, only_missing=True)
+            _show_members(obj, state, plan, snapshot[3])
+        missing = [p.key for p in state.mapper.column_attrs if p.key not in state.dict]
+        if missing and state.key is not None and REF not in state.info:
+            # Never loaded while the block changed the row, so never changed by it: the
+            # database has the value.
+            for key, value in self._database_values(state, missing).items():
+                set_committed_value(obj, key, value)
 
     def _forget_discarded(self, batches: int) -> None:
         """Objects whose insert a rollback discarded become new objects again.
@@ -452,6 +489,7 @@ class Recorder:
             return
         target = self.marks.get(transaction, self.origin)
         self._rewind_journal(target)
+        self.reads.rewind(target.batches)
         for state in self.session.identity_map.all_states():
             _kept_history(state, target)
         self._forget_discarded(target.batches)
@@ -476,15 +514,23 @@ class Recorder:
         for state in dirty:
             if _is_orphan(state):
                 deleted.append(state)
+        # Members removed from a delete-orphan collection that nothing else holds: a
+        # flush deletes them although nothing changed on them (they need not be dirty).
+        seen = set(deleted)
+        for state in dirty:
+            for member in _removed_orphans(state):
+                if member not in seen:
+                    seen.add(member)
+                    deleted.append(member)
         deleted_set = set(deleted)
         dirty = [s for s in dirty if s not in deleted_set]
-        for state in new:
-            if _is_orphan(state):
-                raise DeferredOperationError(
-                    f"{_describe(state)} is an orphan: it was created without the parent its "
-                    "delete-orphan relationship requires, and a flush would refuse it",
-                    path=self.path,
-                )
+        # As Session.flush() treats new orphans: one removed from its parent's collection
+        # before any flush is expunged; any other is inserted (the database's foreign key
+        # decides, at replay, as it would at a plain flush).
+        outside = [s for s in new if _is_orphan(s) and _orphaned_outside_of_session(s)]
+        if outside:
+            _expunge(session, outside)
+            new = [s for s in new if s not in set(outside)]
         # Nothing about the objects changes until the batch is on disk: a construct that
         # cannot be recorded raises with the session as it was, ready for another try.
         first_ref = self.next_ref
@@ -493,6 +539,10 @@ class Recorder:
         try:
             with paused_gc():
                 self._record(session, new, dirty, deleted)
+        except BaseException:
+            # Nothing of this flush was recorded: neither is anything it was to write.
+            self.reads.rewind(self.writer.batches)
+            raise
         finally:
             self.pending = {}
 
@@ -507,13 +557,25 @@ class Recorder:
             self._note_tables(plan_for(mapper))
         mark = self.writer.batches + 1
         first_ref = self.next_ref
+        # Mapper listeners run here, where the program runs, as a flush runs them around
+        # its statements (SPEC §3.10): what they change is what gets recorded. A flush
+        # runs them between its own statements, so what they read of the tables this
+        # flush writes would be the pre-flush rows here: such reads are refused.
+        mappers = {state.mapper for state in (*new, *dirty, *deleted)}
+        tables = {str(t.fullname) for m in mappers for t in plan_for(m).written_tables}
+        self.reads.note_batch(mark, tables, (), ())
+        self._fire("before_insert", new)
+        self._fire("before_update", dirty)
+        self._fire("before_delete", deleted)
         operations = [self._insert(state, first_ref + n) for n, state in enumerate(new)]
         versions: list[tuple[InstanceState[Any], str, Any]] = []
         relinked: list[tuple[InstanceState[Any], dict[str, Any]]] = []
+        changed: list[InstanceState[Any]] = []
         for state in dirty:
             operation = self._update(state, versions)
             if operation is not None:
                 operations.append(operation)
+                changed.append(state)
                 if "links" in operation:
                     relinked.append((state, operation["links"]))
         for state in deleted:
@@ -538,12 +600,57 @@ class Recorder:
         self._settle_new(new, mark)
         for state, links in relinked:
             self._sync_foreign_keys(state, plan_for(state.mapper), links)
+        moved = _sync_members(new, changed, deleted)
+        self._fire("after_insert", new)
+        self._fire("after_update", dirty)
+        self._fire("after_delete", deleted)
+        if operations:
+            # Before _mark_flushed: once no change is pending, the identity map holds
+            # the objects weakly, and those the program no longer refers to are gone.
+            self.reads.note_batch(self.writer.batches, (), (*new, *changed, *moved), deleted)
+        else:
+            self.reads.rewind(self.writer.batches)  # a flush with nothing to write
         _mark_flushed(session, new, dirty, deleted)
         for state, key, value in versions:
             obj = state.obj()
             if obj is not None:
                 set_committed_value(obj, key, value)
         self._remember(dirty)
+
+    def _fire(self, name: str, states: Sequence[InstanceState[Any]]) -> None:
+        """Run the mapper listeners ``name`` for ``states`` with the flush's connection.
+
+        SQL they run goes through the recording connection: reads reach the database,
+        writes are refused (see _refuse_writes), as in the rest of the block.
+        """
+        listening = {
+            mapper: listeners
+            for mapper in {state.mapper for state in states}
+            if (listeners := getattr(mapper.dispatch, name))
+        }
+        if not listening:
+            return
+        connections: dict[Any, sqlalchemy.Connection] = {}
+        for state in states:
+            mapper = state.mapper
+            listeners = listening.get(mapper)
+            if listeners is None or state.obj() is None:
+                continue
+            connection = connections.get(mapper)
+            if connection is None:
+                try:
+                    connection = self.session.connection(bind_arguments={"mapper": mapper})
+                except SQLAlchemyError as err:
+                    raise DeferredOperationError(
+                        f"{_describe(state)}: its class has a {name} listener, which a flush "
+                        f"runs with its database connection, and the database cannot be "
+                        f"reached ({type(err).__name__})",
+                        path=self.path,
+                    ) from err
+                connections[mapper] = connection
+            # The state, as the flush passes it: the event machinery hands listeners
+            # the object unless they were registered with raw=True.
+            listeners(mapper, connection, state)
 
     def _remember(self, dirty: Sequence[InstanceState[Any]]) -> None:
         """Snapshot changed objects for a later rollback (new ones: see :meth:`_snapshot`)."""
@@ -617,6 +724,14 @@ class Recorder:
         # (such a state never has a REF yet), and _target handles the rest.
         pending = self.pending
         for key, many_to_one in plan.relationships:
+            if key in plan.query_loaded:
+                members = state.attrs[key].history.added
+                if members:
+                    added[key] = [
+                        pending.get(t) or self._target(t, state, key)
+                        for t in map(attributes.instance_state, members)
+                    ]
+                continue
             value = data.get(key)
             if value is None:
                 continue
@@ -865,21 +980,19 @@ class Recorder:
             if "missing_old" not in operation:
                 continue
             state, missing = operation.pop("missing_old")
-            mapper = state.mapper
-            # Through the mapped attributes, not the bare columns: for joined inheritance
-            # the ORM joins the subclass table to the base table holding the primary key,
-            # where bare columns would give a cartesian product and another row's value.
-            columns = [mapper.attrs[k].class_attribute for k in missing]
-            criteria = [
-                mapper.get_property_by_column(c).class_attribute == v
-                for c, v in zip(mapper.primary_key, state.key[1], strict=True)
-            ]
+            # A row this block already changed has the block's values as old values:
+            # the journal's own earlier write is what replay will find there.
+            history = state.info.get(SHADOW)
+            if history:
+                values = _history(history, plan_for(state.mapper))[-1][1]
+                if isinstance(values, dict):
+                    for key in [k for k in missing if k in values]:
+                        operation["old"][key] = values[key]
+                        missing.remove(key)
+            if not missing:
+                continue
             try:
-                row = (
-                    self.session.connection(bind_arguments={"mapper": mapper})
-                    .execute(select(*columns).where(*criteria))
-                    .first()
-                )
+                found = self._database_values(state, missing)
             except SQLAlchemyError as err:
                 raise DeferredOperationError(
                     f"cannot record the update of {_describe(state)}: its old values of "
@@ -887,11 +1000,38 @@ class Recorder:
                     f"({type(err).__name__}); load the object before changing it",
                     path=self.path,
                 ) from err
-            if row is not None:
-                for key, value in zip(missing, row, strict=True):
-                    operation["old"][key] = value
+            operation["old"].update(found)
+
+    def _database_values(self, state: InstanceState[Any], keys: Sequence[str]) -> dict[str, Any]:
+        """Read columns of a database row the program has not loaded (one SELECT)."""
+        mapper = state.mapper
+        # Through the mapped attributes, not the bare columns: for joined inheritance the
+        # ORM joins the subclass table to the base table holding the primary key, where
+        # bare columns would give a cartesian product and another row's value.
+        columns = [mapper.attrs[k].class_attribute for k in keys]
+        assert state.key is not None
+        criteria = [
+            mapper.get_property_by_column(c).class_attribute == v
+            for c, v in zip(mapper.primary_key, state.key[1], strict=True)
+        ]
+        self.reads.reading += 1
+        try:
+            row = (
+                self.session.connection(bind_arguments={"mapper": mapper})
+                .execute(select(*columns).where(*criteria))
+                .first()
+            )
+        finally:
+            self.reads.reading -= 1
+        return {} if row is None else dict(zip(keys, row, strict=True))
 
     # -- ORM statements -------------------------------------------------------------------
+
+    def _autoflush(self) -> None:
+        # As the ORM autoflushes before executing a statement (not under no_autoflush,
+        # nor from a before_flush listener, while the session is already flushing).
+        if self.session.autoflush and not _is_flushing(self.session):
+            self.session.flush()
 
     def record_statement(self, orm_execute_state: ORMExecuteState) -> Any:
         """Record an ORM update()/delete()/insert() instead of executing it."""
@@ -902,12 +1042,13 @@ class Recorder:
         if not self.session.in_transaction():
             # As for a flush: the transaction is what a later rollback() rewinds to.
             self.session.begin()
-        if self.session.autoflush and not _is_flushing(self.session):
-            # As the ORM autoflushes before executing a statement (not under no_autoflush,
-            # nor from a before_flush listener, while the session is already flushing).
-            self.session.flush()
+        self._autoflush()
         self.io(self.writer.append, [operation])
         self.handle.operations = self.writer.operations
+        if mapper is not None:
+            self.reads.note_statement(
+                self.writer.batches, [str(t.fullname) for t in plan_for(mapper).written_tables]
+            )
         return dml.empty_result()
 
 
@@ -915,7 +1056,7 @@ class Recorder:
 
 # Connections (SQLAlchemy's per-checkout facades, not the pooled DBAPI connections, whose
 # info would outlive the block) of sessions that are recording, with the journal path.
-_recording_connections: weakref.WeakKeyDictionary[sqlalchemy.Connection, str] = (
+_recording_connections: weakref.WeakKeyDictionary[sqlalchemy.Connection, Recorder] = (
     weakref.WeakKeyDictionary()
 )
 # Set on the session while its transaction holds flushed, uncommitted writes.
@@ -1022,6 +1163,55 @@ def _history(shadow: list[Snapshot] | tuple[Any, ...], plan: _MapperPlan) -> lis
     return [(shadow[0], values, links, members)]
 
 
+def _show_values(
+    obj: object,
+    state: InstanceState[Any],
+    plan: _MapperPlan,
+    snapshot: Snapshot,
+    *,
+    only_missing: bool,
+) -> None:
+    """Show a snapshot's column values and many-to-one links on ``obj``."""
+    _, values, links, _ = snapshot
+    data = state.dict
+    pairs = values.items() if isinstance(values, dict) else zip(plan.columns, values, strict=True)
+    for key, value in pairs:
+        if not (only_missing and key in data):
+            set_committed_value(obj, key, value)
+    for key, ref in links.items():
+        if only_missing and key in data:
+            continue
+        related = None if ref is None else ref()
+        if ref is None or related is not None:
+            set_committed_value(obj, key, related)
+
+
+def _show_members(
+    obj: object,
+    state: InstanceState[Any],
+    plan: _MapperPlan,
+    members: dict[str, tuple[weakref.ref[Any], ...]],
+) -> None:
+    """Show a snapshot's collections on ``obj`` where they are not loaded."""
+    for key, refs in members.items():
+        if key in state.dict:
+            continue  # not expired: the session shows it as it is, as it would
+        # A member dropped by the program since cannot be shown again; one that a flush
+        # deleted and the rollback keeps deleted is not shown, as a reload would not.
+        alive = [
+            member
+            for member in (ref() for ref in refs)
+            if member is not None and not attributes.instance_state(member).was_deleted
+        ]
+        set_committed_value(obj, key, alive)
+    if REF in state.info:
+        # Only this journal knows what refers to an object created in it; what a reload
+        # from the database would show is an empty collection.
+        for key in plan.collections:
+            if key not in state.dict:
+                set_committed_value(obj, key, ())
+
+
 def _kept_history(state: InstanceState[Any], target: Position) -> list[Snapshot] | None:
     """Drop the snapshots of ``state`` taken after ``target``; return what is left."""
     history = state.info.get(SHADOW)
@@ -1074,11 +1264,71 @@ def _is_orphan(state: InstanceState[Any]) -> bool:
     return bool(state.mapper._is_orphan(state))
 
 
+def _removed_orphans(state: InstanceState[Any]) -> Iterator[InstanceState[Any]]:
+    """Persistent members removed from ``state``'s delete-orphan collections, now orphans."""
+    for rel in state.mapper.relationships:
+        if not rel.cascade.delete_orphan or not rel.uselist:
+            continue
+        for member in state.attrs[rel.key].history.deleted:
+            member_state = attributes.instance_state(member)
+            if member_state.key is not None and _is_orphan(member_state):
+                yield member_state
+
+
+def _orphaned_outside_of_session(state: InstanceState[Any]) -> bool:
+    # Private: InstanceState._orphaned_outside_of_session is what Session._flush() checks
+    # to expunge a new orphan instead of inserting it; no public equivalent. Checked on
+    # SQLAlchemy 2.1.9.
+    return bool(state._orphaned_outside_of_session)
+
+
 def _is_flushing(session: Session) -> bool:
     # Private: Session._flushing is what Session._autoflush() checks to skip autoflush
     # inside a flush (e.g. a statement run from a before_flush listener); there is no
     # public equivalent. Checked on SQLAlchemy 2.1.9.
     return bool(session._flushing)
+
+
+def _sync_members(
+    new: Sequence[InstanceState[Any]],
+    changed: Sequence[InstanceState[Any]],
+    deleted: Sequence[InstanceState[Any]],
+) -> list[InstanceState[Any]]:
+    """Set the foreign keys of one-to-many members as a flush does; return the members.
+
+    The members' own rows are written at replay from the parent's recorded collection;
+    this makes the program see the keys a direct flush would have set on them.
+    """
+    gone = set(deleted)
+    removals: list[tuple[InstanceState[Any], tuple[tuple[str, str], ...]]] = []
+    additions: list[tuple[InstanceState[Any], InstanceState[Any], tuple[tuple[str, str], ...]]] = []
+    for state in (*new, *changed):
+        pairs_of = plan_for(state.mapper).one_to_many_pairs
+        if not pairs_of:
+            continue
+        attrs = state.attrs
+        for key, pairs in pairs_of.items():
+            # The history, not the value: it is the same for a list, a set, a keyed dict,
+            # a one-to-one scalar or a dynamic relationship (all added, for a new object).
+            history = attrs[key].history
+            for member in history.deleted:
+                if member is not None:
+                    removals.append((attributes.instance_state(member), pairs))
+            for member in history.added:
+                if member is not None:
+                    additions.append((attributes.instance_state(member), state, pairs))
+    moved: list[InstanceState[Any]] = []
+    for member, pairs in removals:
+        if member not in gone and member.obj() is not None:
+            for _, remote in pairs:
+                member.dict[remote] = None
+            moved.append(member)
+    for member, parent, pairs in additions:
+        if member not in gone:
+            for local, remote in pairs:
+                member.dict[remote] = parent.dict.get(local)
+            moved.append(member)
+    return moved
 
 
 def _mark_flushed(
@@ -1172,21 +1422,27 @@ _WRITE = re.compile(
 def _refuse_writes(conn: sqlalchemy.Connection, cursor: Any, statement: str, *args: Any) -> None:
     # The guarantee of SPEC §3.1 for what does not go through a flush or an ORM
     # statement: text() writes, legacy bulk_* methods, session.connection().execute().
-    path = _recording_connections.get(conn)
-    if path is not None and _WRITE.match(statement):
-        raise DeferredOperationError(
-            f"a write statement reached the database connection while recording into {path} "
-            f"({statement.split(None, 1)[0].upper()} ...); only flushes and ORM "
-            "insert()/update()/delete() statements can be recorded. Nothing was sent",
-            path=path,
-        )
+    recorder = _recording_connections.get(conn)
+    if recorder is None:
+        return
+    if not _WRITE.match(statement):
+        # SPEC §3.11: a read of a table the block wrote that no ORM query answered.
+        recorder.reads.check_sql(statement, conn.dialect)
+        return
+    path = recorder.path
+    raise DeferredOperationError(
+        f"a write statement reached the database connection while recording into {path} "
+        f"({statement.split(None, 1)[0].upper()} ...); only flushes and ORM "
+        "insert()/update()/delete() statements can be recorded. Nothing was sent",
+        path=path,
+    )
 
 
 def guard_connection(recorder: Recorder, connection: sqlalchemy.Connection) -> None:
     """Make ``connection`` refuse INSERT/UPDATE/DELETE while ``recorder`` records."""
     if connection in _recording_connections:
         return
-    _recording_connections[connection] = str(recorder.path)
+    _recording_connections[connection] = recorder
     engine = connection.engine
     if not event.contains(engine, "before_cursor_execute", _refuse_writes):
         event.listen(engine, "before_cursor_execute", _refuse_writes)
@@ -1202,6 +1458,12 @@ def install(session: Session) -> None:
     event.listen(session, "after_transaction_end", _after_transaction_end)
     event.listen(session, "after_rollback", _after_rollback)
     event.listen(session, "after_soft_rollback", _after_soft_rollback)
+
+
+def listen_last(session: Session) -> None:
+    """Move the recorder's before_flush listener behind any added since it was."""
+    event.remove(session, "before_flush", _before_flush)
+    event.listen(session, "before_flush", _before_flush)
 
 
 def _recorder(session: Session) -> Recorder | None:
@@ -1253,5 +1515,9 @@ def _do_orm_execute(orm_execute_state: ORMExecuteState) -> Any:
         return None
     if orm_execute_state.is_update or orm_execute_state.is_delete or orm_execute_state.is_insert:
         return recorder.record_statement(orm_execute_state)
+    if orm_execute_state.is_select:
+        answered = recorder.reads.answer(orm_execute_state)
+        if answered is not None:
+            return answered
     dml.refuse_placeholders(orm_execute_state, recorder.path)
     return None

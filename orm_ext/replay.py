@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
+import importlib
 import os
 import socket
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -26,7 +28,14 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
 # attributes.instance_state is looked up at each call, not imported by name:
 # sqlalchemy.ext.instrumentation replaces it once a class uses custom instrumentation.
-from sqlalchemy.orm import Mapper, Session, attributes, class_mapper, registry
+from sqlalchemy.orm import (
+    Mapper,
+    Session,
+    attributes,
+    class_mapper,
+    configure_mappers,
+    registry,
+)
 from sqlalchemy.orm.attributes import flag_modified
 from sqlalchemy.orm.collections import collection_adapter
 from sqlalchemy.orm.exc import UnmappedClassError
@@ -136,6 +145,9 @@ class Replay:
         only through their registry: look through the registries of the mapped classes
         and declarative bases the (already imported) module holds.
         """
+        # Classes a mapping hook makes (a versioned-history table's class, created when
+        # mappers are configured) exist only once the mappers are configured.
+        configure_mappers()
         registries: list[registry] = []
         for value in vars(module).values() if module is not None else ():
             if isinstance(value, registry):
@@ -151,12 +163,11 @@ class Replay:
                 continue
             if isinstance(candidate, registry) and all(candidate is not r for r in registries):
                 registries.append(candidate)
-        matches = {
-            m
-            for r in registries
-            for m in r.mappers
-            if m.class_.__module__ == module_name and m.class_.__qualname__ == qualname
-        }
+        matches = _named_mappers(registries, module_name, qualname)
+        if not matches:
+            # Made by a helper module (``type()`` in a mixin's hook), whose own namespace
+            # holds no registry: any registry of this process.
+            matches = _named_mappers(_all_registries(), module_name, qualname)
         if not matches:
             raise UnmappedClassError(type(None))
         if len(matches) > 1:
@@ -382,6 +393,9 @@ class Replay:
         # members (a dict's values, not its keys).
         for key, targets in added.items():
             prop = mapper.relationships[key]
+            if prop.lazy in ("dynamic", "write_only"):
+                self._add_through_query(obj, prop, targets)
+                continue
             adapter = collection_adapter(getattr(obj, key))
             for target in targets:
                 value = self.target(target, prop.mapper, lock=False)
@@ -391,11 +405,28 @@ class Replay:
                     adapter.append_with_event(value)
         for key, targets in removed.items():
             prop = mapper.relationships[key]
+            if prop.lazy in ("dynamic", "write_only"):
+                collection: Any = getattr(obj, key)
+                for target in targets:
+                    value = self.target(target, prop.mapper, lock=False)
+                    if value is not None:
+                        collection.remove(value)
+                continue
             adapter = collection_adapter(getattr(obj, key))
             for target in targets:
                 value = self.target(target, prop.mapper, lock=False)
                 if value is not None and adapter is not None and any(m is value for m in adapter):
                     adapter.remove_with_event(value)
+
+    def _add_through_query(self, obj: object, prop: Any, targets: list[Any]) -> None:
+        """Add members to a dynamic or write-only relationship, which holds no collection."""
+        collection: Any = getattr(obj, prop.key)
+        add = collection.add if hasattr(collection, "add") else collection.append
+        for target in targets:
+            value = self.target(target, prop.mapper, lock=False)
+            if value is None:
+                raise bulk.missing_target(self, self._sequence, self._op, prop.mapper, target)
+            add(value)
 
     def _update(self, sequence: int, mapper: Mapper[Any], op: dict[str, Any]) -> None:
         obj = self.target(op["target"], mapper, lock=True)
@@ -407,6 +438,11 @@ class Replay:
         changes = {k: self.resolve_value(v) for k, v in op["values"].items()}
         changes.update({k: self.key_of(r)[a] for k, (r, a) in op.get("refs", {}).items()})
         for key, value in changes.items():
+            if key in _keyed_attributes(mapper):
+                # A primary key or version counter changed by the program (a row-versioning
+                # listener): set as it set it, so the ORM has the old value for its WHERE.
+                setattr(obj, key, value)
+                continue
             data[key] = value
             flag_modified(obj, key)
         self._set_links(
@@ -548,6 +584,33 @@ class Identities(Mapping[Placeholder, Any]):
         return f"<Identities of {len(self._keys)} new object(s)>"
 
 
+@functools.cache
+def _keyed_attributes(mapper: Mapper[Any]) -> frozenset[str]:
+    """The attributes an UPDATE's WHERE clause names: primary key and version counter."""
+    columns = [*mapper.primary_key, mapper.version_id_col]
+    return frozenset(mapper.get_property_by_column(c).key for c in columns if c is not None)
+
+
+def _named_mappers(
+    registries: Iterable[registry], module_name: str, qualname: str
+) -> set[Mapper[Any]]:
+    return {
+        m
+        for r in registries
+        for m in r.mappers
+        if m.class_.__module__ == module_name and m.class_.__qualname__ == qualname
+    }
+
+
+def _all_registries() -> set[registry]:
+    # Private: sqlalchemy.orm.mapper._all_registries() is what configure_mappers() walks;
+    # there is no public list of a process's registries. Checked on SQLAlchemy 2.1.9.
+    # The module, not the ``mapper`` name that sqlalchemy.orm exports.
+    mapperlib: Any = importlib.import_module("sqlalchemy.orm.mapper")
+    found: set[registry] = mapperlib._all_registries()
+    return found
+
+
 def _pk_attributes(mapper: Mapper[Any]) -> list[str]:
     return [mapper.get_property_by_column(c).key for c in mapper.primary_key]
 
@@ -621,57 +684,64 @@ def reconnect_and_commit(
         count = header.operation_count or 0
         session.rollback()
         replay = Replay(session, journal, on_conflict)
-        locked = committing = False
-        try:
-            _ensure_ledger(session, path)
-            connection = session.connection()
-            # Already applied means nothing to do, even if the schema moved on since.
-            if _applied(connection, journal_id):
-                session.rollback()
-                return ReplayResult(journal_id, False, count, duration=time.monotonic() - started)
-            _check_schema(replay, connection, header.meta, allow_schema_drift)
-            if if_busy == "skip":
-                if not _try_lock(connection, journal_id):
+        # SPEC §3.10: the recording process ran the program's session listeners; replay
+        # applies what they produced and runs none of them again.
+        with _without_session_listeners(session):
+            locked = committing = False
+            try:
+                _ensure_ledger(session, path)
+                connection = session.connection()
+                # Already applied means nothing to do, even if the schema moved on since.
+                if _applied(connection, journal_id):
                     session.rollback()
                     return ReplayResult(
-                        journal_id, False, count, duration=time.monotonic() - started, busy=True
+                        journal_id, False, count, duration=time.monotonic() - started
                     )
-                locked = True
-            if not _claim(connection, journal_id, count, header.digest or ""):
+                _check_schema(replay, connection, header.meta, allow_schema_drift)
+                if if_busy == "skip":
+                    if not _try_lock(connection, journal_id):
+                        session.rollback()
+                        return ReplayResult(
+                            journal_id, False, count, duration=time.monotonic() - started, busy=True
+                        )
+                    locked = True
+                if not _claim(connection, journal_id, count, header.digest or ""):
+                    if locked:
+                        _unlock(connection, journal_id)
+                    session.rollback()
+                    return ReplayResult(
+                        journal_id, False, count, duration=time.monotonic() - started
+                    )
+                # Links are set while objects of the batch are still incomplete; an autoflush
+                # in between (a lookup of a target) would insert them half-built.
+                with session.no_autoflush:
+                    replay.apply()
                 if locked:
                     _unlock(connection, journal_id)
-                session.rollback()
-                return ReplayResult(journal_id, False, count, duration=time.monotonic() - started)
-            # Links are set while objects of the batch are still incomplete; an autoflush
-            # in between (a lookup of a target) would insert them half-built.
-            with session.no_autoflush:
-                replay.apply()
-            if locked:
-                _unlock(connection, journal_id)
-            committing = True
-            session.commit()
-        except BaseException as err:
-            if locked and not committing:
-                # The connection taken above: after a failed flush the session would
-                # refuse to hand it out, and MariaDB's lock outlives the transaction.
+                committing = True
+                session.commit()
+            except BaseException as err:
+                if locked and not committing:
+                    # The connection taken above: after a failed flush the session would
+                    # refuse to hand it out, and MariaDB's lock outlives the transaction.
+                    with contextlib.suppress(SQLAlchemyError):
+                        _unlock(connection, journal_id)
                 with contextlib.suppress(SQLAlchemyError):
-                    _unlock(connection, journal_id)
-            with contextlib.suppress(SQLAlchemyError):
-                session.rollback()
-            if committing and isinstance(err, DBAPIError):
-                if err.connection_invalidated:
-                    raise _commit_failed(session, path, journal_id, err) from err
-                # The server answered and refused the commit (a deferred constraint, a
-                # serialization failure): it rolled back, so nothing was applied.
-                raise _failed(os.fspath(path), "the commit", err) from err
-            if isinstance(err, DBAPIError) and not isinstance(err, IntegrityError):
-                raise DeferredOperationError(
-                    f"journal {path}: the database failed during replay "
-                    f"({type(err.orig).__name__}: {str(err.orig).strip().splitlines()[0]}); "
-                    "nothing was applied and the journal is unchanged: replay it again",
-                    path=path,
-                ) from err
-            raise
+                    session.rollback()
+                if committing and isinstance(err, DBAPIError):
+                    if err.connection_invalidated:
+                        raise _commit_failed(session, path, journal_id, err) from err
+                    # The server answered and refused the commit (a deferred constraint, a
+                    # serialization failure): it rolled back, so nothing was applied.
+                    raise _failed(os.fspath(path), "the commit", err) from err
+                if isinstance(err, DBAPIError) and not isinstance(err, IntegrityError):
+                    raise DeferredOperationError(
+                        f"journal {path}: the database failed during replay "
+                        f"({type(err.orig).__name__}: {str(err.orig).strip().splitlines()[0]}); "
+                        "nothing was applied and the journal is unchanged: replay it again",
+                        path=path,
+                    ) from err
+                raise
     return ReplayResult(
         journal_id,
         True,
@@ -680,6 +750,31 @@ def reconnect_and_commit(
         conflicts=replay.conflicts,
         duration=time.monotonic() - started,
     )
+
+
+class _Silent:
+    """A class no session listener is registered for (see _without_session_listeners)."""
+
+
+@contextlib.contextmanager
+def _without_session_listeners(session: Session) -> Iterator[None]:
+    """Run ``session`` with no session event listeners, its class's nor its own.
+
+    Private: a session's events are dispatched through the ``dispatch`` attribute SQLAlchemy
+    memoizes in the instance's ``__dict__``; one made for a class that no listener targets
+    has none, and only this session is affected, for this block. There is no public way
+    to run one session without the listeners of its class. Checked on SQLAlchemy 2.1.9.
+    """
+    saved = session.__dict__.get("dispatch")
+    events: Any = Session.dispatch
+    session.__dict__["dispatch"] = events._for_class(_Silent)
+    try:
+        yield
+    finally:
+        if saved is None:
+            session.__dict__.pop("dispatch", None)
+        else:
+            session.__dict__["dispatch"] = saved
 
 
 def _refuse_untrusted_pickles(journal: Journal) -> None:

@@ -8,7 +8,7 @@ does); outside the three context managers the session behaves as a plain ``Sessi
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Literal
 
@@ -141,6 +141,13 @@ class JournalingSession(Session):
             allow_dill=allow_dill,
             if_busy=if_busy,
         )
+
+    def flush(self, objects: Sequence[Any] | None = None) -> None:
+        if self._recorder is not None:
+            # The unit of work is recorded once every other before_flush listener has run,
+            # as a plain flush writes what they leave (SPEC §3.10), whenever they were added.
+            recording.listen_last(self)
+        super().flush(objects)
 
     # SQLAlchemy has no event for these; memoized results must not outlive them.
     def expire_all(self) -> None:

@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, delete, event, func, insert, select, text, update
+from sqlalchemy import create_engine, delete, event, func, insert, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from journal import Journal, JournalIncompleteError, JournalLockedError
-from orm_ext import DeferredOperationError, JournalingSession, Placeholder, recording
+from orm_ext import DeferredOperationError, JournalingSession, Placeholder, block_reads, recording
 from tests.conftest import Backend
 from tests.models import (
     Account,
@@ -319,14 +319,25 @@ def test_pending_changes_before_the_block_are_refused(world: Any, tmp_path: Path
         assert not (tmp_path / "ops.dbm").exists()
 
 
-def test_querying_by_a_placeholder_is_refused_clearly(world: Any, tmp_path: Path) -> None:
-    """A query that would send a placeholder key to the database raises DeferredOperationError."""
+def test_querying_by_a_placeholder_finds_the_new_object(world: Any, tmp_path: Path) -> None:
+    """A query by the key of an object created in the block answers with that object."""
     with world.sessions() as session, session.deferred_operations(tmp_path / "ops.dbm"):
         task = Task(name="new")
         session.add(task)
         session.flush()
-        with pytest.raises(DeferredOperationError, match="only exists after replay"):
-            session.scalars(select(Task).where(Task.id == task.id)).all()
+        assert session.scalars(select(Task).where(Task.id == task.id)).all() == [task]
+
+
+def test_a_placeholder_the_database_would_need_is_refused_clearly(
+    world: Any, tmp_path: Path
+) -> None:
+    """Criteria that would send a placeholder key to the database raise DeferredOperationError."""
+    with world.sessions() as session, session.deferred_operations(tmp_path / "ops.dbm"):
+        task = Task(name="new")
+        session.add(task)
+        session.flush()
+        with pytest.raises(DeferredOperationError, match="a key only this journal knows"):
+            session.scalars(select(Task).where(or_(Task.id == task.id, Task.name == "x"))).all()
 
 
 def test_offline_recording_of_new_objects(tmp_path: Path) -> None:
@@ -446,11 +457,17 @@ def test_session_behaves_normally_outside_the_block(world: Any) -> None:
     assert any(row[1] == "direct" for row in table_rows(world.engine)["task"])
 
 
-def test_recorded_objects_are_not_kept_alive(world: Any, tmp_path: Path) -> None:
-    """After a checkpoint, recorded objects the program dropped are freed, graph and all."""
+def test_recorded_objects_beyond_the_kept_rows_are_freed(
+    world: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past the rows a block keeps for its reads, recorded objects the program dropped are
+    freed, graph and all, and a query over their tables is refused, not answered without them."""
     import gc
+    import weakref
 
+    monkeypatch.setattr(block_reads, "KEPT_ROWS", 40)
     with world.sessions() as session, session.deferred_operations(tmp_path / "ops.dbm"):
+        assets = []
         for batch in range(5):
             asset = Asset(name=f"asset {batch}")
             for i in range(100):
@@ -458,9 +475,14 @@ def test_recorded_objects_are_not_kept_alive(world: Any, tmp_path: Path) -> None
                 Component(name=f"c{i}", version=version)
             session.add(asset)
             session.commit()
+            assets.append(weakref.ref(asset))
             del asset, version
         gc.collect()
-        assert len(session.identity_map) < 50
+        # The first batch holds the 40 kept rows (and what they refer to); no later one.
+        assert [ref() is None for ref in assets] == [False, True, True, True, True]
+        assert len(session.identity_map) <= 201
+        with pytest.raises(DeferredOperationError, match="dropped rows the block wrote"):
+            session.scalars(select(Component)).all()
 
 
 def test_rollback_restores_objects_recorded_before_the_checkpoint(

@@ -28,10 +28,16 @@ from sqlalchemy.orm import (
 )
 
 from journal import Journal
-from orm_ext import DeferredOperationError, JournalingSession, Placeholder
+from orm_ext import DeferredOperationError, JournalingSession, Placeholder, block_reads
 from tests.conftest import Backend
 from tests.models import Asset, AssetVersion, Task
 from tests.scenario import make_sessions, seed
+
+
+@pytest.fixture
+def no_kept_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No rows kept alive for the block's reads: what is left alive is what rollback pins."""
+    monkeypatch.setattr(block_reads, "KEPT_ROWS", 0)
 
 
 @pytest.fixture
@@ -255,7 +261,9 @@ def test_dict_collection_is_recorded_and_shown_again_after_rollback(
     ]
 
 
-def test_a_failed_rollback_leaves_nothing_pinned(world: Any, tmp_path: Path) -> None:
+def test_a_failed_rollback_leaves_nothing_pinned(
+    world: Any, tmp_path: Path, no_kept_rows: None
+) -> None:
     """Objects pinned for a rollback that another listener broke are freed by the next one."""
     with world.sessions() as session, session.deferred_operations(tmp_path / "ops.dbm"):
         failures = [RuntimeError("a listener failed")]
@@ -307,7 +315,7 @@ def test_a_rollback_that_reads_the_database_keeps_every_collection(
 
 
 def test_relations_of_a_deleted_object_the_program_dropped_are_freed(
-    world: Any, tmp_path: Path
+    world: Any, tmp_path: Path, no_kept_rows: None
 ) -> None:
     """What a deleted object related to is not kept alive once the program drops the object."""
     with world.sessions() as session, session.deferred_operations(tmp_path / "ops.dbm"):

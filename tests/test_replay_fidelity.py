@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
-from sqlalchemy import Engine, ForeignKey, Integer, String, select
+from sqlalchemy import Engine, ForeignKey, Integer, String, event, select
 from sqlalchemy.ext.declarative import ConcreteBase
 from sqlalchemy.orm import (
     DeclarativeBase,
@@ -50,6 +50,15 @@ class Label(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     shelf_id: Mapped[int | None] = mapped_column(ForeignKey("fid_shelf.id"))
     text: Mapped[str]
+
+
+class Span(Base):
+    """A row whose primary key includes a column the program changes (row versioning)."""
+
+    __tablename__ = "fid_span"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    until: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    note: Mapped[str]
 
 
 class Part:
@@ -260,3 +269,52 @@ def test_ambiguous_class_made_while_mapping(backend: Backend, tmp_path: Path) ->
         replay(b, path)
     assert "mapped to fid_twin_0 and one mapped to fid_twin_1" in str(raised.value)
     assert rows(b)["fid_twin_0"] == []
+
+
+def test_primary_key_change_replays(backend: Backend, tmp_path: Path) -> None:
+    """An update that changes a primary key column moves the recorded row, not another."""
+
+    def seed(session: Session) -> None:
+        session.add_all([Span(id=1, until=10, note="a"), Span(id=2, until=10, note="b")])
+
+    def body(session: Session) -> None:
+        span = session.get(Span, (1, 10))
+        assert span is not None
+        span.until = 5
+
+    check(backend, tmp_path, seed, body)
+
+
+def test_session_class_listeners_do_not_run_at_replay(backend: Backend, tmp_path: Path) -> None:
+    """A before_flush listener on the Session class runs where the block runs, not at replay."""
+    calls: list[str] = []
+
+    def rename(session: Session, flush_context: Any, instances: Any) -> None:
+        calls.append("before_flush")
+        for obj in session.new:
+            if isinstance(obj, Label):
+                obj.text = obj.text.upper()
+
+    def seed(session: Session) -> None:
+        session.add(Shelf(id=1, name="s"))
+
+    def body(session: Session) -> None:
+        session.add(Label(shelf_id=1, text="new"))
+
+    a, b = backend.engine("a"), backend.engine("b")
+    for engine in (a, b):
+        Base.metadata.create_all(engine)
+        with Session(engine) as session:
+            seed(session)
+            session.commit()
+    path = tmp_path / "ops.journal"
+    event.listen(Session, "before_flush", rename)
+    try:
+        with make_sessions(a)() as session, session.deferred_operations(path):
+            body(session)
+        recorded = len(calls)
+        assert replay(b, path).applied
+        assert len(calls) == recorded  # nothing ran again
+    finally:
+        event.remove(Session, "before_flush", rename)
+    assert rows(b)["fid_label"] == [(1, 1, "NEW")]
