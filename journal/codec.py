@@ -48,7 +48,7 @@ import uuid
 from collections.abc import Callable
 from datetime import date, datetime, time, timedelta, timezone, tzinfo
 from decimal import Context, Decimal, InvalidOperation
-from typing import Any
+from typing import Any, ClassVar
 from zoneinfo import ZoneInfo
 
 import dill
@@ -111,6 +111,22 @@ class Placeholder:
 
     def __repr__(self) -> str:
         return f"<placeholder #{self.ref}.{self.attribute}: assigned by the database at replay>"
+
+    # What using the key as a value raises; orm_ext makes it DeferredOperationError (this
+    # package cannot import it). A subclass of TypeError by default, as for int(key).
+    value_error: ClassVar[type[Exception]] = TypeError
+
+    def __str__(self) -> str:
+        # The key as text (a URL, a run id, a value copied into another column) would be
+        # this description, not the key a direct run gives: refuse rather than record it.
+        raise self.value_error(
+            f"{self!r} has no text form: the database assigns this key when the journal is "
+            "replayed. Refer to the object itself (a relationship), or give the class a "
+            "client-side key (e.g. a UUID default) if its key must be known while recording"
+        )
+
+    def __format__(self, spec: str) -> str:
+        return str(self)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -17,18 +17,19 @@ references (the session's identity map holds them weakly).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import re
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Final
 
-from sqlalchemy import Select, and_, not_, select, tuple_
+from sqlalchemy import Select, and_, not_, select, text, tuple_
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.engine import Dialect, IteratorResult, Result
 from sqlalchemy.engine.result import SimpleResultMetaData
-from sqlalchemy.orm import ColumnProperty, Mapper, ORMExecuteState
+from sqlalchemy.orm import ColumnProperty, Mapper, ORMExecuteState, Session, lazyload, undefer
 from sqlalchemy.orm.evaluator import UnevaluatableError
 from sqlalchemy.orm.state import InstanceState
 from sqlalchemy.orm.util import LoaderCriteriaOption
@@ -55,15 +56,25 @@ Restore = Callable[[InstanceState[Any]], None]
 class _Unanswerable(Exception):
     """A query over a written table that cannot be answered with the block's writes."""
 
+    def __init__(self, why: str, table: str | None = None) -> None:
+        super().__init__(why)
+        self.table = table
+
 
 class BlockReads:
     """What one deferred block has written, and the queries answered from it."""
 
     def __init__(
-        self, path: str | os.PathLike[str], restore: Restore, autoflush: Callable[[], None]
+        self,
+        path: str | os.PathLike[str],
+        restore: Restore,
+        autoflush: Callable[[], None],
+        adopt: Callable[[InstanceState[Any], InstanceState[Any]], None],
     ) -> None:
         self.path = path
         self.autoflush = autoflush
+        # Carries the journal's marks from an expunged object to its reloaded copy.
+        self.adopt = adopt
         # Shows an object's expired attributes as the journal has them (the recorder's
         # snapshots): reloading them from the database would bring back the old row.
         self.restore = restore
@@ -83,7 +94,15 @@ class BlockReads:
         self._weak: dict[weakref.ref[Any], tuple[int, tuple[str, ...]]] = {}
         # Database rows the block changed or deleted: identity class -> key -> batch.
         self.changed: dict[type, dict[tuple[Any, ...], int]] = {}
+        # Link table -> identity (class, key) of each row whose links the block changed
+        # -> batch; and the classes with rows the block deleted (their links go too).
+        self.link_rows: dict[str, dict[tuple[Any, ...], int]] = {}
+        self.deleted_classes: dict[type, int] = {}
         self._pattern: re.Pattern[str] | None = None
+        self._collation: str | None = None  # the PostgreSQL database's, once asked
+        self._read_cache: weakref.WeakKeyDictionary[Any, frozenset[str]] = (
+            weakref.WeakKeyDictionary()
+        )
         # Depth of this module's own database reads, which the SQL check lets through.
         self.reading = 0
 
@@ -116,6 +135,12 @@ class BlockReads:
         for state in deleted:
             self._forget(state)
             self._note_row(state, batch)
+            if state.key is not None:
+                self.deleted_classes.setdefault(state.key[0], batch)
+
+    def written_states(self) -> list[InstanceState[Any]]:
+        """The states of the live objects the block created or changed."""
+        return [s for s, (_, held) in self.objects.items() if s.obj() is not None]
 
     def _forget(self, state: InstanceState[Any]) -> None:
         entry = self.objects.pop(state, None)
@@ -133,6 +158,13 @@ class BlockReads:
             batch, tables = entry
             for name in tables:
                 self.lost[name] = min(batch, self.lost.get(name, batch))
+
+    def note_links(self, batch: int, table: str, identities: Iterable[Any]) -> None:
+        """Remember rows whose links in ``table`` the block changed (identity keys)."""
+        rows = self.link_rows.setdefault(table, {})
+        for key in identities:
+            if key is not None:
+                rows.setdefault(tuple(key[:2]), batch)
 
     def note_statement(self, batch: int, tables: Iterable[str]) -> None:
         """Remember an ORM DML statement recorded against ``tables``."""
@@ -158,6 +190,11 @@ class BlockReads:
             self._forget(state)
         for name in [n for n, b in self.lost.items() if b > batches]:
             del self.lost[name]
+        for rows in self.link_rows.values():
+            for key in [k for k, b in rows.items() if b > batches]:
+                del rows[key]
+        for cls in [c for c, b in self.deleted_classes.items() if b > batches]:
+            del self.deleted_classes[cls]
         for keys in self.changed.values():
             for key in [k for k, b in keys.items() if b > batches]:
                 del keys[key]
@@ -179,13 +216,62 @@ class BlockReads:
             self.restore(refresh_state)
             return _objects_result([refresh_state.obj()])
         statement: Any = orm_execute_state.statement
+        if orm_execute_state.is_relationship_load:
+            link = _link_relationship(orm_execute_state)
+            if link is not None and str(link.secondary.fullname) in self.tables:
+                try:
+                    return self._link_load(orm_execute_state, link)
+                except _Unanswerable as why:
+                    raise self._refusal(
+                        statement, [str(link.secondary.fullname)], str(why)
+                    ) from None
         hit = self._written_tables(statement, orm_execute_state)
         if not hit:
-            return None
+            if not _binds_placeholder(statement, orm_execute_state.parameters):
+                return None
+            # A key only this journal knows (the collection of an object the block
+            # created): answered here, whatever the table.
+            hit = sorted(self._names_read(statement))
         try:
             return self._answer(orm_execute_state, statement, hit)
         except _Unanswerable as why:
-            raise self._refusal(statement, hit, str(why)) from None
+            tables = hit if why.table is None else [why.table]
+            raise self._refusal(statement, tables, str(why)) from None
+
+    def _link_load(self, orm_execute_state: ORMExecuteState, rel: Any) -> Result[Any]:
+        """Load a many-to-many collection from the database where the block changed none of
+        the links involved (its answer is then the block's too); refuse otherwise."""
+        table = str(rel.secondary.fullname)
+        changed = self.link_rows.get(table, {})
+        lazy_from = orm_execute_state.load_options._lazy_loaded_from
+        if lazy_from is not None:
+            parents = [lazy_from.key]
+        else:
+            parameters: Any = orm_execute_state.parameters or {}
+            parents = [
+                rel.parent.identity_key_from_primary_key(k if isinstance(k, tuple) else (k,))
+                for k in parameters.get("primary_keys", ())
+            ]
+        for key in parents:
+            if (
+                key is None
+                or any(isinstance(v, Placeholder) for v in key[1])
+                or tuple(key[:2]) in changed
+            ):
+                raise _Unanswerable(f"the block changed the links of this object in {table!r}")
+        target = rel.mapper.identity_key_from_primary_key((None,) * len(rel.mapper.primary_key))
+        if target[0] in self.deleted_classes:
+            raise _Unanswerable(
+                f"the block deleted {rel.mapper.class_.__name__} rows, whose links go with them"
+            )
+        lost = [str(t.fullname) for t in rel.mapper.tables if str(t.fullname) in self.lost]
+        if lost:
+            raise _Unanswerable(f"the program dropped rows the block wrote to {lost[0]!r}")
+        self.reading += 1
+        try:
+            return orm_execute_state.invoke_statement()
+        finally:
+            self.reading -= 1
 
     def check_sql(self, statement: str, dialect: Dialect) -> None:
         """Refuse SQL that reads a written table outside an answered ORM query."""
@@ -224,8 +310,21 @@ class BlockReads:
         return self._pattern
 
     def _written_tables(self, statement: Any, orm_execute_state: ORMExecuteState) -> list[str]:
-        names = {str(t.fullname) for t in _tables_read(statement)}
+        names = self._names_read(statement)
         return sorted(n for n in names if n in self.tables)
+
+    def _names_read(self, statement: Any) -> frozenset[str]:
+        """The tables ``statement`` may read, by name (kept per statement object: code that
+        reuses a statement pays the walk once)."""
+        try:
+            names = self._read_cache.get(statement)
+        except TypeError:
+            names = None
+        if names is None:
+            names = frozenset(str(t.fullname) for t in _tables_read(statement))
+            with contextlib.suppress(TypeError):
+                self._read_cache[statement] = names
+        return names
 
     def _answer(
         self, orm_execute_state: ORMExecuteState, statement: Any, hit: list[str]
@@ -250,7 +349,7 @@ class BlockReads:
         ).dialect.name
         query = _Query.of(statement, orm_execute_state.parameters, dialect)
         mapper = query.mapper
-        rows = self._rows_of(mapper)
+        rows = self._rows_of(mapper, orm_execute_state.session)
         for obj in rows:
             state = sa_inspect(obj)
             if state.expired_attributes or state.unloaded:
@@ -262,28 +361,67 @@ class BlockReads:
             raise _Unanswerable(
                 f"its criteria cannot be evaluated on the block's rows: {err}"
             ) from None
+        # The block's rows are not loaded by this statement, so its eager loaders do not
+        # reach them: their relationships are loaded here instead, lazily.
+        _load_eagerly(statement, mapper, mine)
         if query.placeholder_key:
             found = mine  # a key only this journal knows: no database row can match
         else:
             found = self._database_rows(orm_execute_state, statement, query, mapper)
             found.extend(mine)
-        return query.result(found, orm_execute_state)
+        return query.result(found, orm_execute_state, self._binary_collation)
 
-    def _rows_of(self, mapper: Mapper[Any]) -> list[object]:
+    def _binary_collation(self, orm_execute_state: ORMExecuteState) -> bool:
+        """Whether the PostgreSQL database sorts text by code point ("C"), as Python does."""
+        if self._collation is None:
+            self.reading += 1
+            try:
+                connection = orm_execute_state.session.connection(
+                    bind_arguments={"mapper": orm_execute_state.bind_mapper}
+                )
+                self._collation = str(
+                    connection.scalar(
+                        text(
+                            "SELECT datcollate FROM pg_database WHERE datname = current_database()"
+                        )
+                    )
+                )
+            finally:
+                self.reading -= 1
+        return self._collation.split(".")[0] in ("C", "POSIX")
+
+    def _rows_of(self, mapper: Mapper[Any], session: Session) -> list[object]:
         """The block's live new and changed objects that ``mapper`` loads."""
         cls = mapper.class_
         rows = []
-        for state, (_, held) in self.objects.items():
+        for state, (batch, held) in list(self.objects.items()):
             obj = held() if isinstance(held, weakref.ref) else held
-            if (
-                isinstance(obj, cls)
-                and state.key is not None
-                and not state.deleted
-                and not state.was_deleted
-                and state.session_id is not None
-            ):
-                rows.append(obj)
+            if not isinstance(obj, cls) or state.key is None or state.deleted or state.was_deleted:
+                continue
+            if state.session_id is None:
+                # Expunged by the program: the row is still the block's, and a load
+                # gives a new object with its values, as a reload from the database
+                # holding the journal would.
+                obj = self._reattach(session, state, batch, held, obj)
+            rows.append(obj)
         return rows
+
+    def _reattach(
+        self, session: Session, state: InstanceState[Any], batch: int, held: Any, obj: object
+    ) -> object:
+        merged = session.merge(obj, load=False)
+        merged_state: InstanceState[Any] = sa_inspect(merged)
+        del self.objects[state]
+        if isinstance(held, weakref.ref):
+            entry = self._weak.pop(held, None)
+            new_held: Any = weakref.ref(merged, self._lose)
+            if entry is not None:
+                self._weak[new_held] = entry
+        else:
+            new_held = merged
+        self.objects[merged_state] = (batch, new_held)
+        self.adopt(state, merged_state)
+        return merged
 
     def _database_rows(
         self,
@@ -297,6 +435,16 @@ class BlockReads:
         identity_class = mapper.identity_key_from_primary_key((None,) * len(primary_key))[0]
         keys = list(self.changed.get(identity_class, {}))
         entity = query.entity_statement(statement)
+        # Collections of written tables load lazily, through the block's reads, rather
+        # than with the rows of a JOIN from the database alone.
+        lazy = [
+            lazyload(getattr(mapper.class_, key)) for key in self._joined_written(statement, mapper)
+        ]
+        if lazy:
+            entity = entity.options(*lazy)
+        if query.evaluates_rows:
+            # Deferred columns the query selects or sorts by: loaded with the rows.
+            entity = entity.options(undefer("*"))
         if keys:
             columns = [mapper.get_property_by_column(c).class_attribute for c in primary_key]
             if len(columns) == 1:
@@ -318,6 +466,76 @@ class BlockReads:
             if (key := sa_inspect(obj).key) is None or key[1] not in changed.get(key[0], ())
         ]
 
+    def _joined_written(self, statement: Select[Any], mapper: Mapper[Any]) -> list[str]:
+        """Relationships of ``mapper`` configured to load with a JOIN that reach a written
+        table; a joinedload() option that does is refused (no option can replace it)."""
+        written = self.tables
+        joined = {rel.key for rel in mapper.relationships if rel.lazy == "joined"}
+        for option in statement._with_options:
+            for element in getattr(option, "context", ()):
+                strategy = dict(getattr(element, "strategy", None) or ())
+                path = list(getattr(element, "path", ()))
+                if strategy.get("lazy") != "joined" or len(path) < 2:
+                    continue
+                if len(path) > 3 and any(
+                    str(t.fullname) in written
+                    for item in path[3:]
+                    if isinstance(item, Mapper)
+                    for t in item.tables
+                ):
+                    raise _Unanswerable(
+                        "a nested joinedload() reaches a written table; use selectinload()"
+                    )
+                key = path[1].key
+                if key not in mapper.relationships:
+                    continue
+                reached = [
+                    str(t.fullname)
+                    for t in _relationship_tables(mapper, key)
+                    if str(t.fullname) in written
+                ]
+                if reached:
+                    raise _Unanswerable(
+                        f"its joinedload() of {key!r} reads it through a JOIN; use "
+                        "selectinload() or a lazy load, which the block answers",
+                        reached[0],
+                    )
+        return sorted(
+            key
+            for key in joined
+            if key in mapper.relationships
+            and any(str(t.fullname) in written for t in _relationship_tables(mapper, key))
+        )
+
+
+_EAGER: Final = frozenset({"selectin", "joined", "subquery", "immediate"})
+
+
+def _load_eagerly(statement: Select[Any], mapper: Mapper[Any], objects: list[object]) -> None:
+    """Load the relationships ``statement`` loads eagerly on ``objects`` (first level)."""
+    keys = {rel.key for rel in mapper.relationships if rel.lazy in _EAGER}
+    for option in statement._with_options:
+        for element in getattr(option, "context", ()):
+            strategy = dict(getattr(element, "strategy", None) or ())
+            path = list(getattr(element, "path", ()))
+            if strategy.get("lazy") in _EAGER and len(path) >= 2:
+                key = getattr(path[1], "key", None)
+                if isinstance(key, str) and key in mapper.relationships:
+                    keys.add(key)
+    for obj in objects:
+        state: InstanceState[Any] = sa_inspect(obj)
+        for key in keys:
+            if key in state.mapper.relationships and key not in state.dict:
+                getattr(obj, key)
+
+
+def _relationship_tables(mapper: Mapper[Any], key: str) -> list[Any]:
+    rel = mapper.relationships[key]
+    tables = [t for t in rel.mapper.tables if isinstance(t, Table)]
+    if isinstance(rel.secondary, Table):
+        tables.append(rel.secondary)
+    return tables
+
 
 class _Query:
     """One ORM SELECT of one entity, evaluable in Python."""
@@ -327,7 +545,7 @@ class _Query:
         mapper: Mapper[Any],
         columns: list[tuple[str, Evaluator | None]],
         where: Evaluator | None,
-        order: list[tuple[Evaluator, bool, bool | None]],
+        order: list[tuple[Evaluator, bool, bool | None, str | None]],
         limit: int | None,
         offset: int | None,
         distinct: bool,
@@ -411,6 +629,11 @@ class _Query:
             placeholder_key,
         )
 
+    @property
+    def evaluates_rows(self) -> bool:
+        """Whether database rows are evaluated here too (projected or sorted)."""
+        return bool(self.order) or any(e is not None for _, e in self.columns)
+
     def matches(self, obj: object) -> bool:
         return self.where is None or self.where(obj) is True
 
@@ -423,18 +646,49 @@ class _Query:
             return entity
         return statement.limit(None).offset(None)
 
-    def result(self, found: list[object], orm_execute_state: ORMExecuteState) -> Result[Any]:
+    def result(
+        self,
+        found: list[object],
+        orm_execute_state: ORMExecuteState,
+        binary_collation: Callable[[ORMExecuteState], bool],
+    ) -> Result[Any]:
         rows = _unique(found)
         if self.order:
             dialect = orm_execute_state.session.get_bind(mapper=self.mapper).dialect.name
+            if (
+                dialect == "postgresql"
+                and any(
+                    collation is None and any(isinstance(evaluate(o), str) for o in rows)
+                    for evaluate, _, _, collation in self.order
+                )
+                and not binary_collation(orm_execute_state)
+            ):
+                raise _Unanswerable(
+                    "it sorts text, and the database's collation orders text by rules "
+                    'Python does not know (only "C" sorts by code point)'
+                )
             # One stable sort per term, the last term first: ORDER BY a, b.
-            for evaluate, descending, nulls_first in reversed(self.order):
+            for evaluate, descending, nulls_first, collation in reversed(self.order):
                 if nulls_first is None:
                     # SQL's default: PostgreSQL sorts NULL as larger than any value,
                     # SQLite and MySQL/MariaDB as smaller.
                     nulls_first = descending if dialect == "postgresql" else not descending
                 null_rank = int(nulls_first == descending)
-                rows.sort(key=functools.partial(_sort_key, evaluate, null_rank), reverse=descending)
+                # MySQL/MariaDB's default collations sort text without regard to case,
+                # unless the column names a binary or case-sensitive one.
+                fold = dialect in ("mysql", "mariadb") and not (
+                    collation is not None and (collation.endswith("_bin") or "_cs" in collation)
+                )
+                key = functools.partial(_sort_key, evaluate, null_rank, fold)
+                try:
+                    rows.sort(key=key, reverse=descending)
+                except TypeError as err:
+                    # Values of the block's rows are the program's, the database's come
+                    # back through the column type (a time zone SQLite drops, say).
+                    raise _Unanswerable(
+                        f"its ORDER BY compares values of the block's rows with the "
+                        f"database's that Python cannot order ({err})"
+                    ) from None
         start = self.offset or 0
         rows = rows[start : None if self.limit is None else start + self.limit]
         if all(evaluate is None for _, evaluate in self.columns) and len(self.columns) == 1:
@@ -446,6 +700,15 @@ class _Query:
         if self.distinct:
             values = list(dict.fromkeys(values))
         return IteratorResult(SimpleResultMetaData([n for n, _ in self.columns]), iter(values))
+
+
+def _link_relationship(orm_execute_state: ORMExecuteState) -> Any:
+    """The many-to-many relationship a relationship load is loading, if it is one."""
+    registry: Any = orm_execute_state.loader_strategy_path
+    path: list[Any] = list(registry or ())
+    rel = path[-1] if path else None
+    secondary = getattr(rel, "secondary", None)
+    return rel if isinstance(secondary, Table) else None
 
 
 def _table_names(state: InstanceState[Any]) -> tuple[str, ...]:
@@ -473,8 +736,10 @@ def _unique(objects: list[object]) -> list[object]:
     return kept
 
 
-def _sort_key(evaluate: Evaluator, null_rank: int, obj: object) -> tuple[int, int, Any]:
+def _sort_key(evaluate: Evaluator, null_rank: int, fold: bool, obj: object) -> tuple[int, int, Any]:
     value = evaluate(obj)
+    if fold and isinstance(value, str):
+        value = value.casefold()
     if value is None:
         return (null_rank, 0, 0)
     if isinstance(value, Placeholder):
@@ -486,7 +751,7 @@ def _sort_key(evaluate: Evaluator, null_rank: int, obj: object) -> tuple[int, in
 
 def _order_term(
     compiler: Any, mapper: Mapper[Any], clause: Any
-) -> tuple[Evaluator, bool, bool | None]:
+) -> tuple[Evaluator, bool, bool | None, str | None]:
     descending = False
     nulls_first: bool | None = None
     while isinstance(clause, UnaryExpression) and clause.modifier in (
@@ -502,10 +767,12 @@ def _order_term(
         elif clause.modifier is operators.nulls_last_op:
             nulls_first = False
         clause = clause.element
+    collation = getattr(clause.type, "collation", None)
     try:
-        return compiler.process(_mapped_columns(clause, mapper)), descending, nulls_first
+        evaluate = compiler.process(_mapped_columns(clause, mapper))
     except UnevaluatableError as err:
         raise _Unanswerable(f"its ORDER BY: {err}") from None
+    return evaluate, descending, nulls_first, collation
 
 
 def _as_int(clause: Any, what: str) -> int | None:
@@ -588,6 +855,21 @@ def _mapped_columns(clause: Any, mapper: Mapper[Any]) -> Any:
     return traverse(clause, {}, mark)
 
 
+def _binds_placeholder(statement: Any, parameters: Any) -> bool:
+    """Whether executing ``statement`` would send a placeholder key to the database."""
+    rows = parameters if isinstance(parameters, list) else [parameters or {}]
+    if any(_holds_placeholder(v) for row in rows for v in row.values()):
+        return True
+    # The statement's cache key lists its bound parameters (computed once per statement
+    # and kept: the execution needs it too); walking the statement would find the same.
+    key = statement._generate_cache_key()
+    binds = key.bindparams if key is not None else visitors.iterate(statement)
+    return any(
+        isinstance(node, BindParameter) and _holds_placeholder(node.effective_value)
+        for node in binds
+    )
+
+
 def _holds_placeholder(value: Any) -> bool:
     if isinstance(value, Placeholder):
         return True
@@ -610,8 +892,12 @@ def _tables_read(statement: Any) -> set[Any]:
                     if rel.secondary is not None:
                         tables.update(find_tables(rel.secondary))
     for option in getattr(statement, "_with_options", ()):
-        # A loader option (joinedload and the like) names the entities along its path.
+        # A joinedload() reads the tables along its path in this very statement; other
+        # loader options (selectinload, and those a lazy load inherits from the query
+        # that loaded its parent) run statements of their own.
         for element in getattr(option, "context", ()):
+            if dict(getattr(element, "strategy", None) or ()).get("lazy") != "joined":
+                continue
             for item in getattr(element, "path", ()):
                 mapper = getattr(item, "mapper", None)
                 if isinstance(mapper, Mapper):

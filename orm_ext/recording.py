@@ -123,6 +123,11 @@ class _MapperPlan:
     written_tables: tuple[sqlalchemy.Table, ...] = field(default=())
     # dynamic and write-only relationships: no collection in the object, only a history.
     query_loaded: frozenset[str] = field(default=frozenset())
+    # Collections through a link table (many-to-many).
+    link_collections: tuple[str, ...] = field(default=())
+    # Python-side defaults a flush computes in the program's process: (key, ColumnDefault).
+    callable_defaults: tuple[tuple[str, Any], ...] = field(default=())
+    on_update: tuple[tuple[str, Any], ...] = field(default=())
 
 
 _plans: dict[Mapper[Any], _MapperPlan] = {}
@@ -142,6 +147,8 @@ def plan_for(mapper: Mapper[Any]) -> _MapperPlan:
 def _make_plan(mapper: Mapper[Any]) -> _MapperPlan:
     columns: list[str] = []
     defaults: list[tuple[str, Any]] = []
+    computed: list[tuple[str, Any]] = []
+    on_update: list[tuple[str, Any]] = []
     for prop in mapper.column_attrs:
         if not all(isinstance(c, sqlalchemy.Column) for c in prop.columns):
             continue  # column_property() expressions are read-only: nothing to record
@@ -151,6 +158,11 @@ def _make_plan(mapper: Mapper[Any]) -> _MapperPlan:
         default = prop.columns[0].default
         if default is not None and getattr(default, "is_scalar", False):
             defaults.append((prop.key, default.arg))
+        elif default is not None and getattr(default, "is_callable", False):
+            computed.append((prop.key, default))
+        update = prop.columns[0].onupdate
+        if update is not None and (update.is_scalar or update.is_callable):
+            on_update.append((prop.key, update))
     relationships = []
     pairs: dict[str, tuple[tuple[str, str], ...]] = {}
     for rel in mapper.relationships:
@@ -199,6 +211,8 @@ def _make_plan(mapper: Mapper[Any]) -> _MapperPlan:
         table=str(mapper.local_table.description),
         columns=tuple(columns),
         scalar_defaults=tuple(defaults),
+        callable_defaults=tuple(computed),
+        on_update=tuple(on_update),
         primary_key=tuple(mapper.get_property_by_column(c).key for c in mapper.primary_key),
         relationships=tuple(relationships),
         collections=tuple(
@@ -213,6 +227,14 @@ def _make_plan(mapper: Mapper[Any]) -> _MapperPlan:
         many_to_one=tuple(k for k, m2o in relationships if m2o),
         related=tuple(r.key for r in mapper.relationships if r.lazy not in _QUERY_LOADED),
         query_loaded=frozenset(r.key for r in mapper.relationships if r.lazy in _QUERY_LOADED),
+        link_collections=tuple(
+            r.key
+            for r in mapper.relationships
+            if r.uselist
+            and not r.viewonly
+            and r.lazy not in _QUERY_LOADED
+            and r.secondary is not None
+        ),
         secondary=secondary,
         one_to_many_pairs=members,
         written_tables=tuple(dict.fromkeys((*tables, *secondary, *member_tables))),
@@ -265,6 +287,8 @@ class Recorder:
         self.saved_expire_on_commit = session.expire_on_commit
         self.guarded: list[sqlalchemy.Connection] = []
         self.pending: dict[InstanceState[Any], int] = {}  # refs of the flush being recorded
+        # Python-side defaults computed for new objects of the flush being recorded.
+        self.computed: dict[InstanceState[Any], dict[str, Any]] = {}
         # (batch, states) of objects created since the last checkpoint, one entry per
         # flush: a rollback may discard their insert (see _forget_discarded).
         self.created: list[tuple[int, list[weakref.ref[InstanceState[Any]]]]] = []
@@ -273,7 +297,7 @@ class Recorder:
         # the block releases them.
         self.pinned: list[Any] = []
         self.io: JournalIO = _call
-        self.reads = BlockReads(writer.path, self._restore, self._autoflush)
+        self.reads = BlockReads(writer.path, self._restore, self._autoflush, _adopt)
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -356,7 +380,7 @@ class Recorder:
             _recording_connections.pop(connection, None)
         self.guarded.clear()
         self.pinned = []
-        self.reads = BlockReads(self.path, self._restore, self._autoflush)
+        self.reads = BlockReads(self.path, self._restore, self._autoflush, _adopt)
         self.io(self.writer.close)
         session.expire_on_commit = self.saved_expire_on_commit
         states = session.identity_map.all_states()
@@ -453,13 +477,54 @@ class Recorder:
             plan = plan_for(state.mapper)
             snapshot = _history(history, plan)[-1]
             _show_values(obj, state, plan, snapshot, only_missing=True)
-            _show_members(obj, state, plan, snapshot[3])
+            # Link-table collections from the snapshot, which the block's reads cannot
+            # query; one-to-many ones load through the block's reads, by foreign key,
+            # which also finds rows linked since the snapshot.
+            links = set(plan.link_collections)
+            _show_members(obj, state, plan, {k: v for k, v in snapshot[3].items() if k in links})
         missing = [p.key for p in state.mapper.column_attrs if p.key not in state.dict]
         if missing and state.key is not None and REF not in state.info:
             # Never loaded while the block changed the row, so never changed by it: the
             # database has the value.
             for key, value in self._database_values(state, missing).items():
                 set_committed_value(obj, key, value)
+
+    def checkpointed(self) -> None:
+        """What a commit's expiry would change in what loaded collections show.
+
+        A commit inside the block expires nothing (the values are the journal's, see
+        start_recording), but a plain commit reloads collections, which then leave out
+        members deleted since and take in rows linked by foreign key. One-to-many
+        collections are unloaded, to load again through the block's reads; link-table
+        ones, which those reads cannot query, drop their deleted members.
+        """
+        for state in self.session.identity_map.all_states():
+            obj = state.obj()
+            if obj is None:
+                continue
+            plan = plan_for(state.mapper)
+            data = state.dict
+            expire = [k for k in plan.one_to_many_pairs if k in data and k in plan.collections]
+            if expire:
+                # The base class's method: this is no expiry the memo or show_expired need.
+                Session.expire(self.session, obj, expire)
+            for key in plan.link_collections:
+                members = data.get(key)
+                if members is None:
+                    continue
+                kept = [m for m in collection_adapter(members) if not _gone(m)]
+                if len(kept) != len(list(collection_adapter(members))):
+                    set_committed_value(obj, key, kept)
+
+    def show_expired(self) -> None:
+        """Show the journal's values in the objects of the block that were just expired.
+
+        What reloading them would give were the journal applied; done at once, as the
+        ORM reads an expired key without a query when it loads a relationship.
+        """
+        for state in self.reads.written_states():
+            if state.expired_attributes:
+                self._restore(state)
 
     def _forget_discarded(self, batches: int) -> None:
         """Objects whose insert a rollback discarded become new objects again.
@@ -545,6 +610,7 @@ class Recorder:
             raise
         finally:
             self.pending = {}
+            self.computed = {}
 
     def _record(
         self,
@@ -601,6 +667,8 @@ class Recorder:
         for state, links in relinked:
             self._sync_foreign_keys(state, plan_for(state.mapper), links)
         moved = _sync_members(new, changed, deleted)
+        for table, keys in _link_changes(new, changed, deleted):
+            self.reads.note_links(mark, table, keys)
         self._fire("after_insert", new)
         self._fire("after_update", dirty)
         self._fire("after_delete", deleted)
@@ -630,6 +698,11 @@ class Recorder:
         }
         if not listening:
             return
+        # Replay still flushes through the ORM, where these listeners run again: on the
+        # object being written they recompute what they computed here, but a change to
+        # any other object (a counter on a parent) would be applied twice. Refused.
+        session = self.session
+        before = {id(o) for o in _pending_objects(session)}
         connections: dict[Any, sqlalchemy.Connection] = {}
         for state in states:
             mapper = state.mapper
@@ -651,6 +724,18 @@ class Recorder:
             # The state, as the flush passes it: the event machinery hands listeners
             # the object unless they were registered with raw=True.
             listeners(mapper, connection, state)
+        flushed = {id(state.obj()) for state in states}
+        others = [
+            o for o in _pending_objects(session) if id(o) not in flushed and id(o) not in before
+        ]
+        if others:
+            raise DeferredOperationError(
+                f"a {name} listener of {', '.join(sorted({m.class_.__name__ for m in listening}))} "
+                f"changed {_describe(attributes.instance_state(others[0]))}, another object than "
+                "the one being written; replay runs the listener again and would apply that "
+                "change twice. Make the change in a before_flush listener instead",
+                path=self.path,
+            )
 
     def _remember(self, dirty: Sequence[InstanceState[Any]]) -> None:
         """Snapshot changed objects for a later rollback (new ones: see :meth:`_snapshot`)."""
@@ -715,6 +800,14 @@ class Recorder:
         for key, value in plan.scalar_defaults:
             if key not in data:
                 values[key] = value
+        if plan.callable_defaults:
+            # Computed here, once, as the flush computes them where the program runs: the
+            # journal holds their values, and the block reads them.
+            context = _DefaultContext(values)
+            computed = self.computed.setdefault(state, {})
+            for key, default in plan.callable_defaults:
+                if key not in data:
+                    values[key] = computed[key] = default.arg(context)
         for key in plan.primary_key:
             if values.get(key, 0) is None:
                 del values[key]  # the database assigns it
@@ -782,6 +875,9 @@ class Recorder:
                     data[key] = Placeholder(ref, key)
         # Only now that every new object has its key can foreign keys be synchronised.
         for state, plan, data in zip(new, plans, datas, strict=True):
+            computed = self.computed.get(state)
+            if computed:
+                data.update(computed)
             for key, value in plan.scalar_defaults:
                 if key not in data:
                     data[key] = value
@@ -804,7 +900,10 @@ class Recorder:
                 target_data = attributes.instance_state(target).dict
                 for local, remote in plan.many_to_one_pairs[key]:
                     data[local] = target_data.get(remote)
-            for key in plan.collections:
+            # A link-table collection not loaded holds what the block put in it, nothing:
+            # set it empty. A one-to-many one stays unloaded: loading it finds, through
+            # the block's reads, the rows linked to the object by their foreign key.
+            for key in plan.link_collections:
                 if key not in data:
                     set_committed_value(state.obj(), key, ())
             # The first snapshot in its compact form (see _history): one flat tuple, as
@@ -814,7 +913,7 @@ class Recorder:
                 mark,
                 *plan.column_values(data),
                 *weak,
-                *[_weak_members(data[key]) for key in plan.collections],
+                *[_weak_members(data[key]) if key in data else () for key in plan.collections],
             )
 
     def _update(
@@ -864,6 +963,15 @@ class Recorder:
             return None
         self._note_tables(plan)
         values, refs = self._column_values(state, state.dict, changed)
+        if plan.on_update and (changed or links):
+            context = _DefaultContext(values)
+            for key, update in plan.on_update:
+                if key not in changed:
+                    value = update.arg(context) if update.is_callable else update.arg
+                    values[key] = value
+                    if key in state.dict:
+                        old[key] = _plain(state.dict[key], state, key, self)
+                    versions.append((state, key, value))
         operation = _operation(
             "update",
             plan,
@@ -1030,8 +1138,9 @@ class Recorder:
     def _autoflush(self) -> None:
         # As the ORM autoflushes before executing a statement (not under no_autoflush,
         # nor from a before_flush listener, while the session is already flushing).
-        if self.session.autoflush and not _is_flushing(self.session):
-            self.session.flush()
+        session = self.session
+        if session.autoflush and not _is_flushing(session) and not _is_clean(session):
+            session.flush()
 
     def record_statement(self, orm_execute_state: ORMExecuteState) -> Any:
         """Record an ORM update()/delete()/insert() instead of executing it."""
@@ -1196,18 +1305,23 @@ def _show_members(
     for key, refs in members.items():
         if key in state.dict:
             continue  # not expired: the session shows it as it is, as it would
-        # A member dropped by the program since cannot be shown again; one that a flush
-        # deleted and the rollback keeps deleted is not shown, as a reload would not.
+        members_now = [ref() for ref in refs]
+        if None in members_now and key not in plan.link_collections:
+            # A member the program dropped since: left unloaded, the collection loads
+            # through the block's reads, which find it by its foreign key.
+            continue
+        # A dropped member of a link-table collection cannot be shown again; one that a
+        # flush deleted and the rollback keeps deleted is not shown, as a reload would not.
         alive = [
             member
-            for member in (ref() for ref in refs)
+            for member in members_now
             if member is not None and not attributes.instance_state(member).was_deleted
         ]
         set_committed_value(obj, key, alive)
     if REF in state.info:
-        # Only this journal knows what refers to an object created in it; what a reload
-        # from the database would show is an empty collection.
-        for key in plan.collections:
+        # Only this journal knows the link rows of an object created in it. Its one-to-many
+        # collections stay unloaded: loading one finds the rows linked by foreign key.
+        for key in plan.link_collections:
             if key not in state.dict:
                 set_committed_value(obj, key, ())
 
@@ -1264,6 +1378,33 @@ def _is_orphan(state: InstanceState[Any]) -> bool:
     return bool(state.mapper._is_orphan(state))
 
 
+def _pending_objects(session: Session) -> list[Any]:
+    """The objects a flush would write now: new, deleted and changed ones."""
+    return [*session.new, *session.deleted, *(o for o in session.dirty if session.is_modified(o))]
+
+
+class _DefaultContext:
+    """What a context-sensitive Python default reads: the row's parameters so far."""
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        self.current_parameters = values
+
+    def get_current_parameters(self, isolate_multiinsert_groups: bool = True) -> dict[str, Any]:
+        return self.current_parameters
+
+
+def _gone(obj: object) -> bool:
+    state = attributes.instance_state(obj)
+    return bool(state.was_deleted or state.deleted)
+
+
+def _adopt(old: InstanceState[Any], new: InstanceState[Any]) -> None:
+    """Move the journal's marks of an object to the copy that replaces it in the session."""
+    for key in (REF, RECORDED, SHADOW, PINNED):
+        if key in old.info:
+            new.info[key] = old.info.pop(key)
+
+
 def _removed_orphans(state: InstanceState[Any]) -> Iterator[InstanceState[Any]]:
     """Persistent members removed from ``state``'s delete-orphan collections, now orphans."""
     for rel in state.mapper.relationships:
@@ -1282,11 +1423,35 @@ def _orphaned_outside_of_session(state: InstanceState[Any]) -> bool:
     return bool(state._orphaned_outside_of_session)
 
 
+def _is_clean(session: Session) -> bool:
+    # Private: Session._is_clean() is the constant-time test Session.flush() starts with;
+    # the public session.dirty walks the identity map, once per query here. Checked on
+    # SQLAlchemy 2.1.9.
+    return bool(session._is_clean())
+
+
 def _is_flushing(session: Session) -> bool:
     # Private: Session._flushing is what Session._autoflush() checks to skip autoflush
     # inside a flush (e.g. a statement run from a before_flush listener); there is no
     # public equivalent. Checked on SQLAlchemy 2.1.9.
     return bool(session._flushing)
+
+
+def _link_changes(
+    new: Sequence[InstanceState[Any]],
+    changed: Sequence[InstanceState[Any]],
+    deleted: Sequence[InstanceState[Any]],
+) -> Iterator[tuple[str, list[Any]]]:
+    """Per link table, the identity keys of the rows whose links this flush changes."""
+    gone = set(deleted)
+    for state in (*new, *changed, *deleted):
+        mapper = state.mapper
+        for key in plan_for(mapper).link_collections:
+            history = state.attrs[key].history
+            members = [*history.added, *history.deleted]
+            if members or state in gone:
+                table = str(mapper.relationships[key].secondary.fullname)  # type: ignore[union-attr]
+                yield table, [state.key, *(attributes.instance_state(m).key for m in members)]
 
 
 def _sync_members(
@@ -1457,11 +1622,14 @@ def install(session: Session) -> None:
     event.listen(session, "after_transaction_create", _after_transaction_create)
     event.listen(session, "after_transaction_end", _after_transaction_end)
     event.listen(session, "after_rollback", _after_rollback)
+    event.listen(session, "after_commit", _after_commit)
     event.listen(session, "after_soft_rollback", _after_soft_rollback)
 
 
 def listen_last(session: Session) -> None:
     """Move the recorder's before_flush listener behind any added since it was."""
+    if _is_clean(session):
+        return  # nothing to flush: no listener runs (every autoflush comes through here)
     event.remove(session, "before_flush", _before_flush)
     event.listen(session, "before_flush", _before_flush)
 
@@ -1503,6 +1671,12 @@ def _after_rollback(session: Session) -> None:
         recorder.pin_related()
 
 
+def _after_commit(session: Session) -> None:
+    recorder = _recorder(session)
+    if recorder is not None:
+        recorder.checkpointed()
+
+
 def _after_soft_rollback(session: Session, previous_transaction: SessionTransaction) -> None:
     recorder = _recorder(session)
     if recorder is not None:
@@ -1516,8 +1690,8 @@ def _do_orm_execute(orm_execute_state: ORMExecuteState) -> Any:
     if orm_execute_state.is_update or orm_execute_state.is_delete or orm_execute_state.is_insert:
         return recorder.record_statement(orm_execute_state)
     if orm_execute_state.is_select:
-        answered = recorder.reads.answer(orm_execute_state)
-        if answered is not None:
-            return answered
+        # Answered with the block's writes, or None: the database's answer is the block's
+        # (a placeholder key in it is answered here too).
+        return recorder.reads.answer(orm_execute_state)
     dml.refuse_placeholders(orm_execute_state, recorder.path)
     return None

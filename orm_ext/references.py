@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 from journal import Placeholder
+from orm_ext.exc import DeferredOperationError
+
+# A new object's key used as text inside a deferred block: misuse of the block (SPEC §2).
+Placeholder.value_error = DeferredOperationError
 
 __all__ = ["Placeholder", "class_path"]
 

@@ -153,10 +153,14 @@ class JournalingSession(Session):
     def expire_all(self) -> None:
         super().expire_all()
         memo.invalidate(self)
+        if self._recorder is not None:
+            self._recorder.show_expired()  # the journal's values, not the database's
 
     def expire(self, instance: object, attribute_names: Iterable[str] | None = None) -> None:
         super().expire(instance, attribute_names)
         memo.invalidate(self)
+        if self._recorder is not None:
+            self._recorder.show_expired()
 
     def close(self) -> None:
         # Inside a deferred block, closing discards what was recorded since the last

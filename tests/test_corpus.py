@@ -27,6 +27,21 @@ from tests.corpus.spec import Case
 
 pytestmark = pytest.mark.corpus
 
+# Cases that still crash, each with the reason. A listed case that no longer crashes
+# fails the run (take it off the list), so the list only shrinks; a replay that differs
+# from the direct run is never listed: it fails, always.
+KNOWN_CRASHES = {
+    "generic_associations/generic_fk:move": (
+        "an address moved between two parents whose ids are equal: the backref of the new "
+        "parent sees no change, so only the old link's removal is recorded and replay "
+        "writes a NULL parent_id (refused by NOT NULL)"
+    ),
+    "versioned_rows/versioned_rows:demo": (
+        "the script compares the keys of rows created in the block with the integers a "
+        "direct run gets; inside the block they are placeholders until replay"
+    ),
+}
+
 
 @pytest.fixture(scope="module")
 def corpus() -> Path | CorpusUnavailableError:
@@ -53,6 +68,11 @@ def test_replayed_phase_equals_the_direct_run(
     record_property("detail", outcome.detail)
     if outcome.kind == "n/a":
         pytest.skip(f"{case} on {backend.name}: {outcome.detail}")
+    known = KNOWN_CRASHES.get(str(case))
+    if known is not None:
+        if outcome.kind == "crash":
+            pytest.xfail(f"known: {known}")
+        pytest.fail(f"{case} on {backend.name} is now {outcome.kind}: take it off KNOWN_CRASHES")
     assert outcome.kind in PASSING, (
         f"{case} on {backend.name}: {outcome.kind}: {outcome.detail} (logs in {outcome.logs})"
     )

@@ -328,6 +328,19 @@ def test_querying_by_a_placeholder_finds_the_new_object(world: Any, tmp_path: Pa
         assert session.scalars(select(Task).where(Task.id == task.id)).all() == [task]
 
 
+def test_a_placeholder_has_no_text_form(world: Any, tmp_path: Path) -> None:
+    """A new object's key refuses to become text, which a direct run would give as the key."""
+    with world.sessions() as session, session.deferred_operations(tmp_path / "ops.dbm"):
+        task = Task(name="new")
+        session.add(task)
+        session.flush()
+        assert "placeholder #1.id" in repr(task.id)
+        with pytest.raises(DeferredOperationError, match="assigned by the database"):
+            str(task.id)
+        with pytest.raises(DeferredOperationError, match="has no text form"):
+            f"/tasks/{task.id}"
+
+
 def test_a_placeholder_the_database_would_need_is_refused_clearly(
     world: Any, tmp_path: Path
 ) -> None:

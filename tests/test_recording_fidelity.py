@@ -13,6 +13,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, ClassVar
 
+import pytest
 from sqlalchemy import (
     Column,
     Engine,
@@ -22,13 +23,22 @@ from sqlalchemy import (
     String,
     Table,
     event,
+    func,
     select,
     update,
 )
 from sqlalchemy.ext.instrumentation import InstrumentationManager
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, registry
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    DynamicMapped,
+    Mapped,
+    Session,
+    mapped_column,
+    registry,
+    relationship,
+)
 
-from orm_ext import JournalingSession
+from orm_ext import DeferredOperationError, JournalingSession
 from tests.conftest import Backend
 
 Recorded = Callable[[], AbstractContextManager[Any]]
@@ -63,12 +73,43 @@ class Item(Base):
     flagged: Mapped[bool] = mapped_column(default=False)
 
 
+class Folder(Base):
+    """A self-referential tree whose children are deleted with their parent."""
+
+    __tablename__ = "fidelity_folder"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("fidelity_folder.id"))
+    name: Mapped[str] = mapped_column(String(30))
+    slug: Mapped[str] = mapped_column(String(40), default="")
+    children: Mapped[list[Folder]] = relationship(cascade="all, delete-orphan")
+
+
+class Feed(Base):
+    """A parent whose entries are a dynamic relationship, deleted when removed from it."""
+
+    __tablename__ = "fidelity_feed"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(30))
+    entries: DynamicMapped[Entry] = relationship(cascade="all, delete-orphan")
+
+
+class Entry(Base):
+    __tablename__ = "fidelity_entry"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    feed_id: Mapped[int | None] = mapped_column(ForeignKey("fidelity_feed.id"))
+    title: Mapped[str] = mapped_column(String(30))
+
+
 def contents(engine: Engine, metadata: MetaData) -> dict[str, list[tuple[Any, ...]]]:
     with engine.connect() as connection:
         return {
             table.name: sorted(tuple(row) for row in connection.execute(select(table)))
             for table in metadata.sorted_tables
         }
+
+
+def no_rows(session: Session) -> None:
+    """Seed nothing."""
 
 
 def assert_replay_equals_direct(
@@ -188,3 +229,106 @@ def test_recording_a_class_with_custom_instrumentation(backend: Backend, tmp_pat
         assert recorded.operations == 2
     with engine.connect() as connection:
         assert connection.execute(select(custom_table.c.name)).scalars().all() == ["seeded"]
+
+
+def test_new_root_of_a_delete_orphan_tree_is_inserted(backend: Backend, tmp_path: Path) -> None:
+    """A new root of a self-referential delete-orphan tree is inserted, as a flush does."""
+
+    def body(session: JournalingSession, recorded: Recorded) -> None:
+        with recorded():
+            session.add(Folder(name="root", children=[Folder(name="a"), Folder(name="b")]))
+            session.flush()
+
+    assert_replay_equals_direct(backend, tmp_path, Base.metadata, no_rows, body)
+
+
+def test_mapper_listener_runs_while_recording(backend: Backend, tmp_path: Path) -> None:
+    """A before_insert listener runs in the recording process; the block sees what it set."""
+    seen: list[str] = []
+
+    def slug(mapper: Any, connection: Any, target: Folder) -> None:
+        target.slug = target.name.lower().replace(" ", "-")
+
+    def body(session: JournalingSession, recorded: Recorded) -> None:
+        with recorded():
+            folder = Folder(name="Shot List")
+            session.add(folder)
+            session.flush()
+            seen.append(folder.slug)
+
+    event.listen(Folder, "before_insert", slug)
+    try:
+        assert_replay_equals_direct(backend, tmp_path, Base.metadata, no_rows, body)
+    finally:
+        event.remove(Folder, "before_insert", slug)
+    assert seen == ["shot-list", "shot-list"]
+
+
+def test_mapper_listener_changing_another_object_is_refused(
+    backend: Backend, tmp_path: Path
+) -> None:
+    """A mapper listener that changes another object is refused: replay would run it twice."""
+
+    def count(mapper: Any, connection: Any, target: Folder) -> None:
+        if target.parent_id is not None:
+            parent = Session.object_session(target).get(Folder, target.parent_id)
+            parent.slug = "has children"
+
+    engine = backend.engine("a")
+    Base.metadata.drop_all(engine)
+    Base.metadata.create_all(engine)
+    with Session(engine) as session:
+        session.add(Folder(id=1, name="root"))
+        session.commit()
+    event.listen(Folder, "before_insert", count)
+    try:
+        with JournalingSession(engine) as session:
+            with pytest.raises(DeferredOperationError, match="would apply that change twice"):
+                with session.deferred_operations(tmp_path / "ops.dbm"):
+                    session.add(Folder(name="child", parent_id=1))
+                    session.flush()
+    finally:
+        event.remove(Folder, "before_insert", count)
+    assert contents(engine, Base.metadata)["fidelity_folder"] == [(1, None, "root", "")]
+
+
+def test_listener_reading_a_table_the_flush_writes_is_refused(
+    backend: Backend, tmp_path: Path
+) -> None:
+    """SQL a mapper listener reads from a table its own flush writes is refused, not stale."""
+
+    def count_siblings(mapper: Any, connection: Any, target: Folder) -> None:
+        table = Folder.__table__
+        connection.scalar(select(func.count()).select_from(table))
+
+    engine = backend.engine("a")
+    Base.metadata.drop_all(engine)
+    Base.metadata.create_all(engine)
+    event.listen(Folder, "before_insert", count_siblings)
+    try:
+        with JournalingSession(engine) as session:
+            with pytest.raises(DeferredOperationError, match="fidelity_folder"):
+                with session.deferred_operations(tmp_path / "ops.dbm"):
+                    session.add(Folder(name="new"))
+                    session.flush()
+    finally:
+        event.remove(Folder, "before_insert", count_siblings)
+
+
+def test_dynamic_relationship_records_and_replays(backend: Backend, tmp_path: Path) -> None:
+    """Members added to and removed from a dynamic relationship replay as a flush writes them."""
+
+    def seed(session: Session) -> None:
+        session.add(Feed(id=1, name="news", entries=[Entry(title="old")]))
+
+    def body(session: JournalingSession, recorded: Recorded) -> None:
+        with recorded():
+            feed = session.get(Feed, 1)
+            assert feed is not None
+            feed.entries.append(Entry(title="new"))
+            old = feed.entries.filter_by(title="old").one()
+            feed.entries.remove(old)
+            session.flush()
+            assert [e.title for e in feed.entries.order_by(Entry.title)] == ["new"]
+
+    assert_replay_equals_direct(backend, tmp_path, Base.metadata, seed, body)

@@ -151,6 +151,17 @@ def rows(engine: Engine) -> dict[str, list[tuple[Any, ...]]]:
         }
 
 
+def seeded(backend: Backend, seed: Callable[[Session], None]) -> tuple[Engine, Engine]:
+    """Databases A and B with this module's tables, each seeded by ``seed``."""
+    a, b = backend.engine("a"), backend.engine("b")
+    for engine in (a, b):
+        Base.metadata.create_all(engine)
+        with Session(engine) as session:
+            seed(session)
+            session.commit()
+    return a, b
+
+
 def check(
     backend: Backend,
     tmp_path: Path,
@@ -158,12 +169,7 @@ def check(
     body: Callable[[Session], None],
 ) -> None:
     """Record ``body`` on A, run it directly on A, replay into B: A and B must be equal."""
-    a, b = backend.engine("a"), backend.engine("b")
-    for engine in (a, b):
-        Base.metadata.create_all(engine)
-        with Session(engine) as session:
-            seed(session)
-            session.commit()
+    a, b = seeded(backend, seed)
     path = tmp_path / "ops.journal"
     with make_sessions(a)() as session, session.deferred_operations(path):
         body(session)
@@ -301,12 +307,7 @@ def test_session_class_listeners_do_not_run_at_replay(backend: Backend, tmp_path
     def body(session: Session) -> None:
         session.add(Label(shelf_id=1, text="new"))
 
-    a, b = backend.engine("a"), backend.engine("b")
-    for engine in (a, b):
-        Base.metadata.create_all(engine)
-        with Session(engine) as session:
-            seed(session)
-            session.commit()
+    a, b = seeded(backend, seed)
     path = tmp_path / "ops.journal"
     event.listen(Session, "before_flush", rename)
     try:

@@ -8,6 +8,7 @@ from tests.corpus.adapters import (
     dictlike,
     generic,
     inheritance,
+    services,
     trees,
     versioned_history,
     versioned_rows,
@@ -25,6 +26,7 @@ GROUPS = (
     versioned_history,
     dictlike,
     attributes,
+    services,
 )
 EXAMPLES: dict[str, Example] = {e.name: e for group in GROUPS for e in group.EXAMPLES}
 CASES = [
