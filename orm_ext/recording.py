@@ -289,6 +289,9 @@ class Recorder:
         self.pending: dict[InstanceState[Any], int] = {}  # refs of the flush being recorded
         # Python-side defaults computed for new objects of the flush being recorded.
         self.computed: dict[InstanceState[Any], dict[str, Any]] = {}
+        # Since the last checkpoint, a row was deleted or linked by a foreign key set
+        # without its relationship: loaded collections may show what a reload would not.
+        self.stale_collections = False
         # (batch, states) of objects created since the last checkpoint, one entry per
         # flush: a rollback may discard their insert (see _forget_discarded).
         self.created: list[tuple[int, list[weakref.ref[InstanceState[Any]]]]] = []
@@ -490,6 +493,12 @@ class Recorder:
                 set_committed_value(obj, key, value)
 
     def checkpointed(self) -> None:
+        if not self.stale_collections:
+            return
+        self.stale_collections = False
+        self._refresh_collections()
+
+    def _refresh_collections(self) -> None:
         """What a commit's expiry would change in what loaded collections show.
 
         A commit inside the block expires nothing (the values are the journal's, see
@@ -834,6 +843,8 @@ class Recorder:
             elif value:
                 targets = [attributes.instance_state(v) for v in collection_adapter(value)]
                 added[key] = [pending.get(t) or self._target(t, state, key) for t in targets]
+        if not self.stale_collections:
+            self._note_foreign_keys(plan, links, (*values, *refs))
         # As _operation builds it, without its keyword arguments: one insert per new object.
         operation: dict[str, Any] = {
             "op": "insert",
@@ -961,6 +972,8 @@ class Recorder:
                     ]
         if not (changed or links or added or removed):
             return None
+        if not self.stale_collections:
+            self._note_foreign_keys(plan, links, changed)
         self._note_tables(plan)
         values, refs = self._column_values(state, state.dict, changed)
         if plan.on_update and (changed or links):
@@ -993,7 +1006,18 @@ class Recorder:
             operation["missing_old"] = (state, missing)
         return operation
 
+    def _note_foreign_keys(
+        self, plan: _MapperPlan, links: dict[str, Any], columns: Iterable[str]
+    ) -> None:
+        """Note a foreign key set without its relationship: collections may be stale."""
+        written = set(columns)
+        for key, pairs in plan.many_to_one_pairs.items():
+            if key not in links and any(local in written for local, _ in pairs):
+                self.stale_collections = True
+                return
+
     def _delete(self, state: InstanceState[Any]) -> dict[str, Any]:
+        self.stale_collections = True  # the row leaves the collections it was in
         plan = plan_for(state.mapper)
         data = state.dict
         self._load_version(state, plan)
@@ -1467,7 +1491,21 @@ def _sync_members(
     gone = set(deleted)
     removals: list[tuple[InstanceState[Any], tuple[tuple[str, str], ...]]] = []
     additions: list[tuple[InstanceState[Any], InstanceState[Any], tuple[tuple[str, str], ...]]] = []
-    for state in (*new, *changed):
+    for state in new:
+        plan = plan_for(state.mapper)
+        data = state.dict
+        for key, pairs in plan.one_to_many_pairs.items():
+            value = data.get(key)
+            if key in plan.collections and value is not None:
+                # A new object's loaded collection: every member is an addition.
+                additions.extend(
+                    (attributes.instance_state(m), state, pairs) for m in collection_adapter(value)
+                )
+                continue
+            for member in state.attrs[key].history.added:
+                if member is not None:
+                    additions.append((attributes.instance_state(member), state, pairs))
+    for state in changed:
         pairs_of = plan_for(state.mapper).one_to_many_pairs
         if not pairs_of:
             continue
