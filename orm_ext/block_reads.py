@@ -17,7 +17,6 @@ references (the session's identity map holds them weakly).
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import re
@@ -100,9 +99,7 @@ class BlockReads:
         self.deleted_classes: dict[type, int] = {}
         self._pattern: re.Pattern[str] | None = None
         self._collation: str | None = None  # the PostgreSQL database's, once asked
-        self._read_cache: weakref.WeakKeyDictionary[Any, frozenset[str]] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._read_cache: dict[Any, frozenset[str]] = {}
         # Depth of this module's own database reads, which the SQL check lets through.
         self.reading = 0
 
@@ -314,16 +311,16 @@ class BlockReads:
         return sorted(n for n in names if n in self.tables)
 
     def _names_read(self, statement: Any) -> frozenset[str]:
-        """The tables ``statement`` may read, by name (kept per statement object: code that
-        reuses a statement pays the walk once)."""
-        try:
-            names = self._read_cache.get(statement)
-        except TypeError:
-            names = None
+        """The tables ``statement`` may read, by name; the same for every statement of one
+        shape, found by its cache key (which the execution computes and keeps anyway)."""
+        key = statement._generate_cache_key()
+        if key is None:
+            return frozenset(str(t.fullname) for t in _tables_read(statement))
+        names = self._read_cache.get(key.key)
         if names is None:
             names = frozenset(str(t.fullname) for t in _tables_read(statement))
-            with contextlib.suppress(TypeError):
-                self._read_cache[statement] = names
+            if len(self._read_cache) < 4096:
+                self._read_cache[key.key] = names
         return names
 
     def _answer(
