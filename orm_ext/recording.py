@@ -816,7 +816,13 @@ class Recorder:
             computed = self.computed.setdefault(state, {})
             for key, default in plan.callable_defaults:
                 if key not in data:
-                    values[key] = computed[key] = default.arg(context)
+                    try:
+                        value = default.arg(context)
+                    except AttributeError:
+                        # It needs more of the execution context than the row's parameters
+                        # (its connection, to query): computed at replay, where it has one.
+                        continue
+                    values[key] = computed[key] = value
         for key in plan.primary_key:
             if values.get(key, 0) is None:
                 del values[key]  # the database assigns it
@@ -1408,7 +1414,8 @@ def _pending_objects(session: Session) -> list[Any]:
 
 
 class _DefaultContext:
-    """What a context-sensitive Python default reads: the row's parameters so far."""
+    """What a context-sensitive Python default reads: the row's parameters so far (and
+    nothing else: one that needs more raises AttributeError, see Recorder._insert)."""
 
     def __init__(self, values: dict[str, Any]) -> None:
         self.current_parameters = values

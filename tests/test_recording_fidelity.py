@@ -100,6 +100,23 @@ class Entry(Base):
     title: Mapped[str] = mapped_column(String(30))
 
 
+_STAMPS = iter(range(1000, 100000))
+
+
+def _stamp() -> int:
+    return next(_STAMPS)
+
+
+class Stamped(Base):
+    """Python-side defaults: one computed on insert, one on every update."""
+
+    __tablename__ = "fidelity_stamped"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(30))
+    created: Mapped[int] = mapped_column(default=_stamp)
+    touched: Mapped[int] = mapped_column(default=0, onupdate=_stamp)
+
+
 def contents(engine: Engine, metadata: MetaData) -> dict[str, list[tuple[Any, ...]]]:
     with engine.connect() as connection:
         return {
@@ -332,3 +349,23 @@ def test_dynamic_relationship_records_and_replays(backend: Backend, tmp_path: Pa
             assert [e.title for e in feed.entries.order_by(Entry.title)] == ["new"]
 
     assert_replay_equals_direct(backend, tmp_path, Base.metadata, seed, body)
+
+
+def test_python_defaults_are_computed_while_recording(backend: Backend, tmp_path: Path) -> None:
+    """Callable defaults and onupdate values are computed by the recording flush, read in
+    the block, and replayed as those values."""
+    seen: list[tuple[int, int]] = []
+
+    def body(session: JournalingSession, recorded: Recorded) -> None:
+        global _STAMPS
+        _STAMPS = iter(range(1000, 100000))  # the same values in both runs
+        with recorded():
+            row = Stamped(name="a")
+            session.add(row)
+            session.flush()
+            row.name = "b"
+            session.flush()
+            seen.append((row.created, row.touched))
+
+    assert_replay_equals_direct(backend, tmp_path, Base.metadata, no_rows, body)
+    assert seen == [(1000, 1001), (1000, 1001)]
