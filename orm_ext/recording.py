@@ -914,9 +914,8 @@ class Recorder:
                     continue
                 weak.append(weakref.ref(target))
                 # As _sync_foreign_keys does for a relinked object.
-                target_data = attributes.instance_state(target).dict
                 for local, remote in plan.many_to_one_pairs[key]:
-                    data[local] = target_data.get(remote)
+                    data[local] = _remote_value(target, remote)
             # A link-table collection not loaded holds what the block put in it, nothing:
             # set it empty. A one-to-many one stays unloaded: loading it finds, through
             # the block's reads, the rows linked to the object by their foreign key.
@@ -1104,9 +1103,8 @@ class Recorder:
             if key not in links:
                 continue
             target = data.get(key)
-            target_data = None if target is None else attributes.instance_state(target).dict
             for local, remote in pairs:
-                data[local] = None if target_data is None else target_data.get(remote)
+                data[local] = None if target is None else _remote_value(target, remote)
 
     def _fill_old_values(self, operations: list[dict[str, Any]]) -> None:
         """Load from the database the old values a flush would overwrite but that were never loaded.
@@ -1422,6 +1420,12 @@ class _DefaultContext:
 
     def get_current_parameters(self, isolate_multiinsert_groups: bool = True) -> dict[str, Any]:
         return self.current_parameters
+
+
+def _remote_value(target: object, key: str) -> Any:
+    """The key value a foreign key takes from ``target``, loaded if it was expired."""
+    data = attributes.instance_state(target).dict
+    return data[key] if key in data else getattr(target, key)
 
 
 def _gone(obj: object) -> bool:

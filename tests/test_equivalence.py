@@ -1452,11 +1452,6 @@ def test_reload_after_a_statement_on_a_table_it_does_not_read(
     assert_equivalent(backend, tmp_path, body)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a one-to-many collection of an expired object, first loaded after a flush "
-    "of a child added to it through its backref, does not hold that child",
-)
 def test_collection_of_an_expired_object_after_a_child_was_added(
     backend: Backend, tmp_path: Path
 ) -> None:
