@@ -1423,9 +1423,19 @@ class _DefaultContext:
 
 
 def _remote_value(target: object, key: str) -> Any:
-    """The key value a foreign key takes from ``target``, loaded if it was expired."""
-    data = attributes.instance_state(target).dict
-    return data[key] if key in data else getattr(target, key)
+    """The key value a foreign key takes from ``target``, loaded if it was expired.
+
+    A primary key comes from the identity key, with no load: the row may be one whose
+    other columns an ORM statement of the block changed, which the block cannot read.
+    """
+    state = attributes.instance_state(target)
+    data = state.dict
+    if key in data:
+        return data[key]
+    plan = plan_for(state.mapper)
+    if state.key is not None and key in plan.primary_key:
+        return state.key[1][plan.primary_key.index(key)]
+    return getattr(target, key)
 
 
 def _gone(obj: object) -> bool:
