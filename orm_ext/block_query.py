@@ -18,7 +18,10 @@ from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.engine import IteratorResult, Result
 from sqlalchemy.engine.result import SimpleResultMetaData
 from sqlalchemy.orm import ColumnProperty, Mapper, ORMExecuteState
-from sqlalchemy.orm.evaluator import UnevaluatableError
+
+# Private: what the evaluator returns for an attribute not loaded on an object (the ORM's
+# synchronize_session="evaluate" expires such objects). Checked on SQLAlchemy 2.0.x, 2.1.9.
+from sqlalchemy.orm.evaluator import _EXPIRED_OBJECT, UnevaluatableError
 from sqlalchemy.orm.util import LoaderCriteriaOption
 from sqlalchemy.sql import operators, visitors
 from sqlalchemy.sql.elements import BinaryExpression, BindParameter, UnaryExpression
@@ -137,7 +140,7 @@ class Query:
         return bool(self.order) or any(e is not None for _, e in self.columns)
 
     def matches(self, obj: object) -> bool:
-        return self.where is None or self.where(obj) is True
+        return self.where is None or _known(self.where(obj)) is True
 
     def entity_statement(self, statement: Select[Any]) -> Select[Any]:
         """The statement to ask the database for its part: whole objects, no slicing."""
@@ -196,7 +199,9 @@ class Query:
         if all(evaluate is None for _, evaluate in self.columns) and len(self.columns) == 1:
             return objects_result(rows)
         values = [
-            tuple(obj if evaluate is None else evaluate(obj) for _, evaluate in self.columns)
+            tuple(
+                obj if evaluate is None else _known(evaluate(obj)) for _, evaluate in self.columns
+            )
             for obj in rows
         ]
         if self.distinct:
@@ -215,6 +220,17 @@ def objects_result(objects: Sequence[object]) -> Result[Any]:
     return result
 
 
+def _known(value: Any) -> Any:
+    """``value``, unless the evaluator found an attribute not loaded on the object."""
+    if value is _EXPIRED_OBJECT:
+        raise Unanswerable(
+            "it reads a column whose value is not loaded on an object: one the database "
+            "sets when replay inserts the row (a server default, a sequence), or a "
+            "deferred column"
+        )
+    return value
+
+
 def _unique(objects: list[object]) -> list[object]:
     seen: set[int] = set()
     kept = []
@@ -226,7 +242,7 @@ def _unique(objects: list[object]) -> list[object]:
 
 
 def _sort_key(evaluate: Evaluator, null_rank: int, fold: bool, obj: object) -> tuple[int, int, Any]:
-    value = evaluate(obj)
+    value = _known(evaluate(obj))
     if fold and isinstance(value, str):
         value = value.casefold()
     if value is None:

@@ -196,7 +196,9 @@ class BlockReads:
         if refresh_state is not None and refresh_state in self.objects:
             # A refresh, or the load of an expired attribute, of an object the block
             # created or changed: the journal has its row.
+            before = set(refresh_state.dict)
             self.restore(refresh_state)
+            self._refuse_unknown(orm_execute_state, refresh_state, before)
             return objects_result([refresh_state.obj()])
         statement: Any = orm_execute_state.statement
         if orm_execute_state.is_relationship_load:
@@ -220,6 +222,33 @@ class BlockReads:
         except Unanswerable as why:
             tables = hit if why.table is None else [why.table]
             raise self._refusal(statement, tables, str(why)) from None
+
+    def _refuse_unknown(
+        self,
+        orm_execute_state: ORMExecuteState,
+        state: InstanceState[Any],
+        before: set[str],
+    ) -> None:
+        """Refuse the load of attributes that only replay can set (server defaults).
+
+        A refresh of the whole object leaves them unloaded; the load of an attribute
+        that the journal cannot give (nothing else was loaded with it) is the program
+        reading one, which would otherwise fail deep inside SQLAlchemy.
+        """
+        statement: Any = orm_execute_state.statement
+        wanted = statement._compile_options._only_load_props
+        if not wanted:
+            return
+        left = sorted(k for k in wanted if k not in state.dict)
+        if left and not any(k in state.dict for k in wanted if k not in before):
+            names = ", ".join(f"{state.class_.__name__}.{k}" for k in left)
+            raise DeferredOperationError(
+                f"{names} of an object created in this deferred block is set by the "
+                "database when replay inserts the row (a server default, a sequence or a "
+                "SQL expression); it has no value while recording. Give it a value in the "
+                "program, or read it after replay",
+                path=self.path,
+            )
 
     def _link_load(self, orm_execute_state: ORMExecuteState, rel: Any) -> Result[Any]:
         """Load a many-to-many collection from the database where the block changed none of

@@ -47,6 +47,7 @@ __all__ = [
     "empty_result",
     "rebuild_criteria",
     "refuse_placeholders",
+    "synchronize",
 ]
 
 _OPERATORS: Final[dict[Any, str]] = {
@@ -274,3 +275,70 @@ def refuse_placeholders(state: ORMExecuteState, path: str | os.PathLike[str]) ->
                 "objects themselves instead of querying for them",
                 path=path,
             )
+
+
+def synchronize(state: ORMExecuteState) -> None:
+    """Bring the session's loaded objects in line with a recorded statement, as executing it would.
+
+    A plain session synchronizes after executing an ORM update() or delete(): with
+    ``synchronize_session`` left at ``"auto"`` (or ``"evaluate"``), matching objects of
+    the identity map take the new values, or leave the session when deleted. The recorder
+    executes nothing, so it runs the same synchronization here with SQLAlchemy's own
+    routines: the criteria are evaluated in Python on the objects as they are, exactly as
+    the plain session's ``"evaluate"`` does. ``"fetch"`` asks the database which rows
+    match; the database does not hold the block's writes, so the Python evaluation (which
+    every recordable criterion supports) stands in for it. ``synchronize_session=False``
+    leaves the objects alone, as it does in a plain session.
+
+    Columns with an ``onupdate`` the statement does not set get their value at replay: a
+    plain execution would fetch or expire them, so they are expired here and a read of
+    them is refused, not answered with the old value.
+    """
+    if state.is_insert:
+        return  # an ORM insert() without RETURNING leaves the session's objects alone
+    options: Any = state.update_delete_options
+    if options._synchronize_session not in ("auto", "evaluate", "fetch"):
+        return
+    # Private: the ORM's bulk UPDATE/DELETE compile state classes (_BulkORMUpdate,
+    # _BulkORMDelete) hold the synchronization steps; the execute state keeps the class
+    # chosen for this statement. Checked on SQLAlchemy 2.0.x and 2.1.9.
+    compile_state: Any = state._compile_state_cls
+    session = state.session
+    statement: Any = state.statement
+    if options._dml_strategy == "bulk":
+        if state.is_update:
+            rows: Any = state.parameters
+            compile_state._do_post_synchronize_bulk_evaluate(session, rows, None, options)
+        return
+    options = compile_state._do_pre_synchronize_evaluate(
+        session, statement, state.parameters, state.execution_options, {}, options
+    )
+    if state.is_delete:
+        compile_state._do_post_synchronize_evaluate(session, statement, None, options)
+        return
+    matched = compile_state._get_matched_objects_on_criteria(
+        options, session.identity_map.all_states()
+    )
+    mapper = options._subject_mapper
+    set_keys = set(_statement_values(statement, mapper, _never))
+    if isinstance(state.parameters, Mapping):
+        set_keys.update(_row(state.parameters, mapper, _never))
+    set_columns = {c for key in set_keys for c in getattr(mapper.attrs[key], "columns", ())}
+    later = [
+        c
+        for c in statement.table.c
+        if (c.onupdate is not None or c.server_onupdate is not None) and c not in set_columns
+    ]
+    compile_state._apply_update_set_values_to_objects(
+        session,
+        options,
+        statement,
+        {},
+        [(obj, st, dict_) for obj, st, dict_, _ in matched],
+        [],
+        later,
+    )
+
+
+def _never(reason: str) -> NoReturn:
+    raise AssertionError(reason)  # describe() refused the statement before synchronize()

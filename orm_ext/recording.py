@@ -53,6 +53,7 @@ from orm_ext.exc import DeferredOperationError
 from orm_ext.fingerprint import describe_table, read_alembic_revision
 from orm_ext.gc_pause import paused_gc
 from orm_ext.references import Placeholder, class_path
+from orm_ext.server_values import FROM_DATABASE, server_defaults
 
 __all__ = ["DeferredOperations", "Recorder", "install", "listen_last", "refuse_if_recorded"]
 
@@ -128,6 +129,11 @@ class _MapperPlan:
     # Python-side defaults a flush computes in the program's process: (key, ColumnDefault).
     callable_defaults: tuple[tuple[str, Any], ...] = field(default=())
     on_update: tuple[tuple[str, Any], ...] = field(default=())
+    # Literal server defaults: (key, the value the database stores).
+    server_literals: tuple[tuple[str, Any], ...] = field(default=())
+    # Columns whose insert value only the database knows (see orm_ext.server_values).
+    from_database: frozenset[str] = field(default=frozenset())
+    callable_keys: frozenset[str] = field(default=frozenset())
 
 
 _plans: dict[Mapper[Any], _MapperPlan] = {}
@@ -201,6 +207,7 @@ def _make_plan(mapper: Mapper[Any]) -> _MapperPlan:
         for t in r.mapper.tables
         if isinstance(t, sqlalchemy.Table)
     )
+    database = server_defaults(mapper)
     version = None
     if mapper.version_id_col is not None and mapper.version_id_generator is not False:
         version = mapper.get_property_by_column(mapper.version_id_col).key
@@ -213,6 +220,9 @@ def _make_plan(mapper: Mapper[Any]) -> _MapperPlan:
         scalar_defaults=tuple(defaults),
         callable_defaults=tuple(computed),
         on_update=tuple(on_update),
+        server_literals=database.literals,
+        callable_keys=frozenset(k for k, _ in computed),
+        from_database=database.from_database,
         primary_key=tuple(mapper.get_property_by_column(c).key for c in mapper.primary_key),
         relationships=tuple(relationships),
         collections=tuple(
@@ -239,6 +249,15 @@ def _make_plan(mapper: Mapper[Any]) -> _MapperPlan:
         one_to_many_pairs=members,
         written_tables=tuple(dict.fromkeys((*tables, *secondary, *member_tables))),
     )
+
+
+def _new_row_values(plan: _MapperPlan, data: dict[str, Any]) -> tuple[Any, ...]:
+    """The column values of an object the block created, in ``plan.columns`` order."""
+    try:
+        return plan.column_values(data)
+    except KeyError:
+        # Only what the database sets at replay is ever missing: still unknown.
+        return tuple(data.get(k, FROM_DATABASE) for k in plan.columns)
 
 
 def _tuple_getter(keys: Sequence[str]) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
@@ -754,7 +773,7 @@ class Recorder:
                 plan = plan_for(state.mapper)
                 data = state.dict
                 values: dict[str, Any] | tuple[Any, ...] = (
-                    plan.column_values(data)
+                    _new_row_values(plan, data)
                     if REF in state.info
                     else {k: data[k] for k in plan.columns if k in data}
                 )
@@ -898,14 +917,23 @@ class Recorder:
             for key, value in plan.scalar_defaults:
                 if key not in data:
                     data[key] = value
+            for key, value in plan.server_literals:
+                if key not in data:
+                    data[key] = value
             if plan.version is not None and data.get(plan.version) is None:
                 generator: Any = state.mapper.version_id_generator
                 data[plan.version] = generator(None)
-            # A column never set reads as NULL afterwards, as after a reload (a default
-            # the database fills in is only known at replay).
+            # A column never set reads as NULL afterwards, as after a reload; one the
+            # database fills in (a server default, or a Python default that needs the
+            # database) is only known at replay: left unloaded, and reading it refused.
+            unknown = []
             for key in plan.columns:
                 if key not in data:
-                    data[key] = None
+                    if key in plan.from_database or key in plan.callable_keys:
+                        unknown.append(key)
+                        data[key] = FROM_DATABASE
+                    else:
+                        data[key] = None
             weak: list[weakref.ref[Any] | None] = []
             for key in plan.many_to_one:
                 target = data.get(key)
@@ -931,6 +959,10 @@ class Recorder:
                 *weak,
                 *[_weak_members(data[key]) if key in data else () for key in plan.collections],
             )
+            if unknown:
+                # As a plain flush expires what the database generated (persistence's
+                # _postfetch); a load of them is refused by the block's reads.
+                state._expire_attributes(data, unknown)
 
     def _update(
         self, state: InstanceState[Any], versions: list[tuple[InstanceState[Any], str, Any]]
@@ -1182,6 +1214,7 @@ class Recorder:
         self._autoflush()
         self.io(self.writer.append, [operation])
         self.handle.operations = self.writer.operations
+        dml.synchronize(orm_execute_state)
         if mapper is not None:
             self.reads.note_statement(
                 self.writer.batches, [str(t.fullname) for t in plan_for(mapper).written_tables]
@@ -1313,6 +1346,8 @@ def _show_values(
     data = state.dict
     pairs = values.items() if isinstance(values, dict) else zip(plan.columns, values, strict=True)
     for key, value in pairs:
+        if value is FROM_DATABASE:
+            continue  # left unloaded: only replay knows it
         if not (only_missing and key in data):
             set_committed_value(obj, key, value)
     for key, ref in links.items():

@@ -1,0 +1,177 @@
+"""Values the database fills in, read inside a deferred block (SPEC §3.11).
+
+A plain flush lets the database fill in ``server_default`` columns, SQL-expression and
+sequence defaults; the session reads them back on first access. Inside a block there is
+no row yet: a literal default reads as the value the database stores, anything else is
+refused when read, never shown as ``None``. Each test compares with a direct run on a
+second database, then replays the journal and compares the rows.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, ForeignKey, Integer, String, func, select, text
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
+
+from orm_ext import DeferredOperationError
+from tests.conftest import Backend
+from tests.scenario import make_sessions, replay
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Ticket(Base):
+    __tablename__ = "ticket"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    title: Mapped[str] = mapped_column(String(50))
+    status: Mapped[str] = mapped_column(String(20), server_default="open")
+    priority: Mapped[int] = mapped_column(Integer, server_default=text("3"))
+    label: Mapped[str] = mapped_column(String(20), server_default=text("'triage'"))
+    opened: Mapped[dt.datetime] = mapped_column(server_default=func.now())
+    notes: Mapped[list[Note]] = relationship(back_populates="ticket")
+
+
+class Note(Base):
+    __tablename__ = "note"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("ticket.id"))
+    body: Mapped[str] = mapped_column(String(50), server_default="")
+    ticket: Mapped[Ticket] = relationship(back_populates="notes")
+
+
+def fresh(engine: Engine) -> None:
+    Base.metadata.drop_all(engine)
+    Base.metadata.create_all(engine)
+    with Session(engine) as session:
+        session.add(Ticket(title="existing", status="closed", priority=1))
+        session.commit()
+
+
+def rows(engine: Engine) -> list[tuple[Any, ...]]:
+    """Every row but the database's clock, by title."""
+    with Session(engine) as session:
+        tickets = session.execute(
+            select(Ticket.title, Ticket.status, Ticket.priority, Ticket.label).order_by(
+                Ticket.title
+            )
+        )
+        notes = session.execute(select(Note.body, Note.ticket_id).order_by(Note.body))
+        return [*map(tuple, tickets), *map(tuple, notes)]
+
+
+def both(backend: Backend, tmp_path: Path, body: Any) -> Any:
+    """Run ``body(session)`` directly on A and recorded-then-replayed on B; compare."""
+    a, b = backend.engine("a"), backend.engine("b")
+    fresh(a)
+    fresh(b)
+    with Session(a) as session:
+        seen_directly = body(session)
+        session.commit()
+    path = tmp_path / "block.dbm"
+    with make_sessions(b)() as session, session.deferred_operations(path):
+        seen_recording = body(session)
+    assert replay(b, path).applied
+    assert seen_recording == seen_directly
+    assert rows(b) == rows(a)
+    return seen_recording
+
+
+def test_literal_server_defaults_read_as_the_database_stores_them(
+    backend: Backend, tmp_path: Path
+) -> None:
+    """A string or integer server default reads as its value after flush and refresh."""
+
+    def body(session: Session) -> list[Any]:
+        ticket = Ticket(title="new")
+        session.add(ticket)
+        session.flush()
+        shown = [ticket.status, ticket.priority, ticket.label]
+        session.commit()
+        session.refresh(ticket)
+        shown += [ticket.status, ticket.priority, ticket.label]
+        note = Note(ticket=ticket)
+        session.add(note)
+        session.flush()
+        return [*shown, note.body]
+
+    assert both(backend, tmp_path, body) == ["open", 3, "triage"] * 2 + [""]
+
+
+def test_queries_over_literal_server_defaults(backend: Backend, tmp_path: Path) -> None:
+    """Queries filter and sort new rows by their literal server defaults."""
+
+    def body(session: Session) -> list[Any]:
+        session.add_all([Ticket(title="b"), Ticket(title="a", priority=5)])
+        session.flush()
+        by_status = session.scalars(
+            select(Ticket.title).where(Ticket.status == "open").order_by(Ticket.title)
+        ).all()
+        by_priority = session.scalars(
+            select(Ticket.title).order_by(Ticket.priority, Ticket.title)
+        ).all()
+        return [list(by_status), list(by_priority)]
+
+    assert both(backend, tmp_path, body) == [["a", "b"], ["existing", "b", "a"]]
+
+
+def test_database_computed_value_is_refused_when_read(backend: Backend, tmp_path: Path) -> None:
+    """A value only the database computes (func.now()) is refused, never read as None."""
+    b = backend.engine("b")
+    fresh(b)
+    path = tmp_path / "block.dbm"
+    with make_sessions(b)() as session, session.deferred_operations(path):
+        ticket = Ticket(title="new")
+        session.add(ticket)
+        session.flush()
+        with pytest.raises(DeferredOperationError, match=r"Ticket\.opened .* set by the database"):
+            _ = ticket.opened
+        # The block goes on: the other values read, a refresh works, the write replays.
+        session.refresh(ticket)
+        assert (ticket.title, ticket.status) == ("new", "open")
+        with pytest.raises(DeferredOperationError, match="not loaded"):
+            session.scalars(select(Ticket).where(Ticket.opened > dt.datetime(2000, 1, 1))).all()
+        with pytest.raises(DeferredOperationError, match="not loaded"):
+            session.scalars(select(Ticket.opened)).all()
+        assert session.scalars(select(Ticket.title).where(Ticket.status == "open")).all() == ["new"]
+    assert replay(b, path).applied
+    with Session(b) as session:
+        opened = session.scalars(select(Ticket.opened).where(Ticket.title == "new")).one()
+        assert isinstance(opened, dt.datetime)
+
+
+def test_value_set_by_the_program_reads_as_given(backend: Backend, tmp_path: Path) -> None:
+    """A server-default column the program sets reads as set, as in a plain session."""
+
+    def body(session: Session) -> list[Any]:
+        ticket = Ticket(title="given", status="waiting", opened=dt.datetime(2024, 5, 6, 7, 8))
+        session.add(ticket)
+        session.flush()
+        session.commit()
+        return [ticket.status, ticket.opened]
+
+    assert both(backend, tmp_path, body) == ["waiting", dt.datetime(2024, 5, 6, 7, 8)]
+
+
+def test_server_value_stays_refused_after_rollback(backend: Backend, tmp_path: Path) -> None:
+    """After rollback() to a checkpoint, a new object's database-set value is still unknown."""
+    b = backend.engine("b")
+    fresh(b)
+    path = tmp_path / "block.dbm"
+    with make_sessions(b)() as session, session.deferred_operations(path):
+        ticket = Ticket(title="kept")
+        session.add(ticket)
+        session.commit()
+        ticket.title = "rolled back"
+        session.flush()
+        session.rollback()
+        assert (ticket.title, ticket.status, ticket.priority) == ("kept", "open", 3)
+        with pytest.raises(DeferredOperationError, match="set by the database"):
+            _ = ticket.opened
+    assert replay(b, path).applied
+    assert ("kept", "open", 3, "triage") in rows(b)
