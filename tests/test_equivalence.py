@@ -1238,8 +1238,9 @@ def test_statement_under_no_autoflush(backend: Backend, tmp_path: Path) -> None:
 
 @pytest.mark.xfail(
     strict=True,
-    reason="divergence: commit() in a block does not expire objects, so assigning a value "
-    "equal to the loaded one is no change there, but an UPDATE (version bump) directly",
+    reason="divergence (docs/fidelity.md): commit() in a block does not expire objects, so "
+    "assigning a value equal to the loaded one is no change there, but an UPDATE (version "
+    "bump) directly; expiring at each checkpoint costs recording over its bar",
 )
 def test_noop_assignment_after_checkpoint_bumps_version(backend: Backend, tmp_path: Path) -> None:
     """Assigning an unchanged value after commit() bumps the version counter as directly."""
