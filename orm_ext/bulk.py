@@ -58,10 +58,7 @@ _eligible: dict[Mapper[Any], bool] = {}
 
 
 def _mapper_eligible(mapper: Mapper[Any]) -> bool:
-    # Listeners can be added at any time, so they are checked on every call; the rest
-    # is fixed once the mapper is configured.
-    if mapper.dispatch.before_insert or mapper.dispatch.after_insert:
-        return False
+    # Mapper listeners play no part: replay fires none (see orm_ext.replay_events).
     found = _eligible.get(mapper)
     if found is None:
         plan = plan_for(mapper)

@@ -41,7 +41,7 @@ from sqlalchemy.orm.collections import collection_adapter
 from sqlalchemy.orm.exc import UnmappedClassError
 
 from journal import Batch, Journal, JournalCorruptError, JournalError, JournalSignatureError
-from orm_ext import bulk, dml, ledger
+from orm_ext import bulk, dml, ledger, replay_events
 from orm_ext.exc import DeferredOperationError, ReplayConflictError, SchemaMismatchError
 from orm_ext.fingerprint import describe_table, diff_schemas, read_alembic_revision
 from orm_ext.operations import OperationChecker, check_meta
@@ -713,8 +713,10 @@ def reconnect_and_commit(
                         journal_id, False, count, duration=time.monotonic() - started
                     )
                 # Links are set while objects of the batch are still incomplete; an autoflush
-                # in between (a lookup of a target) would insert them half-built.
-                with session.no_autoflush:
+                # in between (a lookup of a target) would insert them half-built. Mapper
+                # listeners ran while recording: the journal holds what they did.
+                mappers = [m for r in _all_registries() for m in r.mappers]
+                with session.no_autoflush, replay_events.held_back(connection, mappers):
                     replay.apply()
                 if locked:
                     _unlock(connection, journal_id)

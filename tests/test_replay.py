@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, event, select, text
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Mapper, Session
 
 from journal import JournalIncompleteError, JournalSignatureError, JournalWriter
 from orm_ext import (
@@ -657,22 +657,39 @@ def test_plain_inserts_take_the_bulk_path(databases: tuple[Any, Any], tmp_path: 
     assert table_rows(a) == table_rows(b)
 
 
-def test_mapper_events_force_the_unit_of_work(databases: tuple[Any, Any], tmp_path: Path) -> None:
-    """A class with a before_insert listener replays object by object, so the listener runs."""
+def test_mapper_events_do_not_fire_at_replay(databases: tuple[Any, Any], tmp_path: Path) -> None:
+    """Mapper flush listeners ran while recording; replay fires none (SPEC §3.10, §4.2),
+    while a plain flush on another connection of the same process still fires them."""
     _, b = databases
     path = tmp_path / "ops.dbm"
-    record(b, path, lambda s: s.add_all([Task(name="x"), Task(name="y")]))
     seen: list[str] = []
 
     def listener(mapper: Any, connection: Any, target: Task) -> None:
         seen.append(target.name)
 
     event.listen(Task, "before_insert", listener)
+    event.listen(Mapper, "after_insert", listener)
     try:
-        replay(b, path)
+        record(b, path, lambda s: s.add_all([Task(name="x"), Task(name="y")]))
+        assert sorted(seen) == ["x", "x", "y", "y"]  # before and after insert, recording
+        seen.clear()
+        assert replay(b, path).applied
+        assert seen == []
+        with Session(b) as session:
+            session.add(Task(name="plain"))
+            session.commit()
+        assert seen == ["plain", "plain"]
     finally:
         event.remove(Task, "before_insert", listener)
-    assert sorted(seen) == ["x", "y"]
+        event.remove(Mapper, "after_insert", listener)
+    assert not event.contains(Task, "before_insert", listener)
+    with Session(b) as session:
+        session.add(Task(name="after removal"))
+        session.commit()
+    assert seen == ["plain", "plain"]
+    with Session(b) as session:
+        names = set(session.scalars(select(Task.name)))
+    assert {"x", "y", "plain", "after removal"} <= names
 
 
 def test_link_to_a_row_deleted_since_is_a_conflict(

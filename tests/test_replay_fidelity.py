@@ -319,3 +319,39 @@ def test_session_class_listeners_do_not_run_at_replay(backend: Backend, tmp_path
     finally:
         event.remove(Session, "before_flush", rename)
     assert rows(b)["fid_label"] == [(1, 1, "NEW")]
+
+
+def test_mapper_listener_values_are_the_recorded_ones(backend: Backend, tmp_path: Path) -> None:
+    """A before_insert/before_update listener's values are written as recorded, not again.
+
+    The listener stamps each row with a counter, as one that stamps a clock would: run
+    again at replay it would write other values than the recording process saw.
+    """
+    stamps = iter(range(1, 1000))
+
+    def stamp(mapper: Any, connection: Any, target: Label) -> None:
+        target.text = f"{target.text.split('#')[0]}#{next(stamps)}"
+
+    def seed(session: Session) -> None:
+        session.add(Shelf(id=1, name="s"))
+        session.add(Label(shelf_id=1, text="old"))
+
+    def body(session: Session) -> list[str]:
+        session.add(Label(shelf_id=1, text="new"))
+        session.scalars(select(Label).where(Label.text == "old")).one().text = "old changed"
+        session.flush()
+        return sorted(label.text for label in session.scalars(select(Label)))
+
+    _, b = seeded(backend, seed)
+    path = tmp_path / "ops.journal"
+    event.listen(Label, "before_insert", stamp)
+    event.listen(Label, "before_update", stamp)
+    try:
+        with make_sessions(b)() as session, session.deferred_operations(path):
+            seen = body(session)
+        assert seen == ["new#1", "old changed#2"]
+        assert replay(b, path).applied
+    finally:
+        event.remove(Label, "before_insert", stamp)
+        event.remove(Label, "before_update", stamp)
+    assert [text for *_, text in rows(b)["fid_label"]] == ["old changed#2", "new#1"]
