@@ -306,6 +306,9 @@ class Recorder:
         self.saved_expire_on_commit = session.expire_on_commit
         self.guarded: list[sqlalchemy.Connection] = []
         self.pending: dict[InstanceState[Any], int] = {}  # refs of the flush being recorded
+        # Changed objects of the flush being recorded that join a one-to-many collection:
+        # the foreign key attributes the flush sets on them from the parent (_joining).
+        self.joining: dict[InstanceState[Any], set[str]] = {}
         # Python-side defaults computed for new objects of the flush being recorded.
         self.computed: dict[InstanceState[Any], dict[str, Any]] = {}
         # Since the last checkpoint, a row was deleted or linked by a foreign key set
@@ -665,6 +668,7 @@ class Recorder:
         versions: list[tuple[InstanceState[Any], str, Any]] = []
         relinked: list[tuple[InstanceState[Any], dict[str, Any]]] = []
         changed: list[InstanceState[Any]] = []
+        self.joining = _joining(new, dirty) if dirty else {}
         for state in dirty:
             operation = self._update(state, versions)
             if operation is not None:
@@ -1007,6 +1011,8 @@ class Recorder:
                         self._target(attributes.instance_state(v), state, key)
                         for v in history.deleted
                     ]
+        if any(target is None for target in links.values()):
+            self._refuse_clear_and_set(state, plan, links)
         if not (changed or links or added or removed):
             return None
         if not self.stale_collections:
@@ -1042,6 +1048,36 @@ class Recorder:
         if missing and not isinstance(operation["target"], int):
             operation["missing_old"] = (state, missing)
         return operation
+
+    def _refuse_clear_and_set(
+        self, state: InstanceState[Any], plan: _MapperPlan, links: dict[str, Any]
+    ) -> None:
+        """Refuse a flush that clears a foreign key through one relationship and sets it
+        through another (two relationships owning one column, as in the generic-foreign-key
+        pattern, where an object moves between them).
+
+        A plain flush runs both and the row ends with whichever of its dependency steps
+        SQLAlchemy happens to order last (NULL or the new parent's key, depending on the
+        mapping); recording does not run those steps, so it cannot know which.
+        """
+        written = set(self.joining.get(state, ()))
+        for key, target in links.items():
+            if target is not None:
+                written.update(local for local, _ in plan.many_to_one_pairs[key])
+        for key, target in links.items():
+            if target is not None:
+                continue
+            both = sorted(local for local, _ in plan.many_to_one_pairs[key] if local in written)
+            if both:
+                name = state.class_.__name__
+                raise DeferredOperationError(
+                    f"one flush both clears {name}.{both[0]} (through {name}.{key}) and sets "
+                    "it through another relationship that owns the same column; a plain "
+                    "flush keeps whichever SQLAlchemy processes last, which recording cannot "
+                    "know. Flush (session.flush()) after taking the object out of the first "
+                    "relationship and before putting it into the second",
+                    path=self.path,
+                )
 
     def _note_foreign_keys(
         self, plan: _MapperPlan, links: dict[str, Any], columns: Iterable[str]
@@ -1532,6 +1568,27 @@ def _link_changes(
             if members or state in gone:
                 table = str(mapper.relationships[key].secondary.fullname)  # type: ignore[union-attr]
                 yield table, [state.key, *(attributes.instance_state(m).key for m in members)]
+
+
+def _joining(
+    new: Sequence[InstanceState[Any]], dirty: Sequence[InstanceState[Any]]
+) -> dict[InstanceState[Any], set[str]]:
+    """Changed objects that join a one-to-many collection in this flush, with the foreign
+    key attributes the flush sets on them from their new parent."""
+    members = set(dirty)
+    joining: dict[InstanceState[Any], set[str]] = {}
+    for state in (*new, *dirty):
+        pairs_of = plan_for(state.mapper).one_to_many_pairs
+        if not pairs_of:
+            continue
+        for key, pairs in pairs_of.items():
+            for member in state.attrs[key].history.added:
+                if member is None:
+                    continue
+                member_state = attributes.instance_state(member)
+                if member_state in members:
+                    joining.setdefault(member_state, set()).update(r for _, r in pairs)
+    return joining
 
 
 def _sync_members(

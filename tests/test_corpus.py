@@ -31,11 +31,6 @@ pytestmark = pytest.mark.corpus
 # fails the run (take it off the list), so the list only shrinks; a replay that differs
 # from the direct run is never listed: it fails, always.
 KNOWN_CRASHES = {
-    "generic_associations/generic_fk:move": (
-        "an address moved between two parents whose ids are equal: the backref of the new "
-        "parent sees no change, so only the old link's removal is recorded and replay "
-        "writes a NULL parent_id (refused by NOT NULL)"
-    ),
     "versioned_rows/versioned_rows:demo": (
         "the script compares the keys of rows created in the block with the integers a "
         "direct run gets; inside the block they are placeholders until replay"

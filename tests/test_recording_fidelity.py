@@ -33,9 +33,12 @@ from sqlalchemy.orm import (
     DynamicMapped,
     Mapped,
     Session,
+    backref,
+    foreign,
     mapped_column,
     registry,
     relationship,
+    remote,
 )
 
 from orm_ext import DeferredOperationError, JournalingSession
@@ -369,3 +372,111 @@ def test_python_defaults_are_computed_while_recording(backend: Backend, tmp_path
 
     assert_replay_equals_direct(backend, tmp_path, Base.metadata, no_rows, body)
     assert seen == [(1000, 1001), (1000, 1001)]
+
+
+# -- two relationships writing one foreign key (the generic-foreign-key pattern) ----------
+
+
+class Spot(Base):
+    """A row whose parent_id refers to a Shop or a Depot, by its kind (no constraint)."""
+
+    __tablename__ = "fidelity_spot"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    street: Mapped[str] = mapped_column(String(30))
+    kind: Mapped[str | None] = mapped_column(String(10))
+    parent_id: Mapped[int | None]
+
+
+def _spots_of(cls: type[Any], kind: str) -> Any:
+    return relationship(
+        Spot,
+        primaryjoin=lambda: (cls.id == foreign(remote(Spot.parent_id))) & (Spot.kind == kind),
+        backref=backref(
+            f"parent_{kind}",
+            primaryjoin=lambda: remote(cls.id) == foreign(Spot.parent_id),
+            overlaps="spots, parent_shop, parent_depot",
+        ),
+        overlaps="spots",
+    )
+
+
+class Shop(Base):
+    __tablename__ = "fidelity_shop"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(30))
+
+
+class Depot(Base):
+    __tablename__ = "fidelity_depot"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(30))
+
+
+Shop.spots = _spots_of(Shop, "shop")
+Depot.spots = _spots_of(Depot, "depot")
+
+
+def _seed_spots(depot_id: int) -> Callable[[Session], None]:
+    def seed(session: Session) -> None:
+        session.add(Shop(id=1, name="shop"))
+        session.add(Depot(id=depot_id, name="depot"))
+        session.add_all(
+            [
+                Spot(street="first", kind="shop", parent_id=1),
+                Spot(street="second", kind="shop", parent_id=1),
+            ]
+        )
+
+    return seed
+
+
+def _move_spot(session: Session, depot_id: int, *, flush_between: bool) -> None:
+    shop = session.get(Shop, 1)
+    depot = session.get(Depot, depot_id)
+    assert shop is not None and depot is not None
+    len(depot.spots)
+    spot = next(s for s in shop.spots if s.street == "second")
+    shop.spots.remove(spot)
+    if flush_between:
+        session.flush()
+    spot.kind = "depot"
+    depot.spots.append(spot)
+    session.commit()
+
+
+@pytest.mark.parametrize("depot_id", [1, 2], ids=["same key", "other key"])
+def test_move_between_relationships_sharing_a_foreign_key_is_refused(
+    backend: Backend, tmp_path: Path, depot_id: int
+) -> None:
+    """One flush that clears a foreign key through one relationship and sets it through
+    another is refused: a plain flush keeps whichever step SQLAlchemy orders last (here
+    NULL, in SQLAlchemy's generic_fk example the new key), which recording cannot know.
+    The column is nullable: replaying either guess would write it without any error."""
+    b = backend.engine("b")
+    Base.metadata.drop_all(b)
+    Base.metadata.create_all(b)
+    with Session(b) as session:
+        _seed_spots(depot_id)(session)
+        session.commit()
+    path = tmp_path / "ops.dbm"
+    with JournalingSession(b) as session:
+        with (
+            pytest.raises(DeferredOperationError, match=r"clears Spot\.parent_id .* flush"),
+            session.deferred_operations(path),
+        ):
+            _move_spot(session, depot_id, flush_between=False)
+    with Session(b) as session:
+        assert session.scalars(select(Spot.parent_id).order_by(Spot.id)).all() == [1, 1]
+
+
+@pytest.mark.parametrize("depot_id", [1, 2], ids=["same key", "other key"])
+def test_move_between_relationships_sharing_a_foreign_key_in_two_flushes(
+    backend: Backend, tmp_path: Path, depot_id: int
+) -> None:
+    """The same move with a flush between its two steps replays as the direct run."""
+
+    def body(session: JournalingSession, recorded: Recorded) -> None:
+        with recorded():
+            _move_spot(session, depot_id, flush_between=True)
+
+    assert_replay_equals_direct(backend, tmp_path, Base.metadata, _seed_spots(depot_id), body)
