@@ -12,9 +12,18 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, TypeAlias
 
+from journal import Placeholder
 from orm_ext.exc import ConflictKind, DeferredOperationError, ReplayConflictError
 
-__all__ = ["ConflictHandler", "ConflictPolicy", "Conflicts", "check_policy", "differences"]
+__all__ = [
+    "ConflictHandler",
+    "ConflictPolicy",
+    "Conflicts",
+    "check_policy",
+    "conflict",
+    "differences",
+    "key_text",
+]
 
 ConflictPolicy = Literal["fail", "overwrite", "skip"]
 ConflictHandler: TypeAlias = Callable[[ReplayConflictError], ConflictPolicy]
@@ -36,6 +45,12 @@ def check_policy(on_conflict: object) -> None:
     raise ValueError(
         f"on_conflict must be one of {', '.join(POLICIES)} or a callable, not {on_conflict!r}"
     )
+
+
+def key_text(key: Sequence[Any]) -> str:
+    """A row's key as a tuple is written, a new row's placeholder as ``#REF.attribute``."""
+    parts = [f"#{v.ref}.{v.attribute}" if isinstance(v, Placeholder) else repr(v) for v in key]
+    return f"({parts[0]},)" if len(parts) == 1 else f"({', '.join(parts)})"
 
 
 def differences(expected: Mapping[str, Any], actual: Mapping[str, Any]) -> str:
@@ -73,9 +88,11 @@ class Conflicts:
         listed in ``ReplayResult.conflicts``, says what became of the operation.
         """
         decision = self._decide(conflict)
+        conflict.decision = decision
         text = str(conflict)
         if decision == "overwrite" and conflict.kind != "data":
             cannot = "a row that is gone" if conflict.kind == "notfound" else "a constraint"
+            conflict.decision = "fail"
             conflict.args = (
                 f"{text} Nothing was applied: {cannot} cannot be overwritten; "
                 f"{_ADVICE[conflict.kind]}",
@@ -140,7 +157,7 @@ def conflict(
     """The error for one conflict, its outcome not yet decided (see :meth:`Conflicts.resolve`)."""
     return ReplayConflictError(
         f"journal {path}: operation {sequence} ({op['op']} of {op['table']} row "
-        f"{tuple(key)}) conflicts: {what}.",
+        f"{key_text(key)}) conflicts: {what}.",
         sequence=sequence,
         table=str(op["table"]),
         key=key,
@@ -149,4 +166,5 @@ def conflict(
         path=path,
         kind=kind,
         operation=str(op["op"]),
+        detail=what,
     )

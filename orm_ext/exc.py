@@ -43,6 +43,10 @@ class ReplayConflictError(JournalError, orm_exc.StaleDataError):
     :ivar columns: the columns whose value differs between ``expected`` and ``actual``.
     :ivar operation: the kind of the recorded operation (``"update"``, ``"delete"``,
         ``"insert"``, ...).
+    :ivar detail: what conflicts, in words (the row differs in ..., the row is gone, the
+        database refuses it ...).
+    :ivar decision: what became of the operation: ``"fail"``, ``"overwrite"`` or
+        ``"skip"`` (``None`` until decided).
     """
 
     def __init__(
@@ -57,10 +61,13 @@ class ReplayConflictError(JournalError, orm_exc.StaleDataError):
         path: str | None = None,
         kind: ConflictKind | None = None,
         operation: str = "",
+        detail: str = "",
     ) -> None:
         super().__init__(message, path=path)
         self.kind: ConflictKind = kind or ("notfound" if actual is None else "data")
         self.operation = operation
+        self.detail = detail
+        self.decision: Literal["fail", "overwrite", "skip"] | None = None
         self.sequence = sequence
         self.table = table
         self.key = tuple(key)

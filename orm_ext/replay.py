@@ -448,11 +448,11 @@ class Replay:
             lines = str(detail).strip().splitlines()
             what = f"the database refuses it ({type(detail).__name__}: {lines[0] if lines else ''})"
         if isinstance(target, list):
-            key = target
-        elif isinstance(target, int):
-            key = [f"#{target}"]
+            key: list[Any] = target
         else:
-            key = [f"new #{op.get('ref')}"]
+            # A row new in this journal is named by its placeholder: it has no key yet.
+            ref = target if isinstance(target, int) else op["ref"]
+            key = [Placeholder(ref, a) for a in _pk_attributes(self.mapper(op["class"]))]
         error = conflict(self.path, sequence, op, key, kind, what)
         self.conflicts.resolve(error)  # raises unless skipped: a constraint cannot be overwritten
         if op["op"] == "insert":
