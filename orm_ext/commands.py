@@ -646,7 +646,7 @@ def import_models(modules: Sequence[str]) -> None:
             importlib.import_module(module)
         except SyntaxError as err:
             raise CommandError(
-                f"--models {module}: cannot import it: SyntaxError in {err.filename}, "
+                f"--models {module}: cannot import it: SyntaxError in {_near(err.filename)}, "
                 f"line {err.lineno}: {err.msg}"
             ) from err
         except ModuleNotFoundError as err:
@@ -661,10 +661,18 @@ def import_models(modules: Sequence[str]) -> None:
             raise CommandError(f"--models {module}: {_raised_at(err)}") from err
 
 
+def _near(filename: str | None) -> str:
+    """A file under the current directory by its relative path, as the user named it."""
+    if not filename:
+        return "(unknown file)"
+    here = os.getcwd() + os.sep
+    return filename[len(here) :] if filename.startswith(here) else filename
+
+
 def _raised_at(err: Exception) -> str:
     """``importing it raised TYPE: MESSAGE (FILE, line N)``: the innermost frame."""
     frames = traceback.extract_tb(err.__traceback__)
-    where = f" ({frames[-1].filename}, line {frames[-1].lineno})" if frames else ""
+    where = f" ({_near(frames[-1].filename)}, line {frames[-1].lineno})" if frames else ""
     message = str(err).strip().replace("\n", " ")
     return f"importing it raised {type(err).__name__}: {message}{where}"
 
