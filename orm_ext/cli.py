@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.metadata
+import logging
 import os
 import sys
 import traceback
@@ -26,6 +27,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--traceback", action="store_true", help="show the full traceback of an error"
+    )
+    parser.add_argument(
+        "--log-level",
+        choices=("DEBUG", "INFO", "WARNING"),
+        help="log orm_ext's records at this level and above on standard error (INFO: one "
+        "line per journal; DEBUG: one per batch too)",
     )
     parser.add_argument(
         "--version", action="version", version=f"orm-journal {_version()}", help="show the version"
@@ -135,6 +142,15 @@ def _version() -> str:
         return "(not installed)"
 
 
+def _log_to_stderr(level: str) -> None:
+    """Send the ``orm_ext`` loggers' records to standard error, one line each."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logger = logging.getLogger("orm_ext")
+    logger.addHandler(handler)
+    logger.setLevel(level)
+
+
 def main(argv: Sequence[str] | None = None, console: Console | None = None) -> int:
     """Run the command line; return the exit status (errors are one line on stderr)."""
     parser = build_parser()
@@ -142,6 +158,8 @@ def main(argv: Sequence[str] | None = None, console: Console | None = None) -> i
     # soft_wrap: a line longer than the terminal (or than $COLUMNS, or 80 in a pipe) is
     # written whole, never wrapped or cut.
     out = console or Console(soft_wrap=True)
+    if args.log_level:
+        _log_to_stderr(args.log_level)
     try:
         status: Any = args.func(args, out)
     except BrokenPipeError:

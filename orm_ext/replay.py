@@ -315,6 +315,8 @@ class Replay:
                 )
             if self.progress is not None:
                 self.progress(min(applied, total), total)
+        if self.progress is not None and applied == 0:
+            self.progress(0, total)  # a journal of no operations: still told where it ends
         if applied != expected:
             raise JournalCorruptError(
                 f"journal {self.path}: replay applied {applied} operation(s) but the seal "
@@ -786,7 +788,8 @@ def reconnect_and_commit(
     """
     started = time.monotonic()
     outcome = "failed"
-    journal_id, count = "-", 0
+    # Filled in as soon as the journal's header is read, for the log line of a failure.
+    seen: dict[str, Any] = {"journal_id": "(unread)", "operations": 0}
     try:
         result = _reconnect_and_commit(
             session,
@@ -799,8 +802,8 @@ def reconnect_and_commit(
             dry_run=dry_run,
             progress=progress,
             started=started,
+            seen=seen,
         )
-        journal_id, count = result.journal_id, result.operations
         outcome = _outcome(result)
         return result
     except BaseException as err:
@@ -810,10 +813,10 @@ def reconnect_and_commit(
         if _log.isEnabledFor(logging.INFO):
             _log.info(
                 "journal %s (%s): %s, %d operation(s) in %.3f s",
-                journal_id,
+                seen["journal_id"],
                 os.fspath(path),
                 outcome,
-                count,
+                seen["operations"],
                 time.monotonic() - started,
             )
 
@@ -839,6 +842,7 @@ def _reconnect_and_commit(
     dry_run: bool,
     progress: ProgressCallback | None,
     started: float,
+    seen: dict[str, Any],
 ) -> ReplayResult:
     check_policy(on_conflict)
     if getattr(session, "_recorder", None) is not None:
@@ -865,6 +869,7 @@ def _reconnect_and_commit(
         _refuse_untrusted_pickles(journal)
         journal_id = header.journal_id
         count = header.operation_count or 0
+        seen.update(journal_id=journal_id, operations=count)
         session.rollback()
         replay = Replay(session, journal, on_conflict, progress)
         # SPEC §3.10: the recording process ran the program's session listeners; replay

@@ -3,7 +3,8 @@
 The ``console`` blocks are run in order, in one directory prepared as the page assumes
 (the demo's ``pipeline.db``, ``ops.dbm``, a ``journals/`` directory, an application
 package ``myapp``), each ``$ orm-journal ...`` line in a process of its own whose output
-is a pipe. What varies from run to run (journal ids, times, durations, host and version
+is a pipe; what it printed is compared as its standard output followed by its standard
+error. What varies from run to run (journal ids, times, durations, host and version
 numbers) is masked on both sides before the comparison.
 """
 
@@ -32,7 +33,8 @@ MASKS = [
     (re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?\+00:00"), "<time>"),
     (re.compile(r"(created +<time> on ).*"), r"\1<host>"),
     (re.compile(r"^(versions +).*", re.MULTILINE), r"\1<versions>"),
-    (re.compile(r"\d+\.\d\d s\b"), "<seconds> s"),
+    (re.compile(r"\d+\.\d{2,3} s\b"), "<seconds> s"),
+    (re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ", re.MULTILINE), "<log time> "),
     (re.compile(r'"duration": [0-9.e-]+'), '"duration": <seconds>'),
     (re.compile(r"^orm-journal \d+\.\d+\.\d+\S*$", re.MULTILINE), "orm-journal <version>"),
 ]

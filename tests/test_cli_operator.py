@@ -351,3 +351,21 @@ def test_progress_bar_counts_operations_on_a_terminal_only(db: Any, tmp_path: Pa
 
 def backend_url(engine: Any) -> str:
     return str(engine.url.render_as_string(hide_password=False))
+
+
+def test_log_level_reports_each_journal_on_stderr(db: Any, tmp_path: Path) -> None:
+    """--log-level INFO adds one log line per journal on stderr; without it stderr stays empty."""
+    record(db, tmp_path / "a.dbm", record_seed_scenario)
+    record(db, tmp_path / "b.dbm", lambda s: s.add(Task(name="t")))
+    url = backend_url(db)
+    done = orm_journal(
+        "--log-level", "INFO", "replay", "--models", "tests.models", url, str(tmp_path)
+    )
+    assert done.returncode == 0
+    assert len(lines(done.stdout)) == 2
+    logged = lines(done.stderr)
+    assert len(logged) == 2, logged
+    assert all(" INFO orm_ext.replay: journal " in line for line in logged)
+    assert ": applied, 4 operation(s) in " in logged[0] and str(tmp_path / "a.dbm") in logged[0]
+    quiet = orm_journal("replay", "--models", "tests.models", url, str(tmp_path))
+    assert quiet.stderr == "" and len(lines(quiet.stdout)) == 2

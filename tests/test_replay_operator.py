@@ -345,3 +345,12 @@ def test_async_session_takes_every_replay_parameter(backend: Backend, tmp_path: 
     applied = asyncio.run(run(if_busy="skip", on_conflict=lambda c: "fail"))
     assert applied.applied and not applied.busy
     engine.dispose()
+
+
+def test_progress_of_a_journal_without_operations(db: Any, tmp_path: Path) -> None:
+    """A journal of no operations still reports where it ends: progress(0, 0)."""
+    path = tmp_path / "empty.dbm"
+    record(db, path, lambda session: None)
+    calls: list[tuple[int, int]] = []
+    assert replay(db, path, progress=lambda d, t: calls.append((d, t))).applied
+    assert calls == [(0, 0)]
