@@ -51,7 +51,12 @@ from orm_ext.conflicts import (
     conflict,
     differences,
 )
-from orm_ext.exc import DeferredOperationError, ReplayConflictError, SchemaMismatchError
+from orm_ext.exc import (
+    ConflictKind,
+    DeferredOperationError,
+    ReplayConflictError,
+    SchemaMismatchError,
+)
 from orm_ext.fingerprint import describe_table, diff_schemas, read_alembic_revision
 from orm_ext.operations import OperationChecker, check_meta
 from orm_ext.recording import has_flushed_changes, plan_for
@@ -441,8 +446,10 @@ class Replay:
         self._pending_links.clear()
         self._op = {}
         target = op.get("target")
+        key: list[Any]
+        kind: ConflictKind
         if isinstance(err, _LeftOut):
-            kind: Any = "constraint" if op["op"] == "insert" else "notfound"
+            kind = "constraint" if op["op"] == "insert" else "notfound"
             what = f"it refers to new row #{err.ref}, whose insert was left out"
         else:
             kind = "constraint"
@@ -450,7 +457,7 @@ class Replay:
             lines = str(detail).strip().splitlines()
             what = f"the database refuses it ({type(detail).__name__}: {lines[0] if lines else ''})"
         if isinstance(target, list):
-            key: list[Any] = target
+            key = target
         else:
             # A row new in this journal is named by its placeholder: it has no key yet.
             ref = target if isinstance(target, int) else op["ref"]
@@ -632,7 +639,11 @@ class Replay:
     ) -> bool:
         """Decide a conflict of a recorded update/delete; True to apply it anyway."""
         expected = dict(op.get("old", {})) if expected is None else expected
-        key = op["target"] if isinstance(op["target"], list) else [op["target"]]
+        target = op["target"]
+        if isinstance(target, list):
+            key: list[Any] = target
+        else:  # a row new in this journal: named by its placeholder, as the journal does
+            key = [Placeholder(target, a) for a in _pk_attributes(mapper)]
         if missing:
             error = conflict(
                 self.path, sequence, op, key, "notfound", "the row is gone", expected=expected
