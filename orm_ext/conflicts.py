@@ -9,6 +9,7 @@ can be overwritten; a row that is gone or a constraint the database enforces can
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, TypeAlias
 
@@ -39,7 +40,14 @@ _ADVICE: Mapping[ConflictKind, str] = {
 
 
 def check_policy(on_conflict: object) -> None:
-    """Refuse anything but a policy string or a callable, before anything is replayed."""
+    """Refuse anything but a policy string or a plain callable, before anything is replayed."""
+    if inspect.iscoroutinefunction(on_conflict):
+        # The replay runs in one synchronous transaction (for the async session, inside
+        # SQLAlchemy's greenlet): it cannot await the answer.
+        raise TypeError(
+            "on_conflict must be a plain (not async) callable: the replay decides each "
+            "conflict inside its transaction and cannot await the answer"
+        )
     if callable(on_conflict) or on_conflict in POLICIES:
         return
     raise ValueError(

@@ -354,3 +354,20 @@ def test_progress_of_a_journal_without_operations(db: Any, tmp_path: Path) -> No
     calls: list[tuple[int, int]] = []
     assert replay(db, path, progress=lambda d, t: calls.append((d, t))).applied
     assert calls == [(0, 0)]
+
+
+def test_on_conflict_that_is_neither_policy_nor_plain_callable_is_refused(
+    db: Any, tmp_path: Path
+) -> None:
+    """An unknown policy is ValueError, an async callable TypeError, before anything is claimed."""
+    path = tmp_path / "ops.dbm"
+    record(db, path, record_seed_scenario)
+
+    async def decide(conflict: ReplayConflictError) -> str:
+        return "skip"
+
+    with pytest.raises(ValueError, match="on_conflict must be one of fail, overwrite, skip"):
+        replay(db, path, on_conflict="ignore")
+    with pytest.raises(TypeError, match="plain \\(not async\\) callable"):
+        replay(db, path, on_conflict=decide)
+    assert ledger_rows(db) == 0
