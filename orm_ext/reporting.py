@@ -33,7 +33,6 @@ CLI_WORDS: tuple[tuple[str, str], ...] = (
         "use --on-conflict overwrite or --on-conflict skip",
     ),
     ("choose on_conflict='skip'", "use --on-conflict skip"),
-    ("(on_conflict='overwrite')", "(--on-conflict overwrite)"),
     ("pass allow_schema_drift=True", "pass --allow-schema-drift"),
     ("(allow_dill=True, CLI --allow-dill)", "(--allow-dill)"),
     ("(allow_dill=True, --allow-dill)", "(--allow-dill)"),

@@ -369,3 +369,19 @@ def test_log_level_reports_each_journal_on_stderr(db: Any, tmp_path: Path) -> No
     assert ": applied, 4 operation(s) in " in logged[0] and str(tmp_path / "a.dbm") in logged[0]
     quiet = orm_journal("replay", "--models", "tests.models", url, str(tmp_path))
     assert quiet.stderr == "" and len(lines(quiet.stdout)) == 2
+
+
+def test_every_python_phrase_the_cli_rewrites_is_one_the_library_writes() -> None:
+    """Each advice phrase cli_words rewrites occurs in a library message, so none goes stale."""
+    from orm_ext.reporting import CLI_WORDS, cli_words
+
+    sources = "".join(
+        path.read_text()
+        for package in ("orm_ext", "journal")
+        for path in sorted((REPO / package).glob("*.py"))
+        if path.name != "reporting.py"
+    )
+    for python, cli in CLI_WORDS:
+        assert python in sources, python
+        assert cli_words(f"x {python} y") == f"x {cli} y"
+        assert "=" not in cli and "--" in cli
