@@ -777,8 +777,9 @@ def _operation_count(path: Path, key: str | None) -> int:
 
 def _report(out: Console, outcome: ReplayOutcome, as_json: bool) -> None:
     if as_json:
-        out.file.write(json_line(outcome.as_json(_json_value)))
-        out.file.flush()
+        # Through the console, not its file: on a terminal the progress bar is redrawn
+        # below what is printed, never over it.
+        _line(out, json_line(outcome.as_json(_json_value)).rstrip("\n"))
         return
     word, detail = outcome_line(outcome)
     style = "red" if word == "failed" else "green"

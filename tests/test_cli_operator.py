@@ -385,3 +385,17 @@ def test_every_python_phrase_the_cli_rewrites_is_one_the_library_writes() -> Non
         assert python in sources, python
         assert cli_words(f"x {python} y") == f"x {cli} y"
         assert "=" not in cli and "--" in cli
+
+
+def test_json_lines_stay_whole_under_the_progress_bar(db: Any, tmp_path: Path) -> None:
+    """replay --json on a terminal: each journal's JSON line is whole, the bar drawn apart."""
+    for name in ("a", "b"):
+        record(db, tmp_path / f"{name}.dbm", lambda s: s.add(Task(name="t")))
+    buffer = io.StringIO()
+    terminal = Console(file=buffer, force_terminal=True, width=100)
+    argv = ["replay", "--models", "tests.models", "--json", backend_url(db), str(tmp_path)]
+    assert main(argv, console=terminal) == 0
+    shown = [line.split("\r")[-1] for line in ANSI.sub("", buffer.getvalue()).split("\n")]
+    documents = [json.loads(line) for line in shown if line.startswith("{")]
+    assert [d["outcome"] for d in documents] == ["applied", "applied"]
+    assert "2/2 operations" in ANSI.sub("", buffer.getvalue())
