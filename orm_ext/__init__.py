@@ -18,10 +18,12 @@ from orm_ext.memo import QueryMemo
 from orm_ext.recording import DeferredOperations
 from orm_ext.references import Placeholder
 from orm_ext.replay import ReplayResult
+from orm_ext.scoped import AsyncScopedJournalingSession, ScopedJournalingSession
 from orm_ext.session import JournalingSession
 
 __all__ = [
     "AsyncJournalingSession",
+    "AsyncScopedJournalingSession",
     "DeferredOperationError",
     "DeferredOperations",
     "JournalCorruptError",
@@ -35,4 +37,5 @@ __all__ = [
     "ReplayConflictError",
     "ReplayResult",
     "SchemaMismatchError",
+    "ScopedJournalingSession",
 ]

@@ -26,7 +26,7 @@ from sqlalchemy.util import await_only, greenlet_spawn
 
 from orm_ext.memo import QueryMemo
 from orm_ext.recording import DeferredOperations
-from orm_ext.replay import ConflictPolicy, ReplayResult
+from orm_ext.replay import ConflictHandler, ConflictPolicy, ProgressCallback, ReplayResult
 from orm_ext.session import JournalingSession
 
 __all__ = ["AsyncJournalingSession"]
@@ -111,10 +111,12 @@ class AsyncJournalingSession(AsyncSession):
         self,
         path: str | os.PathLike[str],
         *,
-        on_conflict: ConflictPolicy = "fail",
+        on_conflict: ConflictPolicy | ConflictHandler = "fail",
         allow_schema_drift: bool = False,
         allow_dill: bool = False,
         if_busy: Literal["wait", "skip"] = "wait",
+        dry_run: bool = False,
+        progress: ProgressCallback | None = None,
     ) -> ReplayResult:
         """Apply the journal at ``path`` to the database in one transaction, exactly once.
 
@@ -125,13 +127,17 @@ class AsyncJournalingSession(AsyncSession):
         >>> result.applied                                            # doctest: +SKIP
         True
 
-        :param on_conflict: ``"fail"``, ``"overwrite"`` or ``"skip"``; see
+        :param on_conflict: ``"fail"``, ``"overwrite"``, ``"skip"`` or a (plain, not
+            async) callable deciding each conflict; see
             :meth:`JournalingSession.reconnect_and_commit`.
         :param allow_schema_drift: replay even if the schema differs from the recording's.
         :param allow_dill: unpickle ``dill`` values of a journal not verified with a key;
             see :meth:`JournalingSession.reconnect_and_commit`.
         :param if_busy: ``"wait"`` or ``"skip"``; see
             :meth:`JournalingSession.reconnect_and_commit`.
+        :param dry_run: apply, then roll back; see
+            :meth:`JournalingSession.reconnect_and_commit`.
+        :param progress: a plain callable, ``progress(done, total)`` after each batch.
         :raises DeferredOperationError: pending changes, inside a deferred block, or an
             operation the database rejected (nothing is applied).
         :raises ReplayConflictError: a recorded update/delete no longer matches its row.
@@ -146,6 +152,8 @@ class AsyncJournalingSession(AsyncSession):
             allow_schema_drift=allow_schema_drift,
             allow_dill=allow_dill,
             if_busy=if_busy,
+            dry_run=dry_run,
+            progress=progress,
         )
 
     @asynccontextmanager

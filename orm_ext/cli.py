@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.metadata
+import logging
 import os
 import sys
 import traceback
@@ -25,6 +27,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--traceback", action="store_true", help="show the full traceback of an error"
+    )
+    parser.add_argument(
+        "--log-level",
+        choices=("DEBUG", "INFO", "WARNING"),
+        help="log orm_ext's records at this level and above on standard error (INFO: one "
+        "line per journal; DEBUG: one per batch too)",
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"orm-journal {_version()}", help="show the version"
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -56,10 +67,15 @@ def build_parser() -> argparse.ArgumentParser:
         )
     )
 
-    verify = sub.add_parser("verify", help="check a journal; exit status 0 if it can be replayed")
-    verify.add_argument("path")
+    verify = sub.add_parser(
+        "verify", help="check journals; exit status 0 if every one can be replayed"
+    )
+    verify.add_argument("paths", nargs="+", metavar="PATH")
+    verify.add_argument("--json", action="store_true", help="print one JSON object per journal")
     verify.add_argument("--key", help=key_help)
-    verify.set_defaults(func=lambda a, c: commands.verify(a.path, key=a.key, console=c))
+    verify.set_defaults(
+        func=lambda a, c: commands.verify(a.paths, key=a.key, as_json=a.json, console=c)
+    )
 
     replay = sub.add_parser("replay", help="apply journals to a database, each exactly once")
     replay.add_argument("url", help="SQLAlchemy database URL")
@@ -80,6 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
         "from the files; only for journals nobody else can write",
     )
     replay.add_argument("--key", help=key_help)
+    replay.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="apply each journal and roll back: report what would happen, change nothing",
+    )
+    replay.add_argument("--json", action="store_true", help="print one JSON object per journal")
     replay.set_defaults(
         func=lambda a, c: commands.replay(
             a.url,
@@ -89,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
             allow_schema_drift=a.allow_schema_drift,
             allow_dill=a.allow_dill,
             key=a.key,
+            dry_run=a.dry_run,
+            as_json=a.json,
             show_traceback=a.traceback,
             console=c,
         )
@@ -111,11 +135,31 @@ def _count(text: str) -> int:
     return value
 
 
+def _version() -> str:
+    try:
+        return importlib.metadata.version("orm-journal")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree
+        return "(not installed)"
+
+
+def _log_to_stderr(level: str) -> None:
+    """Send the ``orm_ext`` loggers' records to standard error, one line each."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logger = logging.getLogger("orm_ext")
+    logger.addHandler(handler)
+    logger.setLevel(level)
+
+
 def main(argv: Sequence[str] | None = None, console: Console | None = None) -> int:
     """Run the command line; return the exit status (errors are one line on stderr)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    out = console or Console()
+    # soft_wrap: a line longer than the terminal (or than $COLUMNS, or 80 in a pipe) is
+    # written whole, never wrapped or cut.
+    out = console or Console(soft_wrap=True)
+    if args.log_level:
+        _log_to_stderr(args.log_level)
     try:
         status: Any = args.func(args, out)
     except BrokenPipeError:

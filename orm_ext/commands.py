@@ -23,7 +23,6 @@ import stat
 import subprocess
 import sys
 import tempfile
-import time
 import traceback
 import uuid
 from collections import Counter
@@ -37,8 +36,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from rich.console import Console
-from rich.progress import Progress
-from rich.table import Table
+from rich.progress import MofNCompleteColumn, Progress, TextColumn
 from rich.text import Text
 from sqlalchemy import create_engine, select
 from sqlalchemy.engine import Engine, make_url
@@ -57,6 +55,7 @@ from journal import (
 from orm_ext import demo as demo_models
 from orm_ext import ledger
 from orm_ext.replay import ConflictPolicy, reconnect_and_commit
+from orm_ext.reporting import ReplayOutcome, cli_words, conflict_lines, json_line, outcome_line
 from orm_ext.session import JournalingSession
 
 __all__ = [
@@ -205,7 +204,8 @@ def one_line(err: BaseException, *, url: str | None = None) -> str:
     A database error loses the SQL and the link SQLAlchemy appends, and the line breaks of
     the driver's message become spaces; any other message is kept exactly, its control
     characters escaped (a path may hold a line break). An error the commands do not
-    expect is named by its type.
+    expect is named by its type. Advice naming a Python argument names the command
+    line's option instead (``--on-conflict skip``, not ``on_conflict='skip'``).
     """
     text = str(err).strip()
     if isinstance(err, SQLAlchemyError):
@@ -213,7 +213,7 @@ def one_line(err: BaseException, *, url: str | None = None) -> str:
         text = re.sub(r"\s*\n\s*", " ", text)
     if not isinstance(err, CommandError | JournalError | OSError | ValueError | SQLAlchemyError):
         text = f"{type(err).__name__}: {text}" if text else type(err).__name__
-    return plain(_hide_password(text or type(err).__name__, url))
+    return plain(cli_words(_hide_password(text or type(err).__name__, url)))
 
 
 # -- inspect and verify -------------------------------------------------------------------------
@@ -551,19 +551,49 @@ def inspect(
     return 0
 
 
-def verify(path: str, *, key: str | None = None, console: Console | None = None) -> int:
-    """Check a journal completely; exit status 0 if it can be replayed, 1 if not."""
+def verify(
+    paths: str | Sequence[str],
+    *,
+    key: str | None = None,
+    as_json: bool = False,
+    console: Console | None = None,
+) -> int:
+    """Check journals completely; exit status 0 if every one can be replayed, 1 if not.
+
+    Prints one line per journal (``valid: PATH: ...`` or ``invalid: REASON``), or with
+    ``as_json`` one JSON object per line: ``path``, ``valid``, ``signed``,
+    ``operations``, ``error``.
+    """
     out = console or Console()
-    try:
-        with _open(path, key=key) as journal:
-            journal.verify()
-            count = journal.header.operation_count
-            signed = "signed" if journal.signed else "unsigned"
-    except (JournalError, OSError) as err:
-        _line(out, ("invalid", "red"), f": {one_line(err)}")
-        return 1
-    _line(out, ("valid", "green"), f": {plain(str(path))}: sealed, {signed}, {count} operation(s)")
-    return 0
+    invalid = False
+    for path in [paths] if isinstance(paths, str) else paths:
+        document: dict[str, Any] = {"path": str(path), "valid": False, "signed": None}
+        document.update(operations=None, error=None)
+        try:
+            with _open(path, key=key) as journal:
+                journal.verify()
+                document.update(
+                    valid=True,
+                    signed=journal.signed,
+                    operations=journal.header.operation_count,
+                )
+        except (JournalError, OSError) as err:
+            invalid = True
+            document["error"] = one_line(err)
+        if as_json:
+            out.file.write(json_line(document))
+        elif document["valid"]:
+            signed = "signed" if document["signed"] else "unsigned"
+            count = document["operations"]
+            _line(
+                out,
+                ("valid", "green"),
+                f": {plain(str(path))}: sealed, {signed}, {count} operation(s)",
+            )
+        else:
+            _line(out, ("invalid", "red"), f": {document['error']}")
+    out.file.flush()
+    return 1 if invalid else 0
 
 
 # -- replay and init-db ---------------------------------------------------------------------
@@ -600,6 +630,53 @@ def _engine(url: str) -> Engine:
         ) from err
 
 
+def import_models(modules: Sequence[str]) -> None:
+    """Import each ``--models`` module, found from the current directory as ``python -m`` would.
+
+    The installed ``orm-journal`` script's ``sys.path`` starts with its own directory, so
+    the current directory goes first, as ``python -m`` puts it. Whatever goes wrong while
+    importing (not found, a syntax error, an exception raised by the module's code) is
+    one :class:`CommandError` naming the module and where it failed.
+    """
+    here = os.getcwd()
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except SyntaxError as err:
+            raise CommandError(
+                f"--models {module}: cannot import it: SyntaxError in {_near(err.filename)}, "
+                f"line {err.lineno}: {err.msg}"
+            ) from err
+        except ModuleNotFoundError as err:
+            if err.name is not None and (module == err.name or module.startswith(f"{err.name}.")):
+                raise CommandError(
+                    f"--models {module}: no module named {err.name!r} in the current "
+                    f"directory ({here}) or the installed packages; run orm-journal from "
+                    "the directory that holds the package, or install it"
+                ) from err
+            raise CommandError(f"--models {module}: {_raised_at(err)}") from err
+        except Exception as err:
+            raise CommandError(f"--models {module}: {_raised_at(err)}") from err
+
+
+def _near(filename: str | None) -> str:
+    """A file under the current directory by its relative path, as the user named it."""
+    if not filename:
+        return "(unknown file)"
+    here = os.getcwd() + os.sep
+    return filename[len(here) :] if filename.startswith(here) else filename
+
+
+def _raised_at(err: Exception) -> str:
+    """``importing it raised TYPE: MESSAGE (FILE, line N)``: the innermost frame."""
+    frames = traceback.extract_tb(err.__traceback__)
+    where = f" ({_near(frames[-1].filename)}, line {frames[-1].lineno})" if frames else ""
+    message = str(err).strip().replace("\n", " ")
+    return f"importing it raised {type(err).__name__}: {message}{where}"
+
+
 def replay(
     url: str,
     paths: Sequence[str],
@@ -609,94 +686,143 @@ def replay(
     allow_schema_drift: bool = False,
     allow_dill: bool = False,
     key: str | None = None,
+    dry_run: bool = False,
+    as_json: bool = False,
     show_traceback: bool = False,
     console: Console | None = None,
 ) -> int:
     """Replay journals (files, or directories of ``*.dbm``) in order, each exactly once.
 
-    Prints one line per journal as it finishes: path, outcome, detail. A journal that
-    fails, for whatever reason, is reported with its one-line reason and the others still
-    run. Several ``replay`` processes may share a directory and a database: a journal
-    another process is applying right now is passed over and looked at again at the end.
-    Exit status 0 when every journal is in the database (applied now or before), 1 if
-    any failed.
+    Prints one line per journal as it finishes: path, outcome, detail, and one line per
+    conflict skipped or overwritten (or, with ``as_json``, one JSON object per journal).
+    A journal that fails, for whatever reason, is reported with its one-line reason and
+    the others still run. Several ``replay`` processes may share a directory and a
+    database: a journal another process is applying right now is passed over and looked
+    at again at the end. Exit status 0 when every journal is in the database (applied
+    now or before; with ``dry_run``, would apply or is already applied), 1 if any failed.
 
     :param allow_dill: unpickle ``dill`` values of journals not verified with a key
         (``--allow-dill``). This runs code from the files.
+    :param dry_run: apply each journal and roll back (``--dry-run``): nothing changes.
     :param show_traceback: print the traceback of each failure too (``--traceback``).
     """
     out = console or Console()
-    for module in models:
-        try:
-            importlib.import_module(module)
-        except ImportError as err:
-            raise CommandError(f"--models {module}: cannot import it ({err})") from err
+    import_models(models)
     journals = _journals(paths)
     engine = _engine(url)
     sessions = sessionmaker(engine, class_=JournalingSession, journal_key=key)
     failed = False
     try:
-        with Progress(console=out, transient=True, disable=not out.is_terminal) as progress:
-            task = progress.add_task("replaying", total=len(journals))
+        columns = (
+            *Progress.get_default_columns()[:2],
+            MofNCompleteColumn(),
+            TextColumn("operations"),
+        )
+        with Progress(
+            *columns, console=out, transient=True, disable=not out.is_terminal
+        ) as progress:
+            # The bar counts operations; reading the counts costs a header per journal,
+            # so only when there is a terminal to show it on.
+            counts = {p: _operation_count(p, key) if out.is_terminal else 0 for p in journals}
+            task = progress.add_task("replaying", total=sum(counts.values()) or None)
+            done = 0
             pending = list(journals)
             for if_busy in ("skip", "wait"):
                 busy: list[Path] = []
                 for path in pending:
+
+                    def advance(applied: int, _total: int, base: int = done) -> None:
+                        progress.update(task, completed=base + applied)
+
+                    options = _ReplayOptions(
+                        key, on_conflict, allow_schema_drift, allow_dill, if_busy, dry_run
+                    )
                     try:
-                        outcome = _replay_one(
-                            sessions,
-                            path,
-                            key,
-                            on_conflict,
-                            allow_schema_drift,
-                            allow_dill,
-                            if_busy,
-                        )
+                        outcome = _replay_one(sessions, path, options, advance)
                     except Exception as err:
                         if show_traceback:
                             traceback.print_exc()
-                        outcome = ("failed", one_line(err, url=url))
+                        outcome = ReplayOutcome(str(path), "failed", error=one_line(err, url=url))
                     if outcome is None:
                         busy.append(path)
                         continue
-                    failed = failed or outcome[0] == "failed"
-                    style = "red" if outcome[0] == "failed" else "green"
-                    _line(out, f"{plain(str(path))}: ", (outcome[0], style), f": {outcome[1]}")
-                    progress.advance(task)
+                    done += counts[path]
+                    progress.update(task, completed=done)
+                    failed = failed or outcome.outcome == "failed"
+                    _report(out, outcome, as_json)
                 pending = busy
     finally:
         engine.dispose()
     return 1 if failed else 0
 
 
+@dataclass(frozen=True)
+class _ReplayOptions:
+    key: str | None
+    on_conflict: ConflictPolicy
+    allow_schema_drift: bool
+    allow_dill: bool
+    if_busy: Literal["wait", "skip"]
+    dry_run: bool
+
+
+def _operation_count(path: Path, key: str | None) -> int:
+    """The operation count a journal's header states (0 if it cannot be read: it will fail)."""
+    try:
+        with _open(path, key=key) as journal:
+            return journal.header.operation_count or 0
+    except (JournalError, OSError):
+        return 0
+
+
+def _report(out: Console, outcome: ReplayOutcome, as_json: bool) -> None:
+    if as_json:
+        # Through the console, not its file: on a terminal the progress bar is redrawn
+        # below what is printed, never over it.
+        _line(out, json_line(outcome.as_json(_json_value)).rstrip("\n"))
+        return
+    word, detail = outcome_line(outcome)
+    style = "red" if word == "failed" else "green"
+    path = plain(outcome.path)
+    _line(out, f"{path}: ", (word, style), f": {plain(detail)}")
+    for line in conflict_lines(outcome, _short):
+        _line(out, f"{path}: {plain(line)}")
+
+
 def _replay_one(
     sessions: Any,
     path: Path,
-    key: str | None,
-    on_conflict: ConflictPolicy,
-    allow_schema_drift: bool,
-    allow_dill: bool,
-    if_busy: Literal["wait", "skip"],
-) -> tuple[str, str] | None:
-    started = time.monotonic()
+    options: _ReplayOptions,
+    progress: Callable[[int, int], None],
+) -> ReplayOutcome | None:
     _check_regular(path)
     with sessions() as session:
         result = reconnect_and_commit(
             session,
             path,
-            key=key,
-            on_conflict=on_conflict,
-            allow_schema_drift=allow_schema_drift,
-            allow_dill=allow_dill,
-            if_busy=if_busy,
+            key=options.key,
+            on_conflict=options.on_conflict,
+            allow_schema_drift=options.allow_schema_drift,
+            allow_dill=options.allow_dill,
+            if_busy=options.if_busy,
+            dry_run=options.dry_run,
+            progress=progress,
         )
     if result.busy:
         return None
-    elapsed = f"{time.monotonic() - started:.2f} s"
     if not result.applied:
-        return "already applied", result.journal_id
-    skipped = f", {len(result.conflicts)} conflict(s)" if result.conflicts else ""
-    return "applied", f"{result.operations} operation(s) in {elapsed}{skipped}"
+        word = "already applied"
+    else:
+        word = "would apply" if options.dry_run else "applied"
+    return ReplayOutcome(
+        str(path),
+        word,
+        journal_id=result.journal_id,
+        operations=result.operations,
+        conflicts=list(result.conflicts),
+        duration=result.duration,
+        dry_run=options.dry_run,
+    )
 
 
 def init_db(url: str, *, console: Console | None = None) -> int:
@@ -746,20 +872,30 @@ def demo(*, directory: str | None = None, console: Console | None = None) -> int
     _line(out, f"applied: {_step('replay', url, journal)}")
     out.rule("5. the database now")
     engine = create_engine(url)
+    rows = [("asset", "version", "task", "published", "component", "location")]
     with sessionmaker(engine)() as session:
-        rows = Table("asset", "version", "task", "published", "component", "location")
         for version in session.scalars(select(demo_models.AssetVersion)):
             for component in version.components:
                 for location in component.locations:
-                    rows.add_row(
-                        version.asset.name,
-                        str(version.version),
-                        version.task.name if version.task else "-",
-                        str(version.is_published),
-                        component.name,
-                        location.resource_identifier,
+                    rows.append(
+                        (
+                            version.asset.name,
+                            str(version.version),
+                            version.task.name if version.task else "-",
+                            str(version.is_published),
+                            component.name,
+                            location.resource_identifier,
+                        )
                     )
-        out.print(rows)
+    # Plain columns, never a table whose cells a narrow terminal or a pipe would cut.
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        _line(
+            out,
+            "  ".join(
+                plain(cell).ljust(width) for cell, width in zip(row, widths, strict=True)
+            ).rstrip(),
+        )
     engine.dispose()
     _line(out, f"files are in {plain(str(workdir))}")
     return 0

@@ -73,10 +73,17 @@ class ComponentLocation(Base):
 
 
 def setup(url: str) -> None:
-    """Create the demo database with one published asset version."""
+    """Create the demo database with one published asset version, unless it has it already.
+
+    A second demo in the same directory goes on from the database the first one left:
+    it records and replays the next version.
+    """
     engine = create_engine(url)
     Base.metadata.create_all(engine)
     with sessionmaker(engine)() as session:
+        if session.scalars(select(Asset).where(Asset.name == "bc0040_comp")).first():
+            engine.dispose()
+            return
         asset = Asset(name="bc0040_comp")
         version = AssetVersion(asset=asset, task=Task(name="compositing"), version=1)
         component = Component(name="main", version=version)

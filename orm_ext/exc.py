@@ -7,14 +7,19 @@ a plain session would catch for the same kind of failure.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import exc as orm_exc
 
 from journal.exc import JournalError
 
-__all__ = ["DeferredOperationError", "ReplayConflictError", "SchemaMismatchError"]
+__all__ = ["ConflictKind", "DeferredOperationError", "ReplayConflictError", "SchemaMismatchError"]
+
+# The kinds of SQLite's session-extension changeset conflicts, folded to the three a replay
+# can meet: DATA (old values differ), NOTFOUND (the row is gone) and CONSTRAINT (also
+# CONFLICT, an insert whose key is taken, and FOREIGN_KEY).
+ConflictKind = Literal["data", "notfound", "constraint"]
 
 
 class DeferredOperationError(JournalError, sa_exc.InvalidRequestError):
@@ -22,13 +27,26 @@ class DeferredOperationError(JournalError, sa_exc.InvalidRequestError):
 
 
 class ReplayConflictError(JournalError, orm_exc.StaleDataError):
-    """A recorded update or delete no longer matches the row in the database.
+    """A recorded operation no longer fits the row in the database.
 
+    :ivar kind: ``"data"`` (the row's values differ from the recorded old values),
+        ``"notfound"`` (the row is gone) or ``"constraint"`` (an insert or update hits a
+        unique or foreign-key constraint).
     :ivar sequence: the operation's sequence number in the journal.
     :ivar table: the table of the row.
-    :ivar key: the row's primary key (or the placeholder it resolved from).
+    :ivar key: the row's primary key (or the placeholder it resolved from); for a
+        constraint conflict of an insert, the key values the journal gave the row (empty
+        when the database assigns it).
     :ivar expected: the values the journal recorded as the row's old values.
-    :ivar actual: the values the row has now (``None`` when the row is gone).
+    :ivar actual: the values the row has now (``None`` when the row is gone, and for a
+        constraint conflict).
+    :ivar columns: the columns whose value differs between ``expected`` and ``actual``.
+    :ivar operation: the kind of the recorded operation (``"update"``, ``"delete"``,
+        ``"insert"``, ...).
+    :ivar detail: what conflicts, in words (the row differs in ..., the row is gone, the
+        database refuses it ...).
+    :ivar decision: what became of the operation: ``"fail"``, ``"overwrite"`` or
+        ``"skip"`` (``None`` until decided).
     """
 
     def __init__(
@@ -41,13 +59,25 @@ class ReplayConflictError(JournalError, orm_exc.StaleDataError):
         expected: Mapping[str, Any],
         actual: Mapping[str, Any] | None,
         path: str | None = None,
+        kind: ConflictKind | None = None,
+        operation: str = "",
+        detail: str = "",
     ) -> None:
         super().__init__(message, path=path)
+        self.kind: ConflictKind = kind or ("notfound" if actual is None else "data")
+        self.operation = operation
+        self.detail = detail
+        self.decision: Literal["fail", "overwrite", "skip"] | None = None
         self.sequence = sequence
         self.table = table
         self.key = tuple(key)
         self.expected = dict(expected)
         self.actual = None if actual is None else dict(actual)
+        self.columns: tuple[str, ...] = (
+            ()
+            if actual is None
+            else tuple(k for k in self.expected if k not in actual or actual[k] != self.expected[k])
+        )
 
 
 class SchemaMismatchError(JournalError, sa_exc.InvalidRequestError):

@@ -13,11 +13,12 @@ import contextlib
 import datetime as dt
 import functools
 import importlib
+import logging
 import os
 import socket
 import sys
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -42,16 +43,30 @@ from sqlalchemy.orm.exc import UnmappedClassError
 
 from journal import Batch, Journal, JournalCorruptError, JournalError, JournalSignatureError
 from orm_ext import bulk, dml, ledger, replay_events
-from orm_ext.exc import DeferredOperationError, ReplayConflictError, SchemaMismatchError
+from orm_ext.conflicts import (
+    ConflictHandler,
+    ConflictPolicy,
+    Conflicts,
+    check_policy,
+    conflict,
+    differences,
+)
+from orm_ext.exc import (
+    ConflictKind,
+    DeferredOperationError,
+    ReplayConflictError,
+    SchemaMismatchError,
+)
 from orm_ext.fingerprint import describe_table, diff_schemas, read_alembic_revision
 from orm_ext.operations import OperationChecker, check_meta
 from orm_ext.recording import has_flushed_changes, plan_for
 from orm_ext.references import Placeholder
 
-__all__ = ["ConflictPolicy", "Replay", "ReplayResult"]
+__all__ = ["ConflictHandler", "ConflictPolicy", "ProgressCallback", "Replay", "ReplayResult"]
 
-ConflictPolicy = Literal["fail", "overwrite", "skip"]
-_POLICIES = ("fail", "overwrite", "skip")
+ProgressCallback = Callable[[int, int], object]
+
+_log = logging.getLogger("orm_ext.replay")
 
 
 @dataclass
@@ -62,11 +77,14 @@ class ReplayResult:
     :ivar applied: False when the database already had this journal (nothing changed).
     :ivar operations: number of operations in the journal.
     :ivar identities: each placeholder of the journal → the value the database assigned.
-    :ivar conflicts: with ``on_conflict="skip"`` the conflicts left out, with
-        ``"overwrite"`` the ones applied anyway.
+    :ivar conflicts: the conflicts skipped or overwritten (each a
+        :class:`ReplayConflictError` saying its kind and what became of it).
     :ivar duration: seconds spent.
     :ivar busy: with ``if_busy="skip"``, another replayer was applying this journal at
         that moment, so this call left it alone (``applied`` is False).
+    :ivar dry_run: the result of ``dry_run=True``: everything was applied and then rolled
+        back, and ``applied`` says whether a replay would apply the journal (False: the
+        database already has it).
     """
 
     journal_id: str
@@ -76,6 +94,7 @@ class ReplayResult:
     conflicts: list[ReplayConflictError] = field(default_factory=list)
     duration: float = 0.0
     busy: bool = False
+    dry_run: bool = False
 
 
 class Replay:
@@ -85,16 +104,19 @@ class Replay:
         self,
         session: Session,
         journal: Journal,
-        on_conflict: ConflictPolicy,
+        on_conflict: ConflictPolicy | ConflictHandler,
+        progress: ProgressCallback | None = None,
     ) -> None:
         self.session = session
         self.journal = journal
         self.path = str(journal.path)
-        self.on_conflict = on_conflict
+        self.conflicts = Conflicts(on_conflict)
+        self.progress = progress
         self.identities: dict[int, dict[str, Any]] = {}
         self.ref_classes: dict[int, Mapper[Any]] = {}
         self.batch_objects: dict[int, object] = {}
-        self.conflicts: list[ReplayConflictError] = []
+        # New objects whose insert a conflict left out: what refers to them conflicts too.
+        self.left_out: set[int] = set()
         self._mappers: dict[str, Mapper[Any]] = {}
         self._pending_links: list[tuple[int, object, Mapper[Any], dict[str, Any]]] = []
         self._sequence: int = 0
@@ -193,6 +215,8 @@ class Replay:
     def key_of(self, ref: int) -> dict[str, Any]:
         key = self.identities.get(ref)
         if key is None:
+            if ref in self.left_out:
+                raise _LeftOut(ref)
             obj = self.batch_objects.get(ref)
             if obj is not None:
                 self.session.flush()
@@ -269,15 +293,35 @@ class Replay:
         refused before the transaction commits.
         """
         applied = 0
+        expected = self.journal.header.operation_count
+        total = expected or 0
+        # Asked once: a disabled logger costs the loop nothing (SPEC §7, logging).
+        debug = _log.isEnabledFor(logging.DEBUG)
+        isolate = self.conflicts.may_skip_constraints
         # "refuse": a pickled value is decoded only from a journal verified with the key
         # (or with allow_dill); reconnect_and_commit refuses such a journal up front when
         # its seal admits to pickles, and this catches one whose seal does not.
         for batch in self.journal.batches(pickles="refuse"):
             for sequence, operation in enumerate(batch.operations, start=batch.first_sequence):
                 self._checker.check(sequence, operation)
-            self._apply_batch(batch)
+            if isolate:
+                self._apply_batch_or_each(batch)
+            else:
+                self._apply_batch(batch)
             applied += len(batch.operations)
-        expected = self.journal.header.operation_count
+            if debug:
+                _log.debug(
+                    "journal %s: batch %d applied, %d operation(s), %d of %d",
+                    self.path,
+                    batch.number,
+                    len(batch.operations),
+                    applied,
+                    total,
+                )
+            if self.progress is not None:
+                self.progress(min(applied, total), total)
+        if self.progress is not None and applied == 0:
+            self.progress(0, total)  # a journal of no operations: still told where it ends
         if applied != expected:
             raise JournalCorruptError(
                 f"journal {self.path}: replay applied {applied} operation(s) but the seal "
@@ -293,14 +337,7 @@ class Replay:
             else f"batch {batch.number} (operations {first}-{last})"
         )
         try:
-            for run in bulk.plan_batch(self, batch):
-                if run.bulk is not None:
-                    run.bulk.execute(self)
-                else:
-                    for sequence, operation in run.operations:
-                        self._apply_one(sequence, operation)
-            self._link_pending()
-            self.session.flush()
+            self._run_batch(batch)
         except JournalError:
             raise
         except (TypeError, ValueError, LookupError, AttributeError) as err:
@@ -321,11 +358,114 @@ class Replay:
             if self._op and len(batch.operations) > 1 and not self.session.new:
                 where = f"operation {self._sequence} ({self._op['op']} of {self._op['table']})"
             raise _failed(self.path, where, err) from err
+        self._keep_batch_keys()
+
+    def _run_batch(self, batch: Batch) -> None:
+        for run in bulk.plan_batch(self, batch):
+            if run.bulk is not None:
+                run.bulk.execute(self)
+            else:
+                for sequence, operation in run.operations:
+                    self._apply_one(sequence, operation)
+        self._link_pending()
+        self.session.flush()
+
+    def _keep_batch_keys(self) -> None:
         for ref, obj in self.batch_objects.items():
             self.identities[ref] = _key_values(obj)
         # Objects of earlier batches are only needed again by key: let them go.
         self.batch_objects.clear()
         self._op = {}
+
+    def _apply_batch_or_each(self, batch: Batch) -> None:
+        """Apply a batch in a savepoint; on a constraint conflict, one operation at a time.
+
+        Used when constraint conflicts may be left out (``on_conflict="skip"`` or a
+        callable): the batch runs as usual inside a SAVEPOINT, so the fast path keeps its
+        bulk statements. Only a batch the database refuses is rolled back to the
+        savepoint and applied again operation by operation, each in a savepoint of its
+        own, so that the operation that hits the constraint is the one decided about.
+        """
+        mark, known = self.conflicts.mark(), len(self.identities)
+        nested = self.session.begin_nested()
+        try:
+            self._apply_batch(batch)
+        except DeferredOperationError as err:
+            if not isinstance(err.__cause__, IntegrityError | _LeftOut):
+                raise
+            nested.rollback()
+            self.conflicts.undo(mark)
+            self._forget_batch(known)
+            self._apply_each(batch, err)
+            return
+        except _LeftOut:
+            nested.rollback()
+            self.conflicts.undo(mark)
+            self._forget_batch(known)
+            self._apply_each(batch, None)
+            return
+        nested.commit()
+
+    def _forget_batch(self, known: int) -> None:
+        """Drop what a batch rolled back to its savepoint had noted of its new objects."""
+        for ref in list(self.identities)[known:]:
+            del self.identities[ref]
+        for ref in self.batch_objects:
+            self.ref_classes.pop(ref, None)
+        self.batch_objects.clear()
+        self._pending_links.clear()
+        self._op = {}
+
+    def _apply_each(self, batch: Batch, failure: Exception | None) -> None:
+        for sequence, op in enumerate(batch.operations, start=batch.first_sequence):
+            nested = self.session.begin_nested()
+            try:
+                self._apply_one(sequence, op)
+                self._link_pending()
+                self.session.flush()
+            except (IntegrityError, _LeftOut) as err:
+                nested.rollback()
+                self._constraint_conflict(sequence, op, err)
+                continue
+            except (JournalError, SQLAlchemyError, TypeError, ValueError, LookupError) as err:
+                # The operations of this batch refer to each other (links to objects
+                # inserted later in it): they can only be applied together.
+                raise DeferredOperationError(
+                    f"journal {self.path}: batch {batch.number} hits a constraint "
+                    f"({failure or err}) and its operations cannot be applied one at a "
+                    "time, so the operation to leave out cannot be told apart. Nothing was "
+                    "applied",
+                    path=self.path,
+                ) from err
+            nested.commit()
+            self._keep_batch_keys()
+
+    def _constraint_conflict(self, sequence: int, op: dict[str, Any], err: Exception) -> None:
+        """Decide an operation the database refused, or one naming a row left out before."""
+        self.batch_objects.pop(op.get("ref", -1), None)
+        self._pending_links.clear()
+        self._op = {}
+        target = op.get("target")
+        key: list[Any]
+        kind: ConflictKind
+        if isinstance(err, _LeftOut):
+            kind = "constraint" if op["op"] == "insert" else "notfound"
+            what = f"it refers to new row #{err.ref}, whose insert was left out"
+        else:
+            kind = "constraint"
+            detail = getattr(err, "orig", None) or err
+            lines = str(detail).strip().splitlines()
+            what = f"the database refuses it ({type(detail).__name__}: {lines[0] if lines else ''})"
+        if isinstance(target, list):
+            key = target
+        else:
+            # A row new in this journal is named by its placeholder: it has no key yet.
+            ref = target if isinstance(target, int) else op["ref"]
+            key = [Placeholder(ref, a) for a in _pk_attributes(self.mapper(op["class"]))]
+        error = conflict(self.path, sequence, op, key, kind, what)
+        self.conflicts.resolve(error)  # raises unless skipped: a constraint cannot be overwritten
+        if op["op"] == "insert":
+            self.left_out.add(op["ref"])
 
     def _apply_one(self, sequence: int, op: dict[str, Any]) -> None:
         self._sequence, self._op = sequence, op
@@ -497,36 +637,23 @@ class Replay:
         missing: bool,
         expected: dict[str, Any] | None = None,
     ) -> bool:
+        """Decide a conflict of a recorded update/delete; True to apply it anyway."""
         expected = dict(op.get("old", {})) if expected is None else expected
-        key = op["target"] if isinstance(op["target"], list) else [op["target"]]
-        what = "is gone" if missing else f"now holds {actual!r}, the journal expected {expected!r}"
-        raises = self.on_conflict == "fail" or (missing and self.on_conflict == "overwrite")
-        outcome = (
-            "Nothing was applied; choose on_conflict='overwrite' or 'skip' to go on anyway"
-            if raises
-            else (
-                "The operation was skipped"
-                if self.on_conflict == "skip"
-                else "The recorded values were applied anyway"
+        target = op["target"]
+        if isinstance(target, list):
+            key: list[Any] = target
+        else:  # a row new in this journal: named by its placeholder, as the journal does
+            key = [Placeholder(target, a) for a in _pk_attributes(mapper)]
+        if missing:
+            error = conflict(
+                self.path, sequence, op, key, "notfound", "the row is gone", expected=expected
             )
-        )
-        error = ReplayConflictError(
-            f"journal {self.path}: operation {sequence} ({op['op']} of {op['table']} row "
-            f"{tuple(key)}) conflicts: the row {what}. {outcome}",
-            sequence=sequence,
-            table=op["table"],
-            key=key,
-            expected=expected,
-            actual=actual,
-            path=self.path,
-        )
-        if raises:
-            raise error
-        if self.on_conflict == "skip":
-            self.conflicts.append(error)
-            return False
-        self.conflicts.append(error)
-        return True
+        else:
+            what = f"the row differs in {differences(expected, actual or {})}"
+            error = conflict(
+                self.path, sequence, op, key, "data", what, expected=expected, actual=actual
+            )
+        return self.conflicts.resolve(error)
 
     def _statement(self, sequence: int, mapper: Mapper[Any], op: dict[str, Any]) -> None:
         cls = mapper.class_
@@ -552,6 +679,14 @@ class Replay:
 
     def placeholders(self) -> Identities:
         return Identities(self.identities)
+
+
+class _LeftOut(Exception):  # a signal inside a replay, never raised out of it
+    """An operation refers to a new object whose insert a conflict left out."""
+
+    def __init__(self, ref: int) -> None:
+        super().__init__(f"new object #{ref} was left out")
+        self.ref = ref
 
 
 class Identities(Mapping[Placeholder, Any]):
@@ -641,23 +776,86 @@ def reconnect_and_commit(
     path: str | os.PathLike[str],
     *,
     key: bytes | str | None,
-    on_conflict: ConflictPolicy = "fail",
+    on_conflict: ConflictPolicy | ConflictHandler = "fail",
     allow_schema_drift: bool = False,
     allow_dill: bool = False,
     if_busy: Literal["wait", "skip"] = "wait",
+    dry_run: bool = False,
+    progress: ProgressCallback | None = None,
 ) -> ReplayResult:
     """Apply the journal at ``path`` through ``session`` in one transaction, exactly once.
 
+    :param on_conflict: ``"fail"``, ``"overwrite"``, ``"skip"``, or a callable given each
+        :class:`ReplayConflictError` that returns one of them for that operation.
     :param allow_dill: unpickle ``dill`` values of a journal that did not verify with a
         key (unpickling runs code). Without it such a journal is refused with
         :class:`JournalSignatureError` before anything is claimed, decoded or applied.
     :param if_busy: what to do when another replayer is applying the same journal right
         now: ``"wait"`` for it (then ``applied=False``), or ``"skip"`` at once with
         ``busy=True`` (PostgreSQL and MariaDB; SQLite serialises writers and waits).
+    :param dry_run: do everything, then roll back instead of committing; the ledger is
+        not written (nor created when it is missing).
+    :param progress: called as ``progress(done, total)`` after each batch of operations.
     """
     started = time.monotonic()
-    if on_conflict not in _POLICIES:
-        raise ValueError(f"on_conflict must be one of {', '.join(_POLICIES)}, not {on_conflict!r}")
+    outcome = "failed"
+    # Filled in as soon as the journal's header is read, for the log line of a failure.
+    seen: dict[str, Any] = {"journal_id": "(unread)", "operations": 0}
+    try:
+        result = _reconnect_and_commit(
+            session,
+            path,
+            key=key,
+            on_conflict=on_conflict,
+            allow_schema_drift=allow_schema_drift,
+            allow_dill=allow_dill,
+            if_busy=if_busy,
+            dry_run=dry_run,
+            progress=progress,
+            started=started,
+            seen=seen,
+        )
+        outcome = _outcome(result)
+        return result
+    except BaseException as err:
+        outcome = f"failed ({type(err).__name__})"
+        raise
+    finally:
+        if _log.isEnabledFor(logging.INFO):
+            _log.info(
+                "journal %s (%s): %s, %d operation(s) in %.3f s",
+                seen["journal_id"],
+                os.fspath(path),
+                outcome,
+                seen["operations"],
+                time.monotonic() - started,
+            )
+
+
+def _outcome(result: ReplayResult) -> str:
+    if result.busy:
+        return "busy (another replayer is applying it)"
+    if not result.applied:
+        return "already applied"
+    done = "would apply (dry run, rolled back)" if result.dry_run else "applied"
+    return f"{done}, {len(result.conflicts)} conflict(s)" if result.conflicts else done
+
+
+def _reconnect_and_commit(
+    session: Session,
+    path: str | os.PathLike[str],
+    *,
+    key: bytes | str | None,
+    on_conflict: ConflictPolicy | ConflictHandler,
+    allow_schema_drift: bool,
+    allow_dill: bool,
+    if_busy: Literal["wait", "skip"],
+    dry_run: bool,
+    progress: ProgressCallback | None,
+    started: float,
+    seen: dict[str, Any],
+) -> ReplayResult:
+    check_policy(on_conflict)
     if getattr(session, "_recorder", None) is not None:
         raise DeferredOperationError(
             "reconnect_and_commit() inside deferred_operations would replay into the journal "
@@ -682,36 +880,43 @@ def reconnect_and_commit(
         _refuse_untrusted_pickles(journal)
         journal_id = header.journal_id
         count = header.operation_count or 0
+        seen.update(journal_id=journal_id, operations=count)
         session.rollback()
-        replay = Replay(session, journal, on_conflict)
+        replay = Replay(session, journal, on_conflict, progress)
         # SPEC §3.10: the recording process ran the program's session listeners; replay
         # applies what they produced and runs none of them again.
         with _without_session_listeners(session):
             locked = committing = False
             try:
-                _ensure_ledger(session, path)
+                has_ledger = _ensure_ledger(session, path, create=not dry_run)
                 connection = session.connection()
                 # Already applied means nothing to do, even if the schema moved on since.
-                if _applied(connection, journal_id):
+                if has_ledger and _applied(connection, journal_id):
                     session.rollback()
                     return ReplayResult(
-                        journal_id, False, count, duration=time.monotonic() - started
+                        journal_id,
+                        False,
+                        count,
+                        duration=time.monotonic() - started,
+                        dry_run=dry_run,
                     )
                 _check_schema(replay, connection, header.meta, allow_schema_drift)
-                if if_busy == "skip":
+                if if_busy == "skip" and not dry_run:
                     if not _try_lock(connection, journal_id):
                         session.rollback()
                         return ReplayResult(
                             journal_id, False, count, duration=time.monotonic() - started, busy=True
                         )
                     locked = True
-                if not _claim(connection, journal_id, count, header.digest or ""):
+                if not dry_run and not _claim(connection, journal_id, count, header.digest or ""):
                     if locked:
                         _unlock(connection, journal_id)
                     session.rollback()
                     return ReplayResult(
                         journal_id, False, count, duration=time.monotonic() - started
                     )
+                if dry_run:
+                    _begin(connection)
                 # Links are set while objects of the batch are still incomplete; an autoflush
                 # in between (a lookup of a target) would insert them half-built. Mapper
                 # listeners ran while recording: the journal holds what they did.
@@ -720,8 +925,11 @@ def reconnect_and_commit(
                     replay.apply()
                 if locked:
                     _unlock(connection, journal_id)
-                committing = True
-                session.commit()
+                if dry_run:
+                    session.rollback()
+                else:
+                    committing = True
+                    session.commit()
             except BaseException as err:
                 if locked and not committing:
                     # The connection taken above: after a failed flush the session would
@@ -749,9 +957,28 @@ def reconnect_and_commit(
         True,
         count,
         identities=replay.placeholders(),
-        conflicts=replay.conflicts,
+        conflicts=replay.conflicts.found,
         duration=time.monotonic() - started,
+        dry_run=dry_run,
     )
+
+
+def _begin(connection: Any) -> None:
+    """Make sure the database transaction has begun before any savepoint is taken.
+
+    pysqlite (Python's ``sqlite3`` in its default, legacy transaction control) sends
+    BEGIN only before an INSERT, UPDATE or DELETE; a SAVEPOINT sent before that is the
+    outermost one, and releasing it commits. A replay's ledger row is its first write, so
+    this matters only for a dry run, which writes no ledger row.
+    """
+    if connection.dialect.name != "sqlite":
+        return
+    raw = connection.connection.dbapi_connection
+    # SQLAlchemy's aiosqlite adapter keeps the aiosqlite connection, which answers for
+    # the sqlite3 one, as ``_connection``: checked on SQLAlchemy 2.1.9, aiosqlite 0.20.
+    answering = raw if hasattr(raw, "in_transaction") else getattr(raw, "_connection", raw)
+    if not answering.in_transaction:
+        connection.exec_driver_sql("BEGIN")
 
 
 class _Silent:
@@ -833,7 +1060,10 @@ def _commit_failed(
     )
 
 
-def _ensure_ledger(session: Session, path: str | os.PathLike[str]) -> None:
+def _ensure_ledger(session: Session, path: str | os.PathLike[str], *, create: bool) -> bool:
+    """Create or upgrade the ledger when ``create``; return whether the database has one."""
+    if not create:
+        return bool(sa_inspect(session.connection()).has_table(ledger.LEDGER_TABLE))
     try:
         ledger.ensure_ledger(session.get_bind().engine)
     except CommandError as err:
@@ -845,6 +1075,7 @@ def _ensure_ledger(session: Session, path: str | os.PathLike[str]) -> None:
             "migrated it, or a newer one. Nothing was applied",
             path=path,
         ) from err
+    return True
 
 
 def _try_lock(connection: Any, journal_id: str) -> bool:

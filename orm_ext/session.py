@@ -7,7 +7,9 @@ does); outside the three context managers the session behaves as a plain ``Sessi
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Literal
@@ -15,11 +17,11 @@ from typing import Any, Literal
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
-from orm_ext import memo, recording, replay
+from orm_ext import logs, memo, recording, replay
 from orm_ext.exc import DeferredOperationError
 from orm_ext.memo import QueryMemo
 from orm_ext.recording import DeferredOperations, Recorder
-from orm_ext.replay import ConflictPolicy, ReplayResult
+from orm_ext.replay import ConflictHandler, ConflictPolicy, ProgressCallback, ReplayResult
 
 __all__ = ["JournalingSession"]
 
@@ -87,21 +89,30 @@ class JournalingSession(Session):
             self, path, overwrite=overwrite, key=self.journal_key, allow_dill=allow_dill
         )
         self._recorder = recorder
+        started = time.monotonic()
         try:
             yield recorder.handle
-        except BaseException:
+        except BaseException as err:
             recorder.abandon()
+            logs.journal_recorded(recorder.handle, started, f"abandoned ({type(err).__name__})")
             raise
-        recorder.finish()
+        try:
+            recorder.finish()
+        except BaseException as err:
+            logs.journal_recorded(recorder.handle, started, f"failed ({type(err).__name__})")
+            raise
+        logs.journal_recorded(recorder.handle, started, "sealed")
 
     def reconnect_and_commit(
         self,
         path: str | os.PathLike[str],
         *,
-        on_conflict: ConflictPolicy = "fail",
+        on_conflict: ConflictPolicy | ConflictHandler = "fail",
         allow_schema_drift: bool = False,
         allow_dill: bool = False,
         if_busy: Literal["wait", "skip"] = "wait",
+        dry_run: bool = False,
+        progress: ProgressCallback | None = None,
     ) -> ReplayResult:
         """Apply the journal at ``path`` to the database in one transaction, exactly once.
 
@@ -116,7 +127,11 @@ class JournalingSession(Session):
 
         :param on_conflict: ``"fail"`` raises :class:`ReplayConflictError` when a recorded
             update/delete no longer matches its row; ``"overwrite"`` applies it anyway;
-            ``"skip"`` leaves it out and lists it in ``ReplayResult.conflicts``.
+            ``"skip"`` leaves it out (and an insert or update the database refuses with a
+            unique or foreign-key constraint) and lists it in ``ReplayResult.conflicts``.
+            A callable is given each conflict (its ``kind`` is ``"data"``, ``"notfound"``
+            or ``"constraint"``) and returns one of the three for that operation; only a
+            ``"data"`` conflict can be overwritten.
         :param allow_schema_drift: replay even if the schema differs from the recording's.
         :param allow_dill: unpickle ``dill`` values although the journal did not verify
             with a key. Unpickling runs code from the file: allow it only for journals
@@ -125,6 +140,12 @@ class JournalingSession(Session):
         :param if_busy: when another replayer is applying the same journal right now:
             ``"wait"`` for it (the result is then ``applied=False``) or ``"skip"`` at once
             with ``busy=True`` (PostgreSQL and MariaDB; SQLite serialises writers).
+        :param dry_run: do everything (verify, schema check, locks, conflict checks, every
+            statement) and roll back: the result says whether the journal would apply
+            (``applied``, with ``dry_run=True``) and with which conflicts; the database
+            and the ledger are unchanged.
+        :param progress: ``progress(done, total)`` is called after each batch of
+            operations; ``done`` grows to ``total``, the journal's operation count.
         :raises DeferredOperationError: pending changes, inside a deferred block, or an
             operation the database rejected (nothing is applied).
         :raises SchemaMismatchError: the schema differs and drift is not allowed.
@@ -140,6 +161,8 @@ class JournalingSession(Session):
             allow_schema_drift=allow_schema_drift,
             allow_dill=allow_dill,
             if_busy=if_busy,
+            dry_run=dry_run,
+            progress=progress,
         )
 
     def flush(self, objects: Sequence[Any] | None = None) -> None:
@@ -147,6 +170,11 @@ class JournalingSession(Session):
             # The unit of work is recorded once every other before_flush listener has run,
             # as a plain flush writes what they leave (SPEC §3.10), whenever they were added.
             recording.listen_last(self)
+            if logs.record_log.isEnabledFor(logging.DEBUG):
+                handle, before = self._recorder.handle, self._recorder.handle.operations
+                super().flush(objects)
+                logs.batch_recorded(handle, before)
+                return
         super().flush(objects)
 
     # SQLAlchemy has no event for these; memoized results must not outlive them.
