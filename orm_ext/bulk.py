@@ -29,10 +29,10 @@ import weakref
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from sqlalchemy import Connection, Dialect, Insert, insert, select
-from sqlalchemy.orm import Mapper
+from sqlalchemy.orm import Mapper, Session
 from sqlalchemy.schema import sort_tables_and_constraints
 from sqlalchemy.sql import sqltypes
 
@@ -40,8 +40,25 @@ from journal import Batch
 from orm_ext.exc import DeferredOperationError, ReplayConflictError
 from orm_ext.recording import plan_for
 
-if TYPE_CHECKING:
-    from orm_ext.replay import Replay
+
+class Replay(Protocol):
+    """What a bulk insert needs of the replay running it (:class:`orm_ext.replay.Replay`).
+
+    Declared here rather than imported, so that the replay module uses this one and not
+    the other way round.
+    """
+
+    session: Session
+    path: str
+    # Placeholder ref -> the key values the database gave its row.
+    identities: dict[int, dict[str, Any]]
+    # Placeholder ref -> the mapper of its row.
+    ref_classes: dict[int, Mapper[Any]]
+
+    def mapper(self, path: str) -> Mapper[Any]: ...
+
+    def key_of(self, ref: int) -> dict[str, Any]: ...
+
 
 __all__ = ["BulkInsert", "Run", "plan_batch"]
 
