@@ -356,6 +356,11 @@ class Interpreter:
         # Whether a post, a tag or a link between them may have been written: a
         # many-to-many collection loaded after that is refused in the block (§3.11).
         self.linked = False
+        # Whether a rollback expired tasks (or many-to-many collections) that could not be
+        # loaded again at once, a statement (or a link) having been written before it:
+        # loading them later is refused (§3.11), so later steps leave them alone.
+        self.tasks_unloaded = False
+        self.links_unloaded = False
         # The keys of the rows the database held at the start, for Session.get().
         self.database_keys: dict[str, list[tuple[str, Any]]] = {kind: [] for kind in KINDS}
         self.seen: list[Any] = []
@@ -510,7 +515,7 @@ class Interpreter:
         self.session.rollback()
         self.savepoints.clear()
         self.restore(self.checkpoint)
-        self.load_collections()
+        self.reload_expired()
 
     def savepoint(self) -> None:
         if len(self.savepoints) < 2:
@@ -529,7 +534,28 @@ class Interpreter:
             transaction, snapshot = self.savepoints.pop()
             transaction.rollback()
             self.restore(snapshot)
-            self.load_collections()
+            self.reload_expired()
+
+    def reload_expired(self) -> None:
+        """Load again what a rollback or expire_all() expired and later steps read.
+
+        While the block can: a many-to-many collection once a link may have been written,
+        and a task once a statement changed tasks, are refused (§3.11), so they are loaded
+        at once, or marked as not to be read when that is already too late.
+        """
+        if self.linked:
+            self.links_unloaded = True
+        else:
+            for post in self.live["post"].values():
+                post.tags  # noqa: B018 (a lazy load)
+            for tag in self.live["tag"].values():
+                tag.posts  # noqa: B018 (a lazy load)
+        if self.stated:
+            self.tasks_unloaded = True
+        else:
+            for task in self.live["task"].values():
+                task.name  # noqa: B018 (a load of expired attributes)
+        self.load_collections()
 
     def load_collections(self) -> None:
         """Load the one-to-many collections of the objects a rollback or expiry expired.
@@ -817,6 +843,8 @@ class Interpreter:
 
     def bulk_rename_by_key(self, tasks: list[int]) -> None:
         """An executemany UPDATE by primary key (a recorded key may be a placeholder)."""
+        if self.tasks_unloaded:
+            return  # their keys were expired by a rollback and cannot be loaded again
         self.flush()  # new tasks get their keys (or placeholders)
         chosen = sorted({self.label_of("task", t) for i in tasks if (t := self.pick("task", i))})
         if not chosen:
@@ -873,11 +901,13 @@ class Interpreter:
     def readable(self, kind: str) -> bool:
         """Whether reads of ``kind`` are within what the block promises.
 
-        Not tasks once a statement changed them: a query is refused (SPEC §3.11), and
-        loaded tasks do not show the statement's changes (a bug: see
-        test_statement_in_the_block_updates_loaded_objects).
+        Not tasks once a statement changed them: a query over them, or the reload of an
+        expired one, is refused (SPEC §3.11). Not posts and tags once a rollback expired
+        their many-to-many collections after a link was written: loading those is refused.
         """
-        return kind != "task" or not self.stated
+        if kind == "task":
+            return not self.stated
+        return kind not in LINKED or not self.links_unloaded
 
     def label(self, kind: str, obj: Any) -> str:
         if obj is None:
@@ -973,13 +1003,7 @@ class Interpreter:
             if self.linked or self.stated:
                 return
             self.session.expire_all()
-            for post in self.live["post"].values():
-                post.tags  # noqa: B018 (a lazy load)
-            for tag in self.live["tag"].values():
-                tag.posts  # noqa: B018 (a lazy load)
-            for task in self.live["task"].values():
-                task.name  # noqa: B018 (a load of expired attributes)
-            self.load_collections()
+            self.reload_expired()
         else:
             obj = self.pick(kind, i)
             if obj is None or kind in LINKED:
