@@ -856,7 +856,10 @@ class Interpreter:
         self.flushed()
 
     def bulk_delete_tasks(self, tasks: list[int]) -> None:
-        linked = {id(v.task) for v in self.live["version"].values()}
+        # Bookkeeping, not the program: its lazy loads must not flush (a direct run's
+        # objects expired by a commit would query, and so autoflush, here).
+        with self.session.no_autoflush:
+            linked = {id(v.task) for v in self.live["version"].values()}
         chosen = sorted(
             {
                 self.label_of("task", t)
