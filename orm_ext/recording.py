@@ -339,8 +339,9 @@ class Recorder:
         """Check the session can start recording, then create the journal."""
         if session.new or session.deleted or any(session.is_modified(o) for o in session.dirty):
             raise DeferredOperationError(
-                "the session has pending changes; flush or commit them before entering "
-                "deferred_operations, or they would be recorded as part of the journal",
+                "the session has pending changes; commit them (or roll them back) before "
+                "entering deferred_operations, or they would be recorded as part of the "
+                "journal",
                 path=path,
             )
         if has_flushed_changes(session):

@@ -313,10 +313,16 @@ def test_pending_changes_before_the_block_are_refused(world: Any, tmp_path: Path
     """Entering with pending changes raises instead of recording or losing them."""
     with world.sessions() as session:
         session.add(Task(name="pending"))
-        with pytest.raises(DeferredOperationError, match="pending changes"):
+        with pytest.raises(DeferredOperationError, match="pending changes") as refused:
             with session.deferred_operations(tmp_path / "ops.dbm"):
                 pass
         assert not (tmp_path / "ops.dbm").exists()
+        # Its advice leads into the block: a flush alone would be refused again.
+        assert "commit them" in str(refused.value)
+        assert "flush" not in str(refused.value).split(";")[1]
+        session.commit()
+        with session.deferred_operations(tmp_path / "ops.dbm"):
+            pass
 
 
 def test_querying_by_a_placeholder_finds_the_new_object(world: Any, tmp_path: Path) -> None:
