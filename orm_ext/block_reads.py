@@ -31,6 +31,7 @@ from sqlalchemy.orm.state import InstanceState
 from sqlalchemy.sql.schema import Table
 from sqlalchemy.sql.util import find_tables
 
+from orm_ext.block_inserted import probes
 from orm_ext.block_query import Query, Unanswerable, binds_placeholder, objects_result
 from orm_ext.exc import DeferredOperationError
 from orm_ext.references import Placeholder
@@ -68,6 +69,8 @@ class BlockReads:
         # table name -> batch of the first ORM update()/delete()/insert() statement on it:
         # which rows such a statement changes is only known at replay.
         self.statement_tables: dict[str, int] = {}
+        # Rows ORM insert() statements added: (batch, mapper, the rows' values).
+        self.inserted: list[tuple[int, Mapper[Any], list[dict[str, Any]]]] = []
         # Objects the block created or changed -> (batch that first recorded them, the
         # object): strong, as the block's rows must outlive the program's references to
         # them, for the first ``kept_rows``; then a weak reference (see _lose).
@@ -157,6 +160,16 @@ class BlockReads:
                 self.tables[name] = batch
                 self._pattern = None
 
+    def note_inserted(
+        self, batch: int, mapper: Mapper[Any], tables: Iterable[str], rows: list[dict[str, Any]]
+    ) -> None:
+        """Remember the rows an ORM insert() statement recorded into ``tables``."""
+        self.inserted.append((batch, mapper, rows))
+        for name in tables:
+            if name not in self.tables:
+                self.tables[name] = batch
+                self._pattern = None
+
     def _note_row(self, state: InstanceState[Any], batch: int) -> None:
         key = state.key
         if key is None or any(isinstance(v, Placeholder) for v in key[1]):
@@ -169,6 +182,7 @@ class BlockReads:
             for name in [n for n, b in table.items() if b > batches]:
                 del table[name]
         self._pattern = None
+        self.inserted = [entry for entry in self.inserted if entry[0] <= batches]
         for state in [s for s, e in self.objects.items() if e[0] > batches]:
             self._forget(state)
         for name in [n for n, b in self.lost.items() if b > batches]:
@@ -368,6 +382,7 @@ class BlockReads:
                 self.restore(state)
         try:
             mine = [obj for obj in rows if query.matches(obj)]
+            self._refuse_inserted(query, hit)
         except TypeError as err:
             # A key the database assigns at replay compared by order, for instance.
             raise Unanswerable(
@@ -382,6 +397,29 @@ class BlockReads:
             found = self._database_rows(orm_execute_state, statement, query, mapper)
             found.extend(mine)
         return query.result(found, orm_execute_state, self._binary_collation)
+
+    def _refuse_inserted(self, query: Query, hit: list[str]) -> None:
+        """Refuse a query that a row added by an insert() statement could match.
+
+        Those rows exist only in the journal, not as objects: a query none of them can
+        match (a lookup by an existing key, criteria on values they do not have) has the
+        answer it would have without them.
+        """
+        for _, mapper, rows in self.inserted:
+            if not any(str(t.fullname) in hit for t in mapper.tables if isinstance(t, Table)):
+                continue
+            if query.mapper.isa(mapper) and query.mapper is not mapper:
+                continue  # rows of a base class are never rows of the subclass queried
+            if not mapper.isa(query.mapper):
+                raise Unanswerable(
+                    f"an insert() statement of the block added {mapper.class_.__name__} rows "
+                    "to a table it reads"
+                )
+            if any(query.matches(probe) for probe in probes(mapper, rows)):
+                raise Unanswerable(
+                    "a row an insert() statement of the block added matches it; such rows "
+                    "exist only in the journal until replay"
+                )
 
     def _binary_collation(self, orm_execute_state: ORMExecuteState) -> bool:
         """Whether the PostgreSQL database sorts text by code point ("C"), as Python does."""

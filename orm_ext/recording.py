@@ -1252,7 +1252,16 @@ class Recorder:
         self.io(self.writer.append, [operation])
         self.handle.operations = self.writer.operations
         dml.synchronize(orm_execute_state)
-        if mapper is not None:
+        if mapper is not None and operation["op"] == "bulk_insert":
+            # Its rows are known: queries none of them can match are still answered.
+            plan = plan_for(mapper)
+            self.reads.note_inserted(
+                self.writer.batches,
+                mapper,
+                [str(t.fullname) for t in plan.tables],
+                operation["rows"],
+            )
+        elif mapper is not None:
             self.reads.note_statement(
                 self.writer.batches, [str(t.fullname) for t in plan_for(mapper).written_tables]
             )

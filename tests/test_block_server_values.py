@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, ForeignKey, Integer, String, func, select, text
+from sqlalchemy import Engine, ForeignKey, Integer, String, func, insert, select, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
 from orm_ext import DeferredOperationError
@@ -175,3 +175,32 @@ def test_server_value_stays_refused_after_rollback(backend: Backend, tmp_path: P
             _ = ticket.opened
     assert replay(b, path).applied
     assert ("kept", "open", 3, "triage") in rows(b)
+
+
+def test_rows_an_insert_statement_added(backend: Backend, tmp_path: Path) -> None:
+    """After an ORM insert() statement, a query none of its rows can match is answered;
+    one they could match (or that compares a value the database sets) is refused."""
+
+    def body(session: Session) -> list[Any]:
+        existing = session.scalars(select(Ticket).where(Ticket.title == "existing")).one()
+        session.execute(insert(Ticket).values(title="inserted", priority=9))
+        session.expire(existing)
+        shown = [existing.status, existing.priority]  # a reload by key: answered
+        found = session.get(Ticket, existing.id)
+        shown.append(found is existing)
+        shown.append(session.scalars(select(Ticket.title).where(Ticket.priority < 5)).all())
+        return shown
+
+    assert both(backend, tmp_path, body) == ["closed", 1, True, ["existing"]]
+    b = backend.engine("b")
+    fresh(b)
+    with make_sessions(b)() as session, session.deferred_operations(tmp_path / "more.dbm"):
+        session.execute(insert(Ticket).values(title="inserted", priority=9))
+        for query in (
+            select(Ticket).where(Ticket.priority > 5),  # the inserted row matches
+            select(Ticket).where(Ticket.status == "open"),  # its server default: 'open'
+            select(Ticket).where(Ticket.opened > dt.datetime(2000, 1, 1)),  # only at replay
+            select(Ticket).order_by(Ticket.id),  # its key has no order yet
+        ):
+            with pytest.raises(DeferredOperationError, match="cannot be answered"):
+                session.scalars(query).all()

@@ -1525,14 +1525,6 @@ def test_statement_rolled_back_restores_loaded_objects(backend: Backend, tmp_pat
     assert_equivalent(backend, tmp_path, body)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=DeferredOperationError,
-    reason="refused, not answered: the reload re-runs the selectinload() the object was "
-    "loaded with, which reads the table an insert() statement of the block wrote; rows a "
-    "statement inserted are not evaluated by block reads, so every read of that table is "
-    "refused",
-)
 def test_reload_after_a_statement_on_a_table_it_does_not_read(
     backend: Backend, tmp_path: Path
 ) -> None:
