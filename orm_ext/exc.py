@@ -14,7 +14,12 @@ from sqlalchemy.orm import exc as orm_exc
 
 from journal.exc import JournalError
 
-__all__ = ["DeferredOperationError", "ReplayConflictError", "SchemaMismatchError"]
+__all__ = [
+    "DeferredOperationError",
+    "ReplayConflictError",
+    "SchemaMismatchError",
+    "SnapshotMissError",
+]
 
 
 class DeferredOperationError(JournalError, sa_exc.InvalidRequestError):
@@ -61,3 +66,21 @@ class SchemaMismatchError(JournalError, sa_exc.InvalidRequestError):
     ) -> None:
         super().__init__(message, path=path)
         self.differences = list(differences)
+
+
+class SnapshotMissError(JournalError, LookupError):
+    """An offline read that the query snapshot cannot answer (SPEC §9).
+
+    The statement is not in the snapshot (or its entry is older than ``max_age``) and the
+    database cannot be reached to answer it.
+
+    :ivar statement: the statement that was not answered.
+    :ivar sql: its SQL as text.
+    """
+
+    def __init__(
+        self, message: str, *, statement: Any, sql: str, path: str | None = None
+    ) -> None:
+        super().__init__(message, path=path)
+        self.statement = statement
+        self.sql = sql
