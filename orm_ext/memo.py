@@ -893,15 +893,20 @@ def _on_transaction_end(session: Session, transaction: SessionTransaction) -> No
     """Drop everything when the session's transaction ends (commit, rollback, close)."""
     if transaction.parent is None:
         invalidate(session)
-        memo: QueryMemo | None = session._query_memo  # type: ignore[attr-defined]
-        if memo is not None and memo._snapshot is not None:
-            memo._snapshot.settle_writes()
+
+
+def _on_commit(session: Session) -> None:
+    """The session's writes are the database's state now: no rollback can undo them."""
+    memo: QueryMemo | None = session._query_memo  # type: ignore[attr-defined]
+    if memo is not None and memo._snapshot is not None:
+        memo._snapshot.settle_writes()
 
 
 _LISTENERS: tuple[tuple[str, Callable[..., None]], ...] = (
     ("before_flush", _on_before_flush),
     ("after_soft_rollback", _on_rollback),
     ("after_transaction_end", _on_transaction_end),
+    ("after_commit", _on_commit),
     ("persistent_to_deleted", _on_state_gone),
     ("persistent_to_detached", _on_state_gone),
     ("persistent_to_transient", _on_state_gone),

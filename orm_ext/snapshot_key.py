@@ -62,7 +62,11 @@ def snapshot_key(
     """
     load = options.get("_sa_orm_load_options")
     loaded = tuple(getattr(load, name, None) for name in _LOAD_OPTIONS)
-    chosen = sorted((k, v) for k, v in options.items() if k not in _IGNORED_OPTIONS)
+    # Keys that are not strings are loaders' own bookkeeping (a subquery load keeps the
+    # query it came from there, which its statement embeds already).
+    chosen = sorted(
+        (k, v) for k, v in options.items() if isinstance(k, str) and k not in _IGNORED_OPTIONS
+    )
     text = repr(
         (
             _RELEASE,
