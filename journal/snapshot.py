@@ -36,7 +36,7 @@ from journal.exc import JournalCorruptError, JournalError
 from journal.reader import Journal
 from journal.storage import SNAPSHOT_APPLICATION_ID, JournalWriter
 
-__all__ = ["Snapshot", "SnapshotEntry", "write_snapshot"]
+__all__ = ["Snapshot", "SnapshotEntry", "is_snapshot", "write_snapshot"]
 
 SNAPSHOT_KIND: Final = "query-snapshot"
 _KEY = re.compile(r"[0-9a-f]{64}")
@@ -82,7 +82,9 @@ class SnapshotEntry:
         """How long ago the database answered the statement."""
         return (now or dt.datetime.now(dt.UTC)) - self.read_at
 
-    def rows(self, path: str | os.PathLike[str] | None = None) -> tuple[list[str], list[tuple[Any, ...]]]:
+    def rows(
+        self, path: str | os.PathLike[str] | None = None
+    ) -> tuple[list[str], list[tuple[Any, ...]]]:
         """Decode the column names and rows; nothing is imported or unpickled.
 
         An enum member is rebuilt only from a class its program has already imported.
@@ -130,7 +132,11 @@ def _plain(value: Any) -> Any:
         target: Any = module
         for part in value.qualname.split("."):
             target = getattr(target, part, None)
-        if isinstance(target, type) and issubclass(target, Enum) and value.name in target.__members__:
+        if (
+            isinstance(target, type)
+            and issubclass(target, Enum)
+            and value.name in target.__members__
+        ):
             return target[value.name]
         raise ValueError(f"enum member {value} of a class this program has not imported")
     if isinstance(value, codec.OpaqueValue):
@@ -206,8 +212,30 @@ class Snapshot(Journal):
             ) from err
         return SnapshotEntry(key, sql, tuple(tables), when, count, payload)
 
+    def __enter__(self) -> Snapshot:
+        return self
+
     def __repr__(self) -> str:
         return f"<Snapshot {self.path} id={self.journal_id} {self.state}>"
+
+
+def is_snapshot(path: str | os.PathLike[str]) -> bool:
+    """Whether the regular file at ``path`` says it is a query snapshot (its SQLite header's
+    application id); False for anything else, including what cannot be read."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(_SQLITE_HEADER)
+    except OSError:
+        return False
+    return (
+        len(head) == _SQLITE_HEADER
+        and head.startswith(b"SQLite format 3\x00")
+        and int.from_bytes(head[68:72], "big") == SNAPSHOT_APPLICATION_ID
+    )
+
+
+# The SQLite file header holds the application id at offset 68 (sqlite.org/fileformat.html).
+_SQLITE_HEADER: Final = 100
 
 
 def write_snapshot(

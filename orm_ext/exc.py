@@ -78,9 +78,7 @@ class SnapshotMissError(JournalError, LookupError):
     :ivar sql: its SQL as text.
     """
 
-    def __init__(
-        self, message: str, *, statement: Any, sql: str, path: str | None = None
-    ) -> None:
+    def __init__(self, message: str, *, statement: Any, sql: str, path: str | None = None) -> None:
         super().__init__(message, path=path)
         self.statement = statement
         self.sql = sql

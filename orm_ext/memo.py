@@ -345,14 +345,13 @@ def _on_execute(orm_context: ORMExecuteState) -> Result[Any] | None:
     if not reads:
         _log_query(orm_context)
         return None  # a sequence, a clock or a constant: cheap to ask and maybe volatile
-    skey = None
-    if memo._snapshot is not None:
-        skey = _persistent_key(orm_context, statement, key[1], key[4])
-    if skey is None:
+    store = memo._snapshot
+    skey = None if store is None else _persistent_key(orm_context, statement, key[1], key[4])
+    if store is None or skey is None:
         sql = _log_query(orm_context) if log.isEnabledFor(logging.INFO) else None
         answer, stored = orm_context.invoke_statement(), False
     else:
-        answer, sql, stored = _answer(orm_context, memo._snapshot, memo, skey, reads)
+        answer, sql, stored = _answer(orm_context, store, memo, skey, reads)
     variant = (key[0], *key[2:])
     like = memo._layouts.get(variant)
     rows = _capture(answer, like)
@@ -462,7 +461,9 @@ def _answer(
             sql=text,
             path=str(store.path),
         ) from err
-    store.put(skey, str(fetched.compiled), reads, fetched.columns, fetched.rows)
+    statement: Any = orm_context.statement
+    read = _tables_in(statement)
+    store.put(skey, str(fetched.compiled), reads, fetched.columns, fetched.rows, read)
     return snapshot_rows.load(orm_context, fetched.compiled, fetched.rows), sql, False
 
 
@@ -790,6 +791,21 @@ def _table_names(statement: Any, *, final_froms: bool) -> set[str]:
                 seen[id(element)] = element
                 todo.extend(element.get_final_froms())
     return names
+
+
+def _tables_in(statement: Any) -> list[Table]:
+    """Return the ``Table`` objects ``statement`` reads (those of ``_table_names``)."""
+    found: dict[Table, None] = {}
+    todo = [statement]
+    seen: dict[int, Select[Any]] = {}
+    while todo:
+        for element in visitors.iterate(todo.pop()):
+            if isinstance(element, Table):
+                found[element] = None
+            elif isinstance(element, Select) and id(element) not in seen:
+                seen[id(element)] = element
+                todo.extend(element.get_final_froms())
+    return list(found)
 
 
 def _tables_written(orm_context: ORMExecuteState) -> set[str] | None:

@@ -89,11 +89,11 @@ class QuerySnapshot:
                 f"query snapshot: {err} (delete the file to take the snapshot again)",
                 path=err.path,
             ) from err
-        if not isinstance(recorded, dict) or not all(isinstance(v, dict) for v in recorded.values()):
+        if not isinstance(recorded, dict) or not all(
+            isinstance(v, dict) for v in recorded.values()
+        ):
             raise _corrupt(target, "its schema fingerprint is malformed")
-        current = {name: describe_table(t) for name, t in mapped_tables().items()}
-        known = {name: description for name, description in recorded.items() if name in current}
-        differences = diff_schemas(known, current)
+        differences = _schema_differences(recorded)
         if differences:
             raise SchemaMismatchError(
                 f"query snapshot {target} was taken against another schema ("
@@ -138,8 +138,13 @@ class QuerySnapshot:
         tables: Iterable[str],
         columns: list[str],
         rows: list[tuple[Any, ...]],
+        read: Iterable[Table] = (),
     ) -> None:
         """Store (or replace) what the database answered for a statement just now.
+
+        ``tables`` names the tables the statement read (lower-cased, as the memo names
+        them); ``read`` holds those of them that are ``Table`` objects, whose fingerprints
+        the snapshot keeps.
 
         A value that is not a standard SQL value cannot be stored without a pickle: the
         statement is then left out of the snapshot (it is logged) and later processes read
@@ -152,11 +157,8 @@ class QuerySnapshot:
             log.warning("Not saved in query snapshot %s (%s): %s", self.path, err, sql)
             self.drop_key(key)
             return
-        mapped = _by_name(mapped_tables())
-        for name in names:
-            table = mapped.get(name)
-            if table is not None:
-                self._schema[str(table.fullname)] = describe_table(table)
+        for table in read:
+            self._schema[str(table.fullname)] = describe_table(table)
         self._entries[key] = entry
         self._changed = True
 
@@ -217,24 +219,33 @@ class QuerySnapshot:
         self._changed = False
 
 
-def mapped_tables() -> dict[str, Table]:
-    """Return every table of this process's mapped registries, by full name.
+def _schema_differences(recorded: Mapping[str, Any]) -> list[str]:
+    """Return how this process's mapping differs from the tables a snapshot recorded.
+
+    A table no registry of this process maps is not compared (no statement of this
+    process reads it through the mapping). A program may map one table in several
+    registries: the snapshot fits if one of them is the table it recorded.
+    """
+    current: dict[str, list[dict[str, Any]]] = {}
+    for table in mapped_tables():
+        current.setdefault(str(table.fullname), []).append(describe_table(table))
+    differences: list[str] = []
+    for name, description in sorted(recorded.items()):
+        candidates = current.get(name)
+        if candidates and description not in candidates:
+            differences.extend(diff_schemas({name: description}, {name: candidates[0]}))
+    return differences
+
+
+def mapped_tables() -> list[Table]:
+    """Return every table of this process's mapped registries.
 
     Private: ``sqlalchemy.orm.mapper._all_registries()`` is what ``configure_mappers()``
     walks; nothing public lists a process's registries. Checked on SQLAlchemy 2.1.9.
     """
     mapperlib: Any = importlib.import_module("sqlalchemy.orm.mapper")
     found: set[registry] = mapperlib._all_registries()
-    return {
-        str(table.fullname): table
-        for reg in found
-        for table in reg.metadata.tables.values()
-    }
-
-
-def _by_name(tables: Mapping[str, Table]) -> dict[str, Table]:
-    # The memo names tables without schema, lower-cased (see memo._table_names).
-    return {table.name.lower(): table for table in tables.values()}
+    return [table for reg in found for table in reg.metadata.tables.values()]
 
 
 def _corrupt(path: Path, why: str) -> JournalError:

@@ -44,7 +44,7 @@ def fetch(orm_context: ORMExecuteState) -> Fetched:
         orm_context.statement, parameters, execution_options=orm_context.execution_options
     )
     context: Any = result.context
-    columns = [str(name) for name in result.keys()]
+    columns = list(map(str, result.keys()))
     rows = [tuple(row) for row in result]
     return Fetched(columns, rows, context.compiled)
 
@@ -67,9 +67,7 @@ def load(orm_context: ORMExecuteState, compiled: Any, rows: list[tuple[Any, ...]
     """
     columns = compiled._result_columns
     cursor = _StoredCursor(
-        SimpleResultMetaData(
-            [c.keyname for c in columns], extra=[c.objects for c in columns]
-        ),
+        SimpleResultMetaData([c.keyname for c in columns], extra=[c.objects for c in columns]),
         rows,
         compiled,
     )
@@ -82,11 +80,13 @@ def load(orm_context: ORMExecuteState, compiled: Any, rows: list[tuple[Any, ...]
     ):
         return cursor
     options = orm_context.execution_options
+    # A SELECT has one set of parameters (executemany never reaches here).
+    parameters: Any = orm_context.parameters
     context = QueryContext(
         compile_state,
         statement,
         statement,
-        orm_context.parameters,
+        parameters,
         orm_context.session,
         options.get("_sa_orm_load_options", QueryContext.default_load_options),
         options,
@@ -108,7 +108,9 @@ class _StoredContext:
 class _StoredCursor(IteratorResult[Any]):
     """A result over stored rows that the ORM's loading accepts as a cursor."""
 
-    def __init__(self, metadata: SimpleResultMetaData, rows: list[tuple[Any, ...]], compiled: Any) -> None:
+    def __init__(
+        self, metadata: SimpleResultMetaData, rows: list[tuple[Any, ...]], compiled: Any
+    ) -> None:
         super().__init__(metadata, iter(rows))
         self._stored = rows
         self.context = _StoredContext(compiled)

@@ -15,7 +15,15 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Engine, create_engine, func, make_url, select, update
-from sqlalchemy.orm import Session, joinedload, selectinload, subqueryload
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    Mapped,
+    Session,
+    joinedload,
+    mapped_column,
+    selectinload,
+    subqueryload,
+)
 
 from journal import Journal, JournalWriter, Snapshot
 from journal.storage import PREFIX_SIZE, SNAPSHOT_APPLICATION_ID
@@ -25,7 +33,6 @@ from orm_ext import (
     JournalingSession,
     JournalSignatureError,
     ReplayConflictError,
-    SchemaMismatchError,
     SnapshotMissError,
 )
 from tests.conftest import Backend
@@ -35,6 +42,19 @@ from tests.reliability.journal_mutations import rechain
 from tests.scenario import make_sessions, replay, seed, table_rows, watch
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+class OtherBase(DeclarativeBase):
+    """Another program's registry in the same process (as ``orm_ext.demo`` is)."""
+
+
+class OtherTask(OtherBase):
+    """The test models' ``task`` table, mapped again with another column: snapshots must
+    fingerprint the tables their statements read, not whichever mapping has the name."""
+
+    __tablename__ = "task"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    priority: Mapped[int] = mapped_column(default=0)
 
 
 def unreachable(backend: Backend, tmp_path: Path) -> str:
@@ -390,7 +410,9 @@ def test_a_tampered_snapshot_is_refused_and_nothing_is_served(
     snapshot = tmp_path / "reads.snapshot"
     take_snapshot(online, snapshot, journal_key="k" * 32)
     conn = sqlite3.connect(snapshot)
-    key, value = conn.execute("SELECT key, value FROM records ORDER BY key LIMIT 1 OFFSET 1").fetchone()
+    key, value = conn.execute(
+        "SELECT key, value FROM records ORDER BY key LIMIT 1 OFFSET 1"
+    ).fetchone()
     edited = value[:-1] + bytes([value[-1] ^ 1])
     conn.execute("UPDATE records SET value = ? WHERE key = ?", (edited, key))
     conn.commit()
@@ -415,7 +437,9 @@ def test_a_tampered_snapshot_is_refused_and_nothing_is_served(
 def crafted_snapshot(path: Path, entries: list[Any], *, pickles: bool = False) -> None:
     """Write a validly chained, unsigned snapshot holding ``entries`` as they are."""
     writer = JournalWriter.create(
-        path, meta={"kind": "query-snapshot"}, pickles=pickles,
+        path,
+        meta={"kind": "query-snapshot"},
+        pickles=pickles,
         application_id=SNAPSHOT_APPLICATION_ID,
     )
     writer.append(entries)
