@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import io
 import json
 import os
 import sqlite3
@@ -14,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from rich.console import Console
 from sqlalchemy import Engine, create_engine, func, make_url, select, update
+from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.orm import (
     DeclarativeBase,
     Mapped,
@@ -28,6 +32,7 @@ from sqlalchemy.orm import (
 from journal import Journal, JournalWriter, Snapshot
 from journal.storage import PREFIX_SIZE, SNAPSHOT_APPLICATION_ID
 from orm_ext import (
+    AsyncJournalingSession,
     JournalCorruptError,
     JournalIncompleteError,
     JournalingSession,
@@ -35,6 +40,7 @@ from orm_ext import (
     ReplayConflictError,
     SnapshotMissError,
 )
+from orm_ext.cli import main
 from tests.conftest import Backend
 from tests.models import Asset, AssetVersion, Component, Post, Tag, Task
 from tests.offline_worker import ASSET, read, work
@@ -618,3 +624,95 @@ def test_a_signed_header_cannot_be_edited(online: Engine, tmp_path: Path) -> Non
                 pass
     with pytest.raises(JournalCorruptError, match="query snapshot, not a journal"):
         Journal(snapshot)
+
+
+def test_reads_in_an_offline_deferred_block_see_the_blocks_writes(
+    backend: Backend, online: Engine, tmp_path: Path
+) -> None:
+    """Offline, a query over a table the block wrote answers with the snapshot's rows and
+    the block's own changes, as online (SPEC §3.11); the derived statements it needs are
+    in the snapshot when the block ran online, and otherwise it is a SnapshotMissError."""
+    snapshot = tmp_path / "reads.snapshot"
+    statement = select(Task).order_by(Task.name)
+
+    def block(session: JournalingSession, journal: Path) -> list[list[str]]:
+        with session.deferred_operations(journal):
+            session.add(Task(name="animation"))
+            session.flush()
+            first = [t.name for t in session.scalars(statement)]
+            session.scalars(statement).all()[1].name = "comp"
+            return [first, [t.name for t in session.scalars(statement)]]
+
+    # The block's reads over a table it wrote ask the database for derived statements:
+    # the snapshot holds them when it is taken by running the same block online.
+    with make_sessions(online)() as session, session.reusing_query_results(snapshot=snapshot):
+        expected = block(session, tmp_path / "online.journal")
+    assert expected == [["animation", "compositing"], ["animation", "comp"]]
+
+    with offline_session(backend, tmp_path) as session:
+        with session.reusing_query_results(snapshot=snapshot) as memo:
+            assert block(session, tmp_path / "offline.journal") == expected
+            assert memo.snapshot_hits >= 2
+    with make_sessions(online)() as session:
+        with session.reusing_query_results(snapshot=tmp_path / "plain.snapshot"):
+            session.scalars(statement).all()
+    with offline_session(backend, tmp_path) as session:
+        with session.reusing_query_results(snapshot=tmp_path / "plain.snapshot"):
+            with pytest.raises(SnapshotMissError, match="task"):
+                block(session, tmp_path / "refused.journal")
+
+
+def test_inspect_lists_a_snapshots_statements(online: Engine, tmp_path: Path) -> None:
+    """``orm-journal inspect`` shows a snapshot's header, statements, row counts and ages, as
+    text and JSON, and lists nothing from a snapshot that does not verify."""
+    snapshot = tmp_path / "reads.snapshot"
+    take_snapshot(online, snapshot, journal_key="k" * 32)
+
+    def run(*argv: str) -> tuple[int, str]:
+        buffer = io.StringIO()
+        status = main(list(argv), console=Console(file=buffer, width=200, color_system=None))
+        return status, buffer.getvalue()
+
+    status, out = run("inspect", "--key", "k" * 32, str(snapshot))
+    assert status == 0
+    assert "query snapshot" in out and "signed, signature verified" in out
+    with Snapshot(snapshot, key="k" * 32) as snap:
+        entries = snap.entries()
+    rows = sum(e.row_count for e in entries)
+    assert f"{len(entries)} statement(s), {rows} row(s)" in out
+    assert "SELECT asset.id, asset.name FROM asset WHERE asset.name = ?" in out
+
+    status, out = run("inspect", "--json", "--limit", "1", "--key", "k" * 32, str(snapshot))
+    document = json.loads(out)
+    assert document["kind"] == "query-snapshot" and document["verified"]
+    assert len(document["statements"]) == 1 and document["statements_left_out"] >= 2
+    assert document["statements"][0]["rows"] == 1
+    assert document["statements"][0]["age_seconds"] >= 0
+
+    status, out = run("inspect", "--key", "w" * 32, str(snapshot))
+    assert status == 0 and "NOT VERIFIED" not in out
+    assert "INVALID" in out and "statements not shown" in out and "SELECT" not in out
+
+
+def test_the_async_session_answers_from_a_snapshot_offline(online: Engine, tmp_path: Path) -> None:
+    """``AsyncJournalingSession.reusing_query_results(snapshot=...)`` saves online (aiosqlite)
+    and answers offline, eager loads included."""
+    if online.dialect.name != "sqlite":
+        pytest.skip("the async driver of these tests is aiosqlite")
+    snapshot = tmp_path / "reads.snapshot"
+    statement = select(Asset).options(selectinload(Asset.versions))
+
+    async def versions(url: str) -> tuple[list[int], int]:
+        engine = create_async_engine(url)
+        try:
+            async with AsyncJournalingSession(engine) as session:
+                async with session.reusing_query_results(snapshot=snapshot) as memo:
+                    asset = (await session.scalars(statement)).one()
+                    return [v.version for v in asset.versions], memo.snapshot_hits
+        finally:
+            await engine.dispose()
+
+    url = online.url.set(drivername="sqlite+aiosqlite").render_as_string(hide_password=False)
+    assert asyncio.run(versions(url)) == ([1], 0)
+    missing = f"sqlite+aiosqlite:///{tmp_path / 'no-such-directory' / 'db.sqlite'}"
+    assert asyncio.run(versions(missing)) == ([1], 2)
