@@ -56,7 +56,7 @@ from sqlalchemy.sql.expression import (
 from orm_ext import snapshot_rows
 from orm_ext.exc import SnapshotMissError
 from orm_ext.snapshot import QuerySnapshot
-from orm_ext.snapshot_key import Unkeyable, snapshot_key
+from orm_ext.snapshot_key import Unkeyable, snapshot_key, structure_text
 
 __all__ = ["QueryMemo", "install", "invalidate", "reusing_query_results"]
 
@@ -191,11 +191,18 @@ class _Shape:
     shapes were emptied gets a new shape, so older keys only miss.
     """
 
-    __slots__ = ("passes", "reads")
+    __slots__ = ("compiled", "named", "passes", "reads", "tables")
 
     def __init__(self, *, passes: bool) -> None:
         self.passes = passes  # a row lock, a relationship load or a refresh
         self.reads: frozenset[str] | None = None  # found on the first miss
+        # For snapshots: the structure as other processes can name it ("" if it cannot
+        # be), and the Table objects it reads; found on first use.
+        self.named: str | None = None
+        self.tables: list[Table] | None = None
+        # The dialect and compilation that snapshot rows of this structure are loaded
+        # with: what the engine's compiled cache holds, without hashing the structure again.
+        self.compiled: tuple[Any, Any] | None = None
 
 
 class _Layout(NamedTuple):
@@ -346,12 +353,14 @@ def _on_execute(orm_context: ORMExecuteState) -> Result[Any] | None:
         _log_query(orm_context)
         return None  # a sequence, a clock or a constant: cheap to ask and maybe volatile
     store = memo._snapshot
-    skey = None if store is None else _persistent_key(orm_context, statement, key[1], key[4])
+    skey = (
+        None if store is None else _persistent_key(orm_context, statement, key[1], key[4], key[0])
+    )
     if store is None or skey is None:
         sql = _log_query(orm_context) if log.isEnabledFor(logging.INFO) else None
         answer, stored = orm_context.invoke_statement(), False
     else:
-        answer, sql, stored = _answer(orm_context, store, memo, skey, reads)
+        answer, sql, stored = _answer(orm_context, store, memo, skey, reads, key[0])
     variant = (key[0], *key[2:])
     like = memo._layouts.get(variant)
     rows = _capture(answer, like)
@@ -364,7 +373,11 @@ def _on_execute(orm_context: ORMExecuteState) -> Result[Any] | None:
 
 
 def _persistent_key(
-    orm_context: ORMExecuteState, statement: Any, values: Hashable | None, bind: Any
+    orm_context: ORMExecuteState,
+    statement: Any,
+    values: Hashable | None,
+    bind: Any,
+    shape: _Shape,
 ) -> str | None:
     """Return the snapshot key of a SELECT, or None if snapshots must not hold it.
 
@@ -382,6 +395,14 @@ def _persistent_key(
     load: Any = orm_context.load_options
     if options.get("stream_results") or options.get("yield_per") or load._yield_per:
         return None
+    named = shape.named
+    if named is None:
+        try:
+            named = shape.named = structure_text(cache_key.key)
+        except Unkeyable:
+            named = shape.named = ""
+    if not named:
+        return None
     try:
         if values is None:
             collected = getattr(cache_key, "params", None)
@@ -392,7 +413,7 @@ def _persistent_key(
                     for b in cache_key.bindparams
                 ]
             )
-        return snapshot_key(cache_key.key, values, options, bind.dialect.name)
+        return snapshot_key(named, values, options, bind.dialect.name)
     except (_Unkeyable, Unkeyable):
         return None
 
@@ -409,15 +430,15 @@ def _through_snapshot(
     if load._autoflush:
         # Answered here, the statement never reaches the ORM's own autoflush.
         orm_context.session._autoflush()
-    skey = _persistent_key(orm_context, statement, None, _bind(orm_context))
+    cache_key = statement._generate_cache_key()
+    shape = None if cache_key is None else _shapes.get(cache_key.key)
+    if shape is None:
+        shape = _Shape(passes=True)
+    skey = _persistent_key(orm_context, statement, None, _bind(orm_context), shape)
     if skey is None:
         _log_query(orm_context)
         return None
-    try:
-        reads = frozenset(_table_names(statement, final_froms=True))
-    except exc.SQLAlchemyError:
-        reads = frozenset({_ANY})
-    return _answer(orm_context, store, memo, skey, reads)[0]
+    return _answer(orm_context, store, memo, skey, _tables_read(shape, statement), shape)[0]
 
 
 def _answer(
@@ -426,6 +447,7 @@ def _answer(
     memo: QueryMemo,
     skey: str,
     reads: frozenset[str],
+    shape: _Shape,
 ) -> tuple[Result[Any], str | None, bool]:
     """Return the result of a statement from the snapshot, or read it and save it there;
     with its SQL, if known, and whether the snapshot answered it.
@@ -436,7 +458,7 @@ def _answer(
     entry, why = store.lookup(skey)
     if entry is not None:
         columns, rows = entry.rows(store.path)
-        compiled = snapshot_rows.compile_for(orm_context)
+        compiled = _compiled(orm_context, shape)
         if columns == [str(c.keyname) for c in compiled._result_columns]:
             memo.snapshot_hits += 1
             if log.isEnabledFor(logging.DEBUG):
@@ -461,10 +483,24 @@ def _answer(
             sql=text,
             path=str(store.path),
         ) from err
-    statement: Any = orm_context.statement
-    read = _tables_in(statement)
-    store.put(skey, str(fetched.compiled), reads, fetched.columns, fetched.rows, read)
+    if shape.tables is None:
+        shape.tables = _tables_in(orm_context.statement)
+    store.put(skey, str(fetched.compiled), reads, fetched.columns, fetched.rows, shape.tables)
     return snapshot_rows.load(orm_context, fetched.compiled, fetched.rows), sql, False
+
+
+def _compiled(orm_context: ORMExecuteState, shape: _Shape) -> Any:
+    """Return the compilation of ``orm_context``'s statement, kept on its shape."""
+    dialect = key_dialect = _bind(orm_context).dialect
+    if orm_context.execution_options.get("schema_translate_map"):
+        key_dialect = None  # compiled differently per map: never kept
+    kept = shape.compiled
+    if kept is not None and kept[0] is key_dialect:
+        return kept[1]
+    compiled = snapshot_rows.compile_for(orm_context)
+    if key_dialect is dialect:
+        shape.compiled = (dialect, compiled)
+    return compiled
 
 
 def _unreachable(err: exc.DBAPIError) -> bool:

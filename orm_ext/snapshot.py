@@ -53,7 +53,10 @@ class QuerySnapshot:
         self.max_age = max_age
         self.refresh = refresh
         self._key = key
-        self._entries: dict[str, SnapshotEntry] = dict(entries)
+        self._entries: dict[str, SnapshotEntry | _Fresh] = dict(entries)
+        # Tables whose fingerprint this block has taken already (describing one compiles
+        # its column types).
+        self._described: dict[Table, None] = {}
         self._schema: dict[str, Any] = dict(schema)
         self._changed = False
         # Tables this session wrote in its current transaction: entries read after such a
@@ -115,7 +118,7 @@ class QuerySnapshot:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def lookup(self, key: str) -> tuple[SnapshotEntry | None, str]:
+    def lookup(self, key: str) -> tuple[SnapshotEntry | _Fresh | None, str]:
         """Return the entry to serve for ``key``, or None and why there is none."""
         entry = self._entries.get(key)
         if entry is None:
@@ -150,16 +153,11 @@ class QuerySnapshot:
         statement is then left out of the snapshot (it is logged) and later processes read
         it from the database.
         """
-        names = sorted(tables)
-        try:
-            entry = SnapshotEntry.of_rows(key, sql, names, dt.datetime.now(dt.UTC), columns, rows)
-        except TypeError as err:
-            log.warning("Not saved in query snapshot %s (%s): %s", self.path, err, sql)
-            self.drop_key(key)
-            return
         for table in read:
-            self._schema[str(table.fullname)] = describe_table(table)
-        self._entries[key] = entry
+            if table not in self._described:
+                self._described[table] = None
+                self._schema[str(table.fullname)] = describe_table(table)
+        self._entries[key] = _Fresh(key, sql, tuple(sorted(tables)), columns, rows)
         self._changed = True
 
     def drop_key(self, key: str) -> None:
@@ -188,6 +186,21 @@ class QuerySnapshot:
         self._changed = self._changed or bool(doomed)
         return len(doomed)
 
+    def _encoded(self) -> list[SnapshotEntry]:
+        """The entries as the file stores them: the rows read in this block encoded now,
+        so that a miss does not pay for it."""
+        entries: list[SnapshotEntry] = []
+        for key, entry in list(self._entries.items()):
+            if isinstance(entry, SnapshotEntry):
+                entries.append(entry)
+                continue
+            try:
+                entries.append(entry.encoded())
+            except TypeError as err:
+                log.warning("Not saved in query snapshot %s (%s): %s", self.path, err, entry.sql)
+                del self._entries[key]
+        return entries
+
     def undo_writes(self) -> None:
         """The transaction rolled back: drop what was read after its writes."""
         if self._written:
@@ -211,12 +224,48 @@ class QuerySnapshot:
         }
         write_snapshot(
             self.path,
-            self._entries.values(),
+            self._encoded(),
             key=self._key,
             meta={"schema": schema},
             versions={"sqlalchemy": sqlalchemy.__version__},
         )
         self._changed = False
+
+
+class _Fresh:
+    """An entry read from the database in this block, its rows not encoded yet."""
+
+    __slots__ = ("columns", "key", "read_at", "row_list", "sql", "tables")
+
+    def __init__(
+        self,
+        key: str,
+        sql: str,
+        tables: tuple[str, ...],
+        columns: list[str],
+        rows: list[tuple[Any, ...]],
+    ) -> None:
+        self.key = key
+        self.sql = sql
+        self.tables = tables
+        self.columns = columns
+        self.row_list = rows
+        self.read_at = dt.datetime.now(dt.UTC)
+
+    def age(self, now: dt.datetime | None = None) -> dt.timedelta:
+        return (now or dt.datetime.now(dt.UTC)) - self.read_at
+
+    def rows(self, path: object = None) -> tuple[list[str], list[tuple[Any, ...]]]:
+        return self.columns, self.row_list
+
+    def encoded(self) -> SnapshotEntry:
+        """The entry as the file stores it.
+
+        :raises TypeError: a value that is not a standard SQL value (it would need dill).
+        """
+        return SnapshotEntry.of_rows(
+            self.key, self.sql, self.tables, self.read_at, self.columns, self.row_list
+        )
 
 
 def _schema_differences(recorded: Mapping[str, Any]) -> list[str]:

@@ -21,7 +21,7 @@ import sqlalchemy
 from sqlalchemy.orm import Mapper, MapperProperty
 from sqlalchemy.sql.schema import Table
 
-__all__ = ["Unkeyable", "snapshot_key"]
+__all__ = ["Unkeyable", "snapshot_key", "structure_text"]
 
 # What a snapshot key means depends on how SQLAlchemy builds cache keys: a snapshot taken
 # with another release of it only misses.
@@ -49,12 +49,20 @@ class Unkeyable(Exception):
     """The statement holds something with no name that is the same in another process."""
 
 
-def snapshot_key(
-    structure: Hashable, values: Hashable, options: Mapping[str, Any], dialect: str
-) -> str:
+def structure_text(structure: Hashable) -> str:
+    """Return the digest of a statement's cache key structure (``CacheKey.key``) rendered
+    as text that means the same in every process; the memo keeps it per structure.
+
+    :raises Unkeyable: something in it cannot be named across processes.
+    """
+    text = repr(_named(structure))
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def snapshot_key(structure: str, values: Hashable, options: Mapping[str, Any], dialect: str) -> str:
     """Return the 64-hex-digit snapshot key of a statement.
 
-    :param structure: the statement's cache key structure (``CacheKey.key``).
+    :param structure: the digest of the statement's structure, from :func:`structure_text`.
     :param values: its bound values, as the memo freezes them (typed, in order).
     :param options: its execution options.
     :param dialect: the name of the bind's dialect.
@@ -71,8 +79,10 @@ def snapshot_key(
         (
             _RELEASE,
             dialect,
-            _named(structure),
-            _named(values),
+            structure,
+            # The memo's frozen values hold only types and values whose repr is the same
+            # in every process (see memo._frozen).
+            repr(values),
             _named(tuple(chosen)),
             _named(loaded),
         )

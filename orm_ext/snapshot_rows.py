@@ -45,15 +45,31 @@ def fetch(orm_context: ORMExecuteState) -> Fetched:
     )
     context: Any = result.context
     columns = list(map(str, result.keys()))
-    rows = [tuple(row) for row in result]
+    # Processed values, as the ORM's loading reads them (Row objects where the result
+    # must make them, such as with row logging, which are turned into tuples).
+    raw: Any = result
+    rows = [row if type(row) is tuple else tuple(row) for row in raw._raw_all_tuples()]
     return Fetched(columns, rows, context.compiled)
 
 
 def compile_for(orm_context: ORMExecuteState) -> Any:
-    """Compile ``orm_context``'s statement for the session's bind, without a connection."""
-    bind = orm_context.session.get_bind(**orm_context.bind_arguments)
+    """Compile ``orm_context``'s statement for the session's bind, without a connection.
+
+    Through the engine's compiled cache, as an execution compiles it: a statement of a
+    known structure is not compiled again (``ClauseElement._compile_w_cache``).
+    """
+    bind: Any = orm_context.session.get_bind(**orm_context.bind_arguments)
+    options = orm_context.execution_options
+    engine = getattr(bind, "engine", bind)
+    cache = options.get("compiled_cache", getattr(engine, "_compiled_cache", None))
     statement: Any = orm_context.statement
-    return statement.compile(dialect=bind.dialect)
+    compiled, _, _, _ = statement._compile_w_cache(
+        bind.dialect,
+        compiled_cache=cache,
+        column_keys=[],
+        schema_translate_map=options.get("schema_translate_map"),
+    )
+    return compiled
 
 
 def load(orm_context: ORMExecuteState, compiled: Any, rows: list[tuple[Any, ...]]) -> Result[Any]:
