@@ -102,7 +102,8 @@ def worker(side: str, url: str, snapshot: str, size: int, n: int) -> None:
             assert len(session.scalars(each).all()) == size
         spent = time.perf_counter() - started
         if side != "plain":
-            assert memo.snapshot_hits == n and memo.misses == 0
+            assert memo.snapshot_hits == n
+            assert memo.misses == 0
             block.__exit__(None, None, None)
     print(json.dumps({"per_statement": spent / n, "open": opened}))
 
@@ -139,14 +140,16 @@ def later(engine: sa.Engine, path: Path | None, size: int, n: int) -> Callable[[
         bind = (
             engine if path is None else sa.create_engine(unreachable(str(engine.url), path.parent))
         )
-        with JournalingSession(bind) as session:
-            with session.reusing_query_results(snapshot=path) as memo:
+        with (
+            JournalingSession(bind) as session,
+            session.reusing_query_results(snapshot=path) as memo,
+        ):
+            session.scalars(statement(size, 1)).all()
+            started = time.perf_counter()
+            for _ in range(n):
                 session.scalars(statement(size, 1)).all()
-                started = time.perf_counter()
-                for _ in range(n):
-                    session.scalars(statement(size, 1)).all()
-                spent = time.perf_counter() - started
-                assert memo.hits == n
+            spent = time.perf_counter() - started
+            assert memo.hits == n
         return spent
 
     return run

@@ -144,7 +144,15 @@ def _decode(payload: bytes) -> tuple[Any, bool]:
             plain = False
         return value
 
-    return codec._unpack(payload, hook), plain
+    try:
+        return codec._unpack(payload, hook), plain
+    except JournalCorruptError:
+        raise
+    except Exception as err:
+        # As codec.decode: msgpack's errors, and a nesting deep enough to exhaust the stack.
+        raise JournalCorruptError(
+            f"a value is corrupt and cannot be decoded ({type(err).__name__}: {err})"
+        ) from err
 
 
 def _plain(value: Any) -> Any:

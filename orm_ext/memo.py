@@ -885,7 +885,7 @@ def _on_before_flush(session: Session, flush_context: object, instances: object)
     ``before_flush`` and the flush that follows writes nothing and fires no more events.
     """
     memo: QueryMemo | None = session._query_memo  # type: ignore[attr-defined]
-    if memo is None or not (memo._entries or memo._snapshot):
+    if memo is None or (not memo._entries and memo._snapshot is None):
         return
     names: set[str] = set()
     removed: list[Table] = []

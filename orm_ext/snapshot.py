@@ -10,6 +10,7 @@ back, whole and atomically, when the block exits, if anything changed.
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import importlib
 import logging
 import os
@@ -80,6 +81,13 @@ class QuerySnapshot:
         :raises SchemaMismatchError: taken against other tables than this process maps.
         """
         target = Path(path)
+        if not target.parent.is_dir():
+            raise FileNotFoundError(
+                errno.ENOENT,
+                "the directory of the query snapshot (snapshot=) does not exist; create it "
+                "or pass another path",
+                str(target),
+            )
         if not target.exists() and not target.is_symlink():
             return cls(target, {}, {}, key=key, max_age=max_age, refresh=refresh)
         try:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import fractions
 import io
 import json
+import logging
 import os
 import sqlite3
 import stat
@@ -17,7 +19,17 @@ from typing import Any
 
 import pytest
 from rich.console import Console
-from sqlalchemy import Engine, create_engine, func, make_url, select, update
+from sqlalchemy import (
+    Engine,
+    Integer,
+    TypeDecorator,
+    create_engine,
+    func,
+    make_url,
+    select,
+    type_coerce,
+    update,
+)
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.orm import (
     DeclarativeBase,
@@ -718,3 +730,81 @@ def test_the_async_session_answers_from_a_snapshot_offline(online: Engine, tmp_p
     assert asyncio.run(versions(url)) == ([1], 0)
     missing = f"sqlite+aiosqlite:///{tmp_path / 'no-such-directory' / 'db.sqlite'}"
     assert asyncio.run(versions(missing)) == ([1], 2)
+
+
+class Fraction(TypeDecorator[Any]):
+    """A column read as ``fractions.Fraction``: not a standard SQL value."""
+
+    impl = Integer
+    cache_ok = True
+
+    def process_result_value(self, value: Any, dialect: Any) -> Any:
+        return None if value is None else fractions.Fraction(value, 1)
+
+
+def test_a_result_that_needs_a_pickle_is_left_out_of_the_snapshot(
+    backend: Backend, online: Engine, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Rows holding a value that is not a standard SQL value are logged and left out (a
+    snapshot never pickles); offline their statement is a SnapshotMissError."""
+    snapshot = tmp_path / "reads.snapshot"
+    statement = select(Task.name, type_coerce(Task.id, Fraction()))
+    with caplog.at_level(logging.WARNING, logger="orm_ext.query"):
+        with make_sessions(online)() as session, session.reusing_query_results(snapshot=snapshot):
+            assert session.execute(statement).one()[1] == fractions.Fraction(1)
+            session.scalars(select(Task)).all()
+    assert "Not saved in query snapshot" in caplog.text
+    with Snapshot(snapshot) as snap:
+        assert [e.row_count for e in snap.entries()] == [1]
+    with offline_session(backend, tmp_path) as session:
+        with session.reusing_query_results(snapshot=snapshot):
+            assert session.scalars(select(Task)).one().name == "compositing"
+            with pytest.raises(SnapshotMissError):
+                session.execute(statement).all()
+
+
+def test_a_snapshot_in_a_missing_directory_is_refused_on_entry(
+    online: Engine, tmp_path: Path
+) -> None:
+    """A snapshot path whose directory does not exist fails when the block is entered,
+    naming the path, not when the block exits."""
+    path = tmp_path / "missing" / "reads.snapshot"
+    with make_sessions(online)() as session:
+        with pytest.raises(FileNotFoundError, match="snapshot="):
+            with session.reusing_query_results(snapshot=path):
+                pass
+
+
+def test_rows_nested_beyond_reason_are_refused_not_crashed_on(
+    online: Engine, tmp_path: Path
+) -> None:
+    """Rows whose bytes nest arrays deeper than the decoder allows are JournalCorruptError
+    naming the file, not a decoder error."""
+    snapshot = tmp_path / "reads.snapshot"
+    statement = select(Task)
+    with make_sessions(online)() as session, session.reusing_query_results(snapshot=snapshot):
+        session.scalars(statement).all()
+    with Snapshot(snapshot) as snap:
+        (entry,) = snap.entries()
+    record = entry.record()
+    record[5] = b"\x92\x92" + b"\x91" * 200_000 + b"\xc0"
+    crafted = tmp_path / "nested.snapshot"
+    crafted_snapshot(crafted, [record])
+    with make_sessions(online)() as session:
+        with session.reusing_query_results(snapshot=crafted):
+            with pytest.raises(JournalCorruptError, match=str(crafted)):
+                session.scalars(statement).all()
+
+
+def test_rows_read_after_a_rolled_back_write_are_not_kept(online: Engine, tmp_path: Path) -> None:
+    """In a new snapshot too, what was read after a write that is then rolled back (rows the
+    database never committed) is not saved."""
+    snapshot = tmp_path / "reads.snapshot"
+    with make_sessions(online)() as session, session.reusing_query_results(snapshot=snapshot):
+        session.add(Task(name="uncommitted"))
+        session.flush()
+        assert len(session.scalars(select(Task)).all()) == 2
+        session.scalars(select(Asset)).all()
+        session.rollback()
+    with Snapshot(snapshot) as snap:
+        assert [e.tables for e in snap.entries()] == [("asset",)]
