@@ -14,6 +14,7 @@ from journal.exc import (
     JournalSignatureError,
 )
 from journal.reader import Batch, Journal, JournalHeader, Pickles
+from journal.snapshot import Snapshot, SnapshotEntry
 from journal.storage import FORMAT_VERSION, JournalWriter, Position
 
 __all__ = [
@@ -32,4 +33,6 @@ __all__ = [
     "Pickles",
     "Placeholder",
     "Position",
+    "Snapshot",
+    "SnapshotEntry",
 ]

@@ -18,6 +18,7 @@ from journal.exc import (
 )
 from journal.signing import GENESIS, chain_tag_of_pieces, resolve_key
 from journal.storage import (
+    APPLICATION_ID,
     FORMAT_VERSION,
     KIND_BATCH,
     KIND_HEADER,
@@ -104,6 +105,9 @@ class Journal:
         version.
     """
 
+    # Which kind of file of the family this class reads (a subclass reads query snapshots).
+    _application_id: int = APPLICATION_ID
+
     def __init__(
         self,
         path: str | os.PathLike[str],
@@ -114,7 +118,7 @@ class Journal:
         self.path = Path(path)
         self._key = resolve_key(key)
         self._allow_dill = allow_dill
-        self._conn = open_readonly(self.path)
+        self._conn = open_readonly(self.path, application_id=self._application_id)
         try:
             first = next(iter_raw_records(self._conn, self.path, limit=1), None)
             if first is None or first.sequence != 0 or first.kind != KIND_HEADER:

@@ -56,6 +56,7 @@ __all__ = [
     "APPLICATION_ID",
     "FORMAT_VERSION",
     "PIECE_SIZE",
+    "SNAPSHOT_APPLICATION_ID",
     "JournalWriter",
     "Position",
     "RawRecord",
@@ -66,6 +67,9 @@ __all__ = [
 
 FORMAT_VERSION: Final = 1
 APPLICATION_ID: Final = int.from_bytes(b"ORMJ", "big")
+# Query snapshots (SPEC §9) share the format but not the identity: a snapshot is never
+# taken for a journal (replayed), nor a journal for a snapshot (served as query results).
+SNAPSHOT_APPLICATION_ID: Final = int.from_bytes(b"ORMS", "big")
 TABLE: Final = "records"
 KIND_HEADER: Final = b"H"
 KIND_BATCH: Final = b"B"
@@ -156,8 +160,10 @@ class JournalWriter:
         key: bytes | None,
         journal_id: str,
         pickles: bool,
+        application_id: int = APPLICATION_ID,
     ) -> None:
         self.path = path
+        self._application_id = application_id
         self.journal_id = journal_id
         self._lock_fd = lock_fd
         self._store = store
@@ -186,6 +192,7 @@ class JournalWriter:
         versions: Mapping[str, str] | None = None,
         meta: Mapping[str, Any] | None = None,
         pickles: bool = True,
+        application_id: int = APPLICATION_ID,
     ) -> JournalWriter:
         """Create a new journal at ``path`` and write its header durably.
 
@@ -199,6 +206,8 @@ class JournalWriter:
         :param meta: JSON-compatible data for the header (e.g. a schema fingerprint).
         :param pickles: with ``False`` a value that needs ``dill`` raises ``TypeError`` in
             :meth:`append` instead of being stored.
+        :param application_id: the SQLite application id marking the kind of file
+            (``SNAPSHOT_APPLICATION_ID`` for a query snapshot).
         :raises JournalLockedError: another writer holds ``path``.
         """
         target = Path(path)
@@ -224,7 +233,7 @@ class JournalWriter:
                 path=target,
             ) from err
         journal_id = str(uuid.uuid4())
-        writer = cls(target, lock_fd, store, signing_key, journal_id, pickles)
+        writer = cls(target, lock_fd, store, signing_key, journal_id, pickles, application_id)
         try:
             _check_same_file(target, lock_fd)
             writer._configure()
@@ -252,10 +261,14 @@ class JournalWriter:
     def _configure(self) -> None:
         # sqlitedict opens its connection with synchronous=OFF; a journal that acknowledges
         # a batch must have it on disk, so set FULL and read every setting back.
-        self._call(f"PRAGMA application_id = {APPLICATION_ID}")
+        self._call(f"PRAGMA application_id = {int(self._application_id)}")
         self._call(f"PRAGMA user_version = {FORMAT_VERSION}")
         self._call("PRAGMA synchronous = FULL")
-        expected = {"journal_mode": "wal", "synchronous": 2, "application_id": APPLICATION_ID}
+        expected = {
+            "journal_mode": "wal",
+            "synchronous": 2,
+            "application_id": self._application_id,
+        }
         for pragma, value in expected.items():
             rows = self._call(f"PRAGMA {pragma}")
             actual = rows[0][0] if rows else None
@@ -782,7 +795,9 @@ class ReadConnection(sqlite3.Connection):
         return self.execute(sql, args)
 
 
-def open_readonly(path: str | os.PathLike[str]) -> ReadConnection:
+def open_readonly(
+    path: str | os.PathLike[str], *, application_id: int = APPLICATION_ID
+) -> ReadConnection:
     """Open a journal file read-only in one read transaction and check it is a journal.
 
     Checks the format identity and that the file holds exactly the format's table: a view,
@@ -814,7 +829,7 @@ def open_readonly(path: str | os.PathLike[str]) -> ReadConnection:
         raise JournalCorruptError(f"cannot open journal {target}: {err}", path=target) from err
     assert isinstance(conn, ReadConnection)
     try:
-        application_id, version = _identity(conn)
+        found_id, version = _identity(conn)
     # A message or schema text that is not UTF-8 fails in the sqlite3 module, not SQLite.
     except (sqlite3.Error, UnicodeDecodeError) as err:
         conn.close()
@@ -822,16 +837,13 @@ def open_readonly(path: str | os.PathLike[str]) -> ReadConnection:
             raise _unreadable(target, err) from err
         conn = _recovered_copy(target)
         try:
-            application_id, version = _identity(conn)
+            found_id, version = _identity(conn)
         except (sqlite3.Error, UnicodeDecodeError) as copy_err:
             conn.close()
             raise _unreadable(target, copy_err) from copy_err
     try:
-        if application_id != APPLICATION_ID:
-            raise JournalCorruptError(
-                f"{target} is not an orm-journal file (an empty file or another SQLite database)",
-                path=target,
-            )
+        if found_id != application_id:
+            raise JournalCorruptError(_wrong_kind(target, found_id, application_id), path=target)
         if version != FORMAT_VERSION:
             raise JournalCorruptError(
                 f"{target} has journal format version {version}; this orm-journal reads "
@@ -843,6 +855,20 @@ def open_readonly(path: str | os.PathLike[str]) -> ReadConnection:
         conn.close()
         raise
     return conn
+
+
+def _wrong_kind(target: Path, found: int, expected: int) -> str:
+    if found == SNAPSHOT_APPLICATION_ID:
+        return (
+            f"{target} is an orm-journal query snapshot, not a journal: it holds query "
+            "results, not operations to replay"
+        )
+    if found == APPLICATION_ID and expected == SNAPSHOT_APPLICATION_ID:
+        return (
+            f"{target} is an orm-journal journal, not a query snapshot: pass another path "
+            "as snapshot="
+        )
+    return f"{target} is not an orm-journal file (an empty file or another SQLite database)"
 
 
 def _unreadable(target: Path, err: sqlite3.Error | UnicodeDecodeError) -> JournalCorruptError:

@@ -13,7 +13,12 @@ from journal.exc import (
     JournalSignatureError,
 )
 from orm_ext.aio import AsyncJournalingSession
-from orm_ext.exc import DeferredOperationError, ReplayConflictError, SchemaMismatchError
+from orm_ext.exc import (
+    DeferredOperationError,
+    ReplayConflictError,
+    SchemaMismatchError,
+    SnapshotMissError,
+)
 from orm_ext.memo import QueryMemo
 from orm_ext.recording import DeferredOperations
 from orm_ext.references import Placeholder
@@ -38,4 +43,5 @@ __all__ = [
     "ReplayResult",
     "SchemaMismatchError",
     "ScopedJournalingSession",
+    "SnapshotMissError",
 ]

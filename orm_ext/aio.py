@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractContextManager, asynccontextmanager
@@ -157,12 +158,19 @@ class AsyncJournalingSession(AsyncSession):
         )
 
     @asynccontextmanager
-    async def reusing_query_results(self) -> AsyncIterator[QueryMemo]:
+    async def reusing_query_results(
+        self,
+        snapshot: str | os.PathLike[str] | None = None,
+        *,
+        max_age: dt.timedelta | float | None = None,
+        refresh: bool = False,
+    ) -> AsyncIterator[QueryMemo]:
         """Answer repeated identical SELECTs from a memo for the duration of the block.
 
-        The async form of :meth:`JournalingSession.reusing_query_results` (SPEC §6): hits
-        return the very same ORM instances without a database round trip, and anything
-        this session changes drops the memoized results that read it.
+        The async form of :meth:`JournalingSession.reusing_query_results` (SPEC §6, and
+        §9 with ``snapshot``): hits return the very same ORM instances without a database
+        round trip, and anything this session changes drops the memoized results that
+        read it.
 
         >>> async with session.reusing_query_results() as memo:       # doctest: +SKIP
         ...     await session.scalars(select(Asset))
@@ -170,7 +178,9 @@ class AsyncJournalingSession(AsyncSession):
         >>> memo.hits                                                  # doctest: +SKIP
         1
         """
-        async with _entered(self.sync_session.reusing_query_results()) as memo:
+        async with _entered(
+            self.sync_session.reusing_query_results(snapshot, max_age=max_age, refresh=refresh)
+        ) as memo:
             yield memo
 
 

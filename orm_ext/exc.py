@@ -14,7 +14,13 @@ from sqlalchemy.orm import exc as orm_exc
 
 from journal.exc import JournalError
 
-__all__ = ["ConflictKind", "DeferredOperationError", "ReplayConflictError", "SchemaMismatchError"]
+__all__ = [
+    "ConflictKind",
+    "DeferredOperationError",
+    "ReplayConflictError",
+    "SchemaMismatchError",
+    "SnapshotMissError",
+]
 
 # The kinds of SQLite's session-extension changeset conflicts, folded to the three a replay
 # can meet: DATA (old values differ), NOTFOUND (the row is gone) and CONSTRAINT (also
@@ -91,3 +97,19 @@ class SchemaMismatchError(JournalError, sa_exc.InvalidRequestError):
     ) -> None:
         super().__init__(message, path=path)
         self.differences = list(differences)
+
+
+class SnapshotMissError(JournalError, LookupError):
+    """An offline read that the query snapshot cannot answer (SPEC §9).
+
+    The statement is not in the snapshot (or its entry is older than ``max_age``) and the
+    database cannot be reached to answer it.
+
+    :ivar statement: the statement that was not answered.
+    :ivar sql: its SQL as text.
+    """
+
+    def __init__(self, message: str, *, statement: Any, sql: str, path: str | None = None) -> None:
+        super().__init__(message, path=path)
+        self.statement = statement
+        self.sql = sql

@@ -12,6 +12,13 @@ whose instances were deleted or expunged. Statements that must see the database 
 through: row locks, ``populate_existing``, streaming, refresh and relationship loads,
 statements without a cache key or reading no table.
 
+With a snapshot (SPEC §9) the memo also answers from, and saves to, a query snapshot file
+(:mod:`orm_ext.snapshot`): a statement it has not memoized is looked up there before it
+goes to the database, and a statement the database answers is saved there, relationship
+loads and refreshes included, so that another process can read offline. Writes through
+the session drop the entries they make stale from the file too, except inside a deferred
+block, whose writes have not reached the database.
+
 The listeners are attached only while the outermost block runs, so outside a block the
 session pays nothing for the memo. The flush and state listeners go first, to see the unit
 of work before the recorder empties it; the execute listener goes last, so that it keys the
@@ -22,12 +29,14 @@ from __future__ import annotations
 
 import enum
 import logging
+import os
 import re
 import uuid
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any, NamedTuple
 
 from sqlalchemy import Table, event, exc, inspect
@@ -43,6 +52,11 @@ from sqlalchemy.sql.expression import (
     TextClause,
     TextualSelect,
 )
+
+from orm_ext import snapshot_rows
+from orm_ext.exc import SnapshotMissError
+from orm_ext.snapshot import QuerySnapshot
+from orm_ext.snapshot_key import Unkeyable, snapshot_key, structure_text
 
 __all__ = ["QueryMemo", "install", "invalidate", "reusing_query_results"]
 
@@ -70,14 +84,27 @@ class QueryMemo:
     :ivar hits: executions answered from the memo.
     :ivar misses: executions sent to the database and memoized.
     :ivar invalidations: memoized results dropped because something they read changed.
+    :ivar snapshot_hits: statements answered from the block's query snapshot file.
+    :ivar snapshot: the query snapshot file, or None without one.
     """
 
-    __slots__ = ("_entries", "_layouts", "_readers", "hits", "invalidations", "misses")
+    __slots__ = (
+        "_entries",
+        "_layouts",
+        "_readers",
+        "_snapshot",
+        "hits",
+        "invalidations",
+        "misses",
+        "snapshot_hits",
+    )
 
-    def __init__(self) -> None:
+    def __init__(self, snapshot: QuerySnapshot | None = None) -> None:
         self.hits = 0
         self.misses = 0
         self.invalidations = 0
+        self.snapshot_hits = 0
+        self._snapshot = snapshot
         self._entries: dict[_Key, _Entry] = {}
         self._readers: dict[str, set[_Key]] = {}
         # The first result's metadata per statement variant (a key without its bound
@@ -97,11 +124,38 @@ class QueryMemo:
             f"invalidations={self.invalidations}>"
         )
 
+    @property
+    def snapshot(self) -> Path | None:
+        """The path of the block's query snapshot, or None without one."""
+        return None if self._snapshot is None else self._snapshot.path
+
     def clear(self) -> None:
-        """Forget every memoized result; the counters are kept."""
+        """Forget every memoized result; the counters are kept. The snapshot file is kept."""
         self._entries.clear()
         self._readers.clear()
         self._layouts.clear()
+
+    def invalidate(self, *entities_or_tables: Any) -> int:
+        """Drop what was read from the given tables, in memory and in the snapshot file.
+
+        For changes this session cannot see (another process wrote the rows): the next
+        identical statement goes to the database again, and its answer replaces the
+        snapshot's. With no argument, everything is dropped.
+
+        >>> memo.invalidate(Asset, "asset_version")   # doctest: +SKIP
+
+        :param entities_or_tables: mapped classes, mappers, ``Table`` objects or table
+            names.
+        :returns: how many memoized results and snapshot entries were dropped.
+        :raises TypeError: something that names no table.
+        """
+        names = None if not entities_or_tables else _named_tables(entities_or_tables)
+        before = self.invalidations
+        self._invalidate(names)
+        dropped = self.invalidations - before
+        if self._snapshot is not None:
+            dropped += self._snapshot.drop_tables(names)
+        return dropped
 
     def _store(self, key: _Key, entry: _Entry) -> None:
         self._entries[key] = entry
@@ -137,11 +191,18 @@ class _Shape:
     shapes were emptied gets a new shape, so older keys only miss.
     """
 
-    __slots__ = ("passes", "reads")
+    __slots__ = ("compiled", "named", "passes", "reads", "tables")
 
     def __init__(self, *, passes: bool) -> None:
         self.passes = passes  # a row lock, a relationship load or a refresh
         self.reads: frozenset[str] | None = None  # found on the first miss
+        # For snapshots: the structure as other processes can name it ("" if it cannot
+        # be), and the Table objects it reads; found on first use.
+        self.named: str | None = None
+        self.tables: list[Table] | None = None
+        # The dialect and compilation that snapshot rows of this structure are loaded
+        # with: what the engine's compiled cache holds, without hashing the structure again.
+        self.compiled: tuple[Any, Any] | None = None
 
 
 class _Layout(NamedTuple):
@@ -192,28 +253,66 @@ def invalidate(session: Session) -> None:
 
 
 @contextmanager
-def reusing_query_results(session: Session) -> Iterator[QueryMemo]:
+def reusing_query_results(
+    session: Session,
+    snapshot: str | os.PathLike[str] | None = None,
+    *,
+    key: bytes | str | None = None,
+    max_age: timedelta | None = None,
+    refresh: bool = False,
+) -> Iterator[QueryMemo]:
     """Memoize ``session``'s SELECTs for the block; a nested block shares the outer memo.
 
-    The memo is cleared when the outermost block exits, also on an exception.
+    The memo is cleared when the outermost block exits, also on an exception. With
+    ``snapshot``, the snapshot file is opened (and verified with ``key``) here, and written
+    back when the outermost block exits, also on an exception (what it holds is what the
+    database answered).
     """
     outer: QueryMemo | None = session._query_memo  # type: ignore[attr-defined]
     if outer is not None:
+        if snapshot is not None and (
+            outer.snapshot is None or Path(snapshot).absolute() != outer.snapshot.absolute()
+        ):
+            raise ValueError(
+                f"reusing_query_results(snapshot={os.fspath(snapshot)!r}) is nested in a block "
+                f"with {'no snapshot' if outer.snapshot is None else outer.snapshot}; nested "
+                "blocks share the outer memo: pass snapshot= to the outermost block"
+            )
         yield outer
         return
-    memo = QueryMemo()
+    store = (
+        None
+        if snapshot is None
+        else QuerySnapshot.open(snapshot, key=key, max_age=max_age, refresh=refresh)
+    )
+    memo = QueryMemo(store)
     event.listen(session, "do_orm_execute", _on_execute, retval=True)
     for name, listener in _LISTENERS:
         event.listen(session, name, listener, insert=True)
     session._query_memo = memo  # type: ignore[attr-defined]
+    failed = True
     try:
         yield memo
+        failed = False
     finally:
         session._query_memo = None  # type: ignore[attr-defined]
         memo.clear()
         event.remove(session, "do_orm_execute", _on_execute)
         for name, listener in _LISTENERS:
             event.remove(session, name, listener)
+        if store is not None:
+            _save(store, quietly=failed)
+
+
+def _save(store: QuerySnapshot, *, quietly: bool) -> None:
+    """Write the snapshot back; while another exception propagates, only log a failure."""
+    if not quietly:
+        store.save()
+        return
+    try:
+        store.save()
+    except Exception:
+        log.exception("Query snapshot %s could not be saved", store.path)
 
 
 def _on_execute(orm_context: ORMExecuteState) -> Result[Any] | None:
@@ -223,7 +322,9 @@ def _on_execute(orm_context: ORMExecuteState) -> Result[Any] | None:
         return None
     statement: Any = orm_context.statement
     if statement.is_dml:
-        memo._invalidate(_tables_written(orm_context))
+        written = _tables_written(orm_context)
+        memo._invalidate(written)
+        _drop_from_snapshot(memo, orm_context.session, written)
         return None
     if not isinstance(statement, Select):
         text = _root_text(statement)
@@ -233,9 +334,12 @@ def _on_execute(orm_context: ORMExecuteState) -> Result[Any] | None:
                 _log_query(orm_context)
             else:
                 memo._invalidate(None)
+                _drop_from_snapshot(memo, orm_context.session, None)
             return None
     key = _memo_key(orm_context, statement)
     if key is None:
+        if memo._snapshot is not None:
+            return _through_snapshot(orm_context, statement, memo._snapshot, memo)
         _log_query(orm_context)
         return None
     entry = memo._entries.get(key)
@@ -244,18 +348,203 @@ def _on_execute(orm_context: ORMExecuteState) -> Result[Any] | None:
         if log.isEnabledFor(logging.DEBUG):
             log.debug("Reusing query results: %s", entry.sql or _render(orm_context))
         return _serve(entry.rows, statement)
-    sql = _log_query(orm_context) if log.isEnabledFor(logging.INFO) else None
     reads = key[0].reads or _tables_read(key[0], statement)
     if not reads:
+        _log_query(orm_context)
         return None  # a sequence, a clock or a constant: cheap to ask and maybe volatile
+    store = memo._snapshot
+    skey = (
+        None if store is None else _persistent_key(orm_context, statement, key[1], key[4], key[0])
+    )
+    if store is None or skey is None:
+        sql = _log_query(orm_context) if log.isEnabledFor(logging.INFO) else None
+        answer, stored = orm_context.invoke_statement(), False
+    else:
+        answer, sql, stored = _answer(orm_context, store, memo, skey, reads, key[0])
     variant = (key[0], *key[2:])
     like = memo._layouts.get(variant)
-    rows = _capture(orm_context.invoke_statement(), like)
+    rows = _capture(answer, like)
     if like is None:
         memo._layouts[variant] = _Layout(rows.metadata, rows.attributes)
     memo._store(key, _Entry(rows, reads, sql))
-    memo.misses += 1
+    if not stored:
+        memo.misses += 1
     return _serve(rows, statement)
+
+
+def _persistent_key(
+    orm_context: ORMExecuteState,
+    statement: Any,
+    values: Hashable | None,
+    bind: Any,
+    shape: _Shape,
+) -> str | None:
+    """Return the snapshot key of a SELECT, or None if snapshots must not hold it.
+
+    Relationship loads and refreshes are held (an offline process needs them as much as
+    the statements that led to them); row locks, streamed results and executemany are
+    not. Uses the memo's internals as ``_memo_key`` does (checked on SQLAlchemy 2.1.9).
+    """
+    if bind is None or getattr(statement, "_for_update_arg", None) is not None:
+        return None
+    cache_key = statement._generate_cache_key()
+    given: Any = orm_context.parameters
+    if cache_key is None or isinstance(given, list):
+        return None
+    options = orm_context.execution_options
+    load: Any = orm_context.load_options
+    if options.get("stream_results") or options.get("yield_per") or load._yield_per:
+        return None
+    named = shape.named
+    if named is None:
+        try:
+            named = shape.named = structure_text(cache_key.key)
+        except Unkeyable:
+            named = shape.named = ""
+    if not named:
+        return None
+    try:
+        if values is None:
+            collected = getattr(cache_key, "params", None)
+            params = {**collected, **given} if collected and given else collected or given or {}
+            values = tuple(
+                [
+                    _frozen(params[b.key]) if b.key in params else _frozen(b.effective_value)
+                    for b in cache_key.bindparams
+                ]
+            )
+        return snapshot_key(named, values, options, bind.dialect.name)
+    except (_Unkeyable, Unkeyable):
+        return None
+
+
+def _through_snapshot(
+    orm_context: ORMExecuteState, statement: Any, store: QuerySnapshot, memo: QueryMemo
+) -> Result[Any] | None:
+    """Answer a statement the memo passes through (a relationship load, a refresh) from
+    the snapshot, or from the database while saving it there; None if it cannot be held."""
+    if getattr(statement, "_for_update_arg", None) is not None:
+        _log_query(orm_context)
+        return None
+    load: Any = orm_context.load_options
+    if load._autoflush:
+        # Answered here, the statement never reaches the ORM's own autoflush.
+        orm_context.session._autoflush()
+    cache_key = statement._generate_cache_key()
+    shape = None if cache_key is None else _shapes.get(cache_key.key)
+    if shape is None:
+        shape = _Shape(passes=True)
+    skey = _persistent_key(orm_context, statement, None, _bind(orm_context), shape)
+    if skey is None:
+        _log_query(orm_context)
+        return None
+    return _answer(orm_context, store, memo, skey, _tables_read(shape, statement), shape)[0]
+
+
+def _answer(
+    orm_context: ORMExecuteState,
+    store: QuerySnapshot,
+    memo: QueryMemo,
+    skey: str,
+    reads: frozenset[str],
+    shape: _Shape,
+) -> tuple[Result[Any], str | None, bool]:
+    """Return the result of a statement from the snapshot, or read it and save it there;
+    with its SQL, if known, and whether the snapshot answered it.
+
+    :raises SnapshotMissError: the snapshot cannot answer and the database cannot be
+        reached.
+    """
+    entry, why = store.lookup(skey)
+    if entry is not None:
+        columns, rows = entry.rows(store.path)
+        compiled = _compiled(orm_context, shape)
+        if columns == [str(c.keyname) for c in compiled._result_columns]:
+            memo.snapshot_hits += 1
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("Answering from query snapshot %s: %s", store.path, entry.sql)
+            result = snapshot_rows.marked(snapshot_rows.load(orm_context, compiled, rows))
+            return result, entry.sql, True
+        # The statement selects other columns now (a mapping option the schema
+        # fingerprint does not cover): its rows would land in the wrong attributes.
+        why = "its entry was taken with other columns than the statement selects now"
+    sql = _log_query(orm_context)
+    try:
+        fetched = snapshot_rows.fetch(orm_context)
+    except exc.DBAPIError as err:
+        if not _unreachable(err):
+            raise
+        text = sql or _render(orm_context)
+        raise SnapshotMissError(
+            f"query snapshot {store.path} cannot answer a statement ({why}) and the "
+            f"database cannot be reached ({type(err.orig).__name__ if err.orig else err}): "
+            f"{text} -- run it once online inside reusing_query_results(snapshot=...) to "
+            "add it to the snapshot",
+            statement=orm_context.statement,
+            sql=text,
+            path=str(store.path),
+        ) from err
+    if shape.tables is None:
+        shape.tables = _tables_in(orm_context.statement)
+    store.put(skey, str(fetched.compiled), reads, fetched.columns, fetched.rows, shape.tables)
+    return snapshot_rows.load(orm_context, fetched.compiled, fetched.rows), sql, False
+
+
+def _compiled(orm_context: ORMExecuteState, shape: _Shape) -> Any:
+    """Return the compilation of ``orm_context``'s statement, kept on its shape."""
+    dialect = key_dialect = _bind(orm_context).dialect
+    if orm_context.execution_options.get("schema_translate_map"):
+        key_dialect = None  # compiled differently per map: never kept
+    kept = shape.compiled
+    if kept is not None and kept[0] is key_dialect:
+        return kept[1]
+    compiled = snapshot_rows.compile_for(orm_context)
+    if key_dialect is dialect:
+        shape.compiled = (dialect, compiled)
+    return compiled
+
+
+def _unreachable(err: exc.DBAPIError) -> bool:
+    """Whether a driver error means the database cannot be reached at all.
+
+    A connection that could not be made, or one lost mid-statement; not a statement the
+    database refused (those propagate as they are).
+    """
+    if err.connection_invalidated:
+        return True
+    # Raised while connecting: no statement had been sent yet.
+    return isinstance(err, exc.OperationalError | exc.InterfaceError) and not err.statement
+
+
+def _drop_from_snapshot(memo: QueryMemo, session: Session, names: Iterable[str] | None) -> None:
+    """Drop the snapshot entries a write through ``session`` makes stale.
+
+    Not inside a deferred block: its writes are recorded, not applied, so the database,
+    which the snapshot holds answers of, has not changed.
+    """
+    store = memo._snapshot
+    if store is not None and getattr(session, "_recorder", None) is None:
+        store.drop_tables(names)
+
+
+def _named_tables(items: Iterable[Any]) -> set[str]:
+    """Return the lower-cased table names of mapped classes, mappers, tables and names."""
+    names: set[str] = set()
+    for item in items:
+        if isinstance(item, str):
+            names.add(item.lower())
+        elif isinstance(item, TableClause):
+            names.add(item.name.lower())
+        else:
+            mapper = inspect(item, raiseerr=False)
+            tables = getattr(mapper, "tables", None)
+            if not tables:
+                raise TypeError(
+                    f"QueryMemo.invalidate() takes mapped classes, mappers, tables or table "
+                    f"names, not {item!r}"
+                )
+            names.update(t.name.lower() for t in tables)
+    return names
 
 
 def _serve(rows: _Rows, statement: Any) -> Result[Any]:
@@ -541,6 +830,21 @@ def _table_names(statement: Any, *, final_froms: bool) -> set[str]:
     return names
 
 
+def _tables_in(statement: Any) -> list[Table]:
+    """Return the ``Table`` objects ``statement`` reads (those of ``_table_names``)."""
+    found: dict[Table, None] = {}
+    todo = [statement]
+    seen: dict[int, Select[Any]] = {}
+    while todo:
+        for element in visitors.iterate(todo.pop()):
+            if isinstance(element, Table):
+                found[element] = None
+            elif isinstance(element, Select) and id(element) not in seen:
+                seen[id(element)] = element
+                todo.extend(element.get_final_froms())
+    return list(found)
+
+
 def _tables_written(orm_context: ORMExecuteState) -> set[str] | None:
     """Return the tables an INSERT, UPDATE or DELETE may change; None for "any"."""
     statement: Any = orm_context.statement
@@ -582,7 +886,7 @@ def _on_before_flush(session: Session, flush_context: object, instances: object)
     ``before_flush`` and the flush that follows writes nothing and fires no more events.
     """
     memo: QueryMemo | None = session._query_memo  # type: ignore[attr-defined]
-    if memo is None or not memo._entries:
+    if memo is None or (not memo._entries and memo._snapshot is None):
         return
     names: set[str] = set()
     removed: list[Table] = []
@@ -593,7 +897,9 @@ def _on_before_flush(session: Session, flush_context: object, instances: object)
         _add_flush_writes(obj, names, removed, changed=changed)
     for obj in session.deleted:
         removed.extend(inspect(obj).mapper.tables)
-    memo._invalidate(names | _referencing(removed))
+    written = names | _referencing(removed)
+    memo._invalidate(written)
+    _drop_from_snapshot(memo, session, written)
 
 
 def _add_flush_writes(
@@ -625,8 +931,15 @@ def _on_state_gone(session: Session, instance: object) -> None:
 
 
 def _on_rollback(session: Session, previous_transaction: SessionTransaction) -> None:
-    """Drop everything on any rollback, a savepoint's included."""
+    """Drop everything on any rollback, a savepoint's included.
+
+    From the snapshot, the entries read since this transaction wrote their tables: they
+    may hold rows that the rollback just undid.
+    """
     invalidate(session)
+    memo: QueryMemo | None = session._query_memo  # type: ignore[attr-defined]
+    if memo is not None and memo._snapshot is not None:
+        memo._snapshot.undo_writes()
 
 
 def _on_transaction_end(session: Session, transaction: SessionTransaction) -> None:
@@ -635,10 +948,18 @@ def _on_transaction_end(session: Session, transaction: SessionTransaction) -> No
         invalidate(session)
 
 
+def _on_commit(session: Session) -> None:
+    """The session's writes are the database's state now: no rollback can undo them."""
+    memo: QueryMemo | None = session._query_memo  # type: ignore[attr-defined]
+    if memo is not None and memo._snapshot is not None:
+        memo._snapshot.settle_writes()
+
+
 _LISTENERS: tuple[tuple[str, Callable[..., None]], ...] = (
     ("before_flush", _on_before_flush),
     ("after_soft_rollback", _on_rollback),
     ("after_transaction_end", _on_transaction_end),
+    ("after_commit", _on_commit),
     ("persistent_to_deleted", _on_state_gone),
     ("persistent_to_detached", _on_state_gone),
     ("persistent_to_transient", _on_state_gone),

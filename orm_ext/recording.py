@@ -54,6 +54,7 @@ from orm_ext.fingerprint import describe_table, read_alembic_revision
 from orm_ext.gc_pause import paused_gc
 from orm_ext.references import Placeholder, class_path
 from orm_ext.server_values import FROM_DATABASE, server_defaults
+from orm_ext.snapshot_rows import FROM_SNAPSHOT
 
 __all__ = ["DeferredOperations", "Recorder", "install", "listen_last", "refuse_if_recorded"]
 
@@ -1016,6 +1017,14 @@ class Recorder:
             self._refuse_clear_and_set(state, plan, links)
         if not (changed or links or added or removed):
             return None
+        if state.info.get(FROM_SNAPSHOT):
+            # Loaded from a query snapshot, maybe long ago and offline: what the program
+            # saw of every column is what replay checks, so a row changed since the
+            # snapshot in any column conflicts (SPEC §9.4).
+            data = state.dict
+            for key in plan.columns:
+                if key not in old and key not in changed and key in data:
+                    old[key] = _plain(data[key], state, key, self)
         if not self.stale_collections:
             self._note_foreign_keys(plan, links, changed)
         self._note_tables(plan)

@@ -9,6 +9,7 @@ session, which calling the registry returns; the subclasses here do just that.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 from collections.abc import AsyncIterator
 from contextlib import AbstractContextManager, asynccontextmanager
@@ -84,9 +85,15 @@ class ScopedJournalingSession(scoped_session[JournalingSession]):
             progress=progress,
         )
 
-    def reusing_query_results(self) -> AbstractContextManager[QueryMemo]:
+    def reusing_query_results(
+        self,
+        snapshot: str | os.PathLike[str] | None = None,
+        *,
+        max_age: dt.timedelta | float | None = None,
+        refresh: bool = False,
+    ) -> AbstractContextManager[QueryMemo]:
         """Proxy for :meth:`JournalingSession.reusing_query_results` of the current session."""
-        return self._current().reusing_query_results()
+        return self._current().reusing_query_results(snapshot, max_age=max_age, refresh=refresh)
 
 
 class AsyncScopedJournalingSession(async_scoped_session[AsyncJournalingSession]):
@@ -145,9 +152,17 @@ class AsyncScopedJournalingSession(async_scoped_session[AsyncJournalingSession])
         )
 
     @asynccontextmanager
-    async def reusing_query_results(self) -> AsyncIterator[QueryMemo]:
+    async def reusing_query_results(
+        self,
+        snapshot: str | os.PathLike[str] | None = None,
+        *,
+        max_age: dt.timedelta | float | None = None,
+        refresh: bool = False,
+    ) -> AsyncIterator[QueryMemo]:
         """Proxy for :meth:`AsyncJournalingSession.reusing_query_results`."""
-        async with self._current().reusing_query_results() as memo:
+        async with self._current().reusing_query_results(
+            snapshot, max_age=max_age, refresh=refresh
+        ) as memo:
             yield memo
 
 

@@ -7,6 +7,7 @@ does); outside the three context managers the session behaves as a plain ``Sessi
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
 import time
@@ -202,14 +203,57 @@ class JournalingSession(Session):
         memo.invalidate(self)
 
     @contextmanager
-    def reusing_query_results(self) -> Iterator[QueryMemo]:
+    def reusing_query_results(
+        self,
+        snapshot: str | os.PathLike[str] | None = None,
+        *,
+        max_age: dt.timedelta | float | None = None,
+        refresh: bool = False,
+    ) -> Iterator[QueryMemo]:
         """Answer repeated identical SELECTs from a memo for the duration of the block.
 
         Hits return the very same ORM instances without a database round trip; anything
         this session changes drops the memoized results that read it. See SPEC §6.
+
+        With ``snapshot``, what the database answers is also saved to that query
+        snapshot file, and statements it holds are answered from it, by this process or
+        a later one, whose database may be unreachable (SPEC §9):
+
+        >>> with session.reusing_query_results(snapshot="reads.snapshot"):  # doctest: +SKIP
+        ...     asset = session.scalars(select(Asset).filter_by(name="bc0040")).one()
+
+        :param snapshot: the snapshot file; created if absent, verified (with
+            ``journal_key``) and extended if present, written back when the block exits.
+        :param max_age: entries older than this (a ``timedelta`` or seconds) are read
+            again online, and refused offline.
+        :param refresh: serve nothing from the snapshot: read every statement again and
+            replace its entry.
+        :raises SchemaMismatchError: the snapshot was taken against other tables.
+        :raises JournalSignatureError: its signature does not verify with the key, or it
+            is unsigned while a key is configured.
+        :raises JournalCorruptError: it is damaged, edited, or not a snapshot.
+        :raises SnapshotMissError: (inside the block) a statement the snapshot cannot
+            answer while the database cannot be reached.
         """
-        with memo.reusing_query_results(self) as query_memo:
+        age = _max_age(max_age)
+        if snapshot is None and (age is not None or refresh):
+            raise ValueError("max_age and refresh need a snapshot: pass snapshot=PATH")
+        with memo.reusing_query_results(
+            self, snapshot, key=self.journal_key, max_age=age, refresh=bool(refresh)
+        ) as query_memo:
             yield query_memo
+
+
+def _max_age(value: dt.timedelta | float | None) -> dt.timedelta | None:
+    if value is None or isinstance(value, dt.timedelta):
+        age = value
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        age = dt.timedelta(seconds=value)
+    else:
+        raise TypeError(f"max_age must be a timedelta or a number of seconds, not {value!r}")
+    if age is not None and age < dt.timedelta(0):
+        raise ValueError(f"max_age must not be negative, not {value!r}")
+    return age
 
 
 @event.listens_for(Session, "before_attach")

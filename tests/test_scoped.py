@@ -47,6 +47,10 @@ def test_scoped_session_proxies_the_three_features(backend: Backend, tmp_path: P
         scoped.scalars(select(Task)).all()
         scoped.scalars(select(Task)).all()
     assert memo.hits == 1
+    snapshot = tmp_path / "reads.snapshot"
+    with scoped.reusing_query_results(snapshot, max_age=3600, refresh=True):
+        scoped.scalars(select(Task)).all()
+    assert snapshot.exists()  # the snapshot arguments reach the current session
     scoped.remove()
 
 
