@@ -23,16 +23,14 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
-import sys
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
 from typing import Any, Final
 
 from journal import codec
-from journal.exc import JournalCorruptError, JournalError
+from journal.exc import JournalCorruptError, JournalError, JournalSignatureError
 from journal.reader import Journal
 from journal.storage import SNAPSHOT_APPLICATION_ID, JournalWriter
 
@@ -94,8 +92,9 @@ class SnapshotEntry:
             never holds (a pickle, an enum of a class not imported).
         """
         try:
-            value, checked = _decode(self.payload)
-            columns, rows = value
+            # Trusted decoding that refuses pickles: enum members only of classes the
+            # program has imported, and a pickle (which snapshots never hold) raises.
+            columns, rows = codec.decode(self.payload, refuse_pickles=True)
             if not isinstance(columns, list) or not all(isinstance(c, str) for c in columns):
                 raise ValueError("column names are not a list of strings")
             if not isinstance(rows, list) or len(rows) != self.row_count:
@@ -103,17 +102,14 @@ class SnapshotEntry:
             width = len(columns)
             if not all(type(row) is list and len(row) == width for row in rows):
                 raise ValueError("a row does not have one value per column")
-            if checked:
-                decoded = list(map(tuple, rows))
-            else:
-                decoded = [tuple([_plain(v) for v in row]) for row in rows]
-        except (JournalCorruptError, ValueError, TypeError) as err:
+        except (JournalError, ValueError, TypeError) as err:
+            what = "a pickled value" if isinstance(err, JournalSignatureError) else err
             raise JournalCorruptError(
                 f"query snapshot {path}: the entry of statement {self.sql!r} is malformed "
-                f"({err}); delete the snapshot and take it again",
+                f"({what}); delete the snapshot and take it again",
                 path=path,
             ) from err
-        return columns, decoded
+        return columns, list(map(tuple, rows))
 
     def record(self) -> list[Any]:
         """The entry as stored in the file."""
@@ -125,57 +121,6 @@ class SnapshotEntry:
             self.row_count,
             self.payload,
         ]
-
-
-def _decode(payload: bytes) -> tuple[Any, bool]:
-    """Decode untrusted bytes; say whether every value is known to be plain already.
-
-    Values of the codec's extension types pass through the hook: a value that needs a
-    look (an enum member, an opaque pickle, a container of the codec's, whose items its
-    own decoding hides) makes the caller walk the rows with :func:`_plain`.
-    """
-    opaque = codec._HOOKS[codec._OPAQUE]
-    plain = True
-
-    def hook(code: int, data: bytes) -> object:
-        nonlocal plain
-        value = opaque(code, data)
-        if code == codec._TUPLE or isinstance(value, codec.EnumRef | codec.OpaqueValue):
-            plain = False
-        return value
-
-    try:
-        return codec._unpack(payload, hook), plain
-    except JournalCorruptError:
-        raise
-    except Exception as err:
-        # As codec.decode: msgpack's errors, and a nesting deep enough to exhaust the stack.
-        raise JournalCorruptError(
-            f"a value is corrupt and cannot be decoded ({type(err).__name__}: {err})"
-        ) from err
-
-
-def _plain(value: Any) -> Any:
-    """A decoded value, refusing what only an untrusted decoding produces."""
-    if isinstance(value, codec.EnumRef):
-        module = sys.modules.get(value.module)
-        target: Any = module
-        for part in value.qualname.split("."):
-            target = getattr(target, part, None)
-        if (
-            isinstance(target, type)
-            and issubclass(target, Enum)
-            and value.name in target.__members__
-        ):
-            return target[value.name]
-        raise ValueError(f"enum member {value} of a class this program has not imported")
-    if isinstance(value, codec.OpaqueValue):
-        raise ValueError("a pickled value, which snapshots never hold")
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    return value
 
 
 class Snapshot(Journal):
