@@ -307,9 +307,11 @@ class Recorder:
         self.saved_expire_on_commit = session.expire_on_commit
         self.guarded: list[sqlalchemy.Connection] = []
         self.pending: dict[InstanceState[Any], int] = {}  # refs of the flush being recorded
-        # Changed objects of the flush being recorded that join a one-to-many collection:
-        # the foreign key attributes the flush sets on them from the parent (_joining).
-        self.joining: dict[InstanceState[Any], set[str]] = {}
+        # The new and changed objects of the flush being recorded, and (worked out only
+        # when an update unlinks something) the foreign key attributes the flush sets on
+        # changed objects that join a one-to-many collection (_joining).
+        self.flushing: tuple[Sequence[InstanceState[Any]], Sequence[InstanceState[Any]]] = ((), ())
+        self.joining: dict[InstanceState[Any], set[str]] | None = None
         # Python-side defaults computed for new objects of the flush being recorded.
         self.computed: dict[InstanceState[Any], dict[str, Any]] = {}
         # Since the last checkpoint, a row was deleted or linked by a foreign key set
@@ -670,7 +672,7 @@ class Recorder:
         versions: list[tuple[InstanceState[Any], str, Any]] = []
         relinked: list[tuple[InstanceState[Any], dict[str, Any]]] = []
         changed: list[InstanceState[Any]] = []
-        self.joining = _joining(new, dirty) if dirty else {}
+        self.flushing, self.joining = (new, dirty), None
         for state in dirty:
             operation = self._update(state, versions)
             if operation is not None:
@@ -678,6 +680,7 @@ class Recorder:
                 changed.append(state)
                 if "links" in operation:
                     relinked.append((state, operation["links"]))
+        self.flushing, self.joining = ((), ()), None  # not to keep the objects alive
         for state in deleted:
             operations.append(self._delete(state))
             # A rollback may bring the object back, after SQLAlchemy expired what it
@@ -1070,6 +1073,8 @@ class Recorder:
         SQLAlchemy happens to order last (NULL or the new parent's key, depending on the
         mapping); recording does not run those steps, so it cannot know which.
         """
+        if self.joining is None:
+            self.joining = _joining(*self.flushing)
         written = set(self.joining.get(state, ()))
         for key, target in links.items():
             if target is not None:
