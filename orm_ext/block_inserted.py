@@ -11,6 +11,7 @@ cannot be compared at all, so a query that depends on it is refused.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from typing import Any, Final, NoReturn
 
@@ -19,7 +20,7 @@ from sqlalchemy.orm import Mapper
 
 from orm_ext.server_values import server_defaults
 
-__all__ = ["NEW_KEY", "UNKNOWN", "probes"]
+__all__ = ["NEW_KEY", "UNKNOWN", "InsertedRows", "probes"]
 
 
 class _NewKey:
@@ -95,3 +96,16 @@ def probes(mapper: Mapper[Any], rows: Iterable[Mapping[str, Any]]) -> list[objec
         data.update(row)
         made.append(obj)
     return made
+
+
+class InsertedRows:
+    """The rows one recorded insert() statement added, with their probes once asked for."""
+
+    def __init__(self, batch: int, mapper: Mapper[Any], rows: list[dict[str, Any]]) -> None:
+        self.batch = batch
+        self.mapper = mapper
+        self.rows = rows
+
+    @functools.cached_property
+    def probes(self) -> list[object]:
+        return probes(self.mapper, self.rows)

@@ -31,7 +31,7 @@ from sqlalchemy.orm.state import InstanceState
 from sqlalchemy.sql.schema import Table
 from sqlalchemy.sql.util import find_tables
 
-from orm_ext.block_inserted import probes
+from orm_ext.block_inserted import InsertedRows
 from orm_ext.block_query import Query, Unanswerable, binds_placeholder, objects_result
 from orm_ext.exc import DeferredOperationError
 from orm_ext.references import Placeholder
@@ -69,8 +69,8 @@ class BlockReads:
         # table name -> batch of the first ORM update()/delete()/insert() statement on it:
         # which rows such a statement changes is only known at replay.
         self.statement_tables: dict[str, int] = {}
-        # Rows ORM insert() statements added: (batch, mapper, the rows' values).
-        self.inserted: list[tuple[int, Mapper[Any], list[dict[str, Any]]]] = []
+        # Rows ORM insert() statements added, in the order recorded.
+        self.inserted: list[InsertedRows] = []
         # Objects the block created or changed -> (batch that first recorded them, the
         # object): strong, as the block's rows must outlive the program's references to
         # them, for the first ``kept_rows``; then a weak reference (see _lose).
@@ -164,7 +164,7 @@ class BlockReads:
         self, batch: int, mapper: Mapper[Any], tables: Iterable[str], rows: list[dict[str, Any]]
     ) -> None:
         """Remember the rows an ORM insert() statement recorded into ``tables``."""
-        self.inserted.append((batch, mapper, rows))
+        self.inserted.append(InsertedRows(batch, mapper, rows))
         for name in tables:
             if name not in self.tables:
                 self.tables[name] = batch
@@ -182,7 +182,7 @@ class BlockReads:
             for name in [n for n, b in table.items() if b > batches]:
                 del table[name]
         self._pattern = None
-        self.inserted = [entry for entry in self.inserted if entry[0] <= batches]
+        self.inserted = [entry for entry in self.inserted if entry.batch <= batches]
         for state in [s for s, e in self.objects.items() if e[0] > batches]:
             self._forget(state)
         for name in [n for n, b in self.lost.items() if b > batches]:
@@ -405,7 +405,8 @@ class BlockReads:
         match (a lookup by an existing key, criteria on values they do not have) has the
         answer it would have without them.
         """
-        for _, mapper, rows in self.inserted:
+        for inserted in self.inserted:
+            mapper = inserted.mapper
             if not any(str(t.fullname) in hit for t in mapper.tables if isinstance(t, Table)):
                 continue
             if query.mapper.isa(mapper) and query.mapper is not mapper:
@@ -415,7 +416,7 @@ class BlockReads:
                     f"an insert() statement of the block added {mapper.class_.__name__} rows "
                     "to a table it reads"
                 )
-            if any(query.matches(probe) for probe in probes(mapper, rows)):
+            if any(query.matches(probe) for probe in inserted.probes):
                 raise Unanswerable(
                     "a row an insert() statement of the block added matches it; such rows "
                     "exist only in the journal until replay"
