@@ -32,6 +32,7 @@ from sqlalchemy.sql.schema import Table
 from sqlalchemy.sql.util import find_tables
 
 from orm_ext.block_inserted import InsertedRows
+from orm_ext.block_overlay import Overlay
 from orm_ext.block_query import Query, Unanswerable, binds_placeholder, objects_result
 from orm_ext.exc import DeferredOperationError
 from orm_ext.references import Placeholder
@@ -234,8 +235,59 @@ class BlockReads:
         try:
             return self._answer(orm_execute_state, statement, hit)
         except Unanswerable as why:
-            tables = hit if why.table is None else [why.table]
-            raise self._refusal(statement, tables, str(why)) from None
+            try:
+                return self._overlaid(orm_execute_state, statement, hit)
+            except Unanswerable as cannot:
+                named = cannot.table or why.table
+                tables = hit if named is None else [named]
+                raise self._refusal(statement, tables, f"{why}; {cannot}") from None
+
+    def _overlaid(
+        self, orm_execute_state: ORMExecuteState, statement: Any, hit: list[str]
+    ) -> Result[Any]:
+        """Have the database answer, with the block's rows laid over its tables."""
+        if not isinstance(statement, Select):
+            raise Unanswerable("it is not a SELECT")
+        for name in hit:
+            if name in self.lost:
+                raise Unanswerable(f"the program dropped rows the block wrote to {name!r}")
+            if name in self.statement_tables:
+                raise Unanswerable(
+                    f"an update()/delete()/insert() statement recorded on {name!r} changes "
+                    "rows only known at replay"
+                )
+            if self.link_rows.get(name):
+                raise Unanswerable(f"the block changed links in {name!r}")
+        if any(str(t.fullname) in hit for entry in self.inserted for t in entry.mapper.tables):
+            raise Unanswerable("an insert() statement of the block added rows to a table it reads")
+        # One table may be found as several (annotated) copies: one CTE for each name.
+        by_name = {str(t.fullname): t for t in _tables_read(statement)}
+        tables = [by_name[name] for name in hit if name in by_name]
+        session = orm_execute_state.session
+        states = self.written_states()
+        # Tables the block wrote rows of objects to are laid over; a table only read along
+        # (written by no object) is the database's as it is.
+        rows_of = {str(t.fullname) for s in states for t in s.mapper.tables}
+        for cls in self.changed:
+            rows_of.update(
+                str(t.fullname) for m in _mapper(cls).self_and_descendants for t in m.tables
+            )
+        links = _link_tables([s.mapper for s in states] + [_mapper(c) for c in self.changed])
+        for table in tables:
+            if str(table.fullname) in links:
+                # The block keeps its links as operations, not as rows of objects.
+                raise Unanswerable(f"the block wrote links in {table.name!r}", str(table.fullname))
+        tables = [t for t in tables if str(t.fullname) in rows_of]
+        bind = session.get_bind(mapper=orm_execute_state.bind_mapper)
+        overlay = Overlay(session, bind.dialect, states, self.changed)
+        for state in overlay.states:
+            if state.expired_attributes or state.unloaded:
+                self.restore(state)
+        self.reading += 1
+        try:
+            return overlay.answer(orm_execute_state, statement, tables)
+        finally:
+            self.reading -= 1
 
     def _refuse_unknown(
         self,
@@ -578,6 +630,23 @@ def _load_eagerly(statement: Select[Any], mapper: Mapper[Any], objects: list[obj
         for key in keys:
             if key in state.mapper.relationships and key not in state.dict:
                 getattr(obj, key)
+
+
+def _mapper(cls: type) -> Mapper[Any]:
+    mapper: Mapper[Any] = sa_inspect(cls)
+    return mapper
+
+
+def _link_tables(mappers: list[Mapper[Any]]) -> set[str]:
+    """Tables that relationships of the registries of ``mappers`` write links to."""
+    registries = {id(m.registry): m.registry for m in mappers}
+    return {
+        str(rel.secondary.fullname)
+        for registry in registries.values()
+        for mapper in registry.mappers
+        for rel in mapper.relationships
+        if isinstance(rel.secondary, Table) and not rel.viewonly
+    }
 
 
 def _relationship_tables(mapper: Mapper[Any], key: str) -> list[Any]:

@@ -1,0 +1,391 @@
+"""Queries the block cannot evaluate in Python, answered by the database over the block's rows.
+
+A join, an aggregate, an ``EXISTS`` or a function over a table the block has written has
+no Python evaluation; but the database can evaluate it exactly, if it reads the table as
+the journal so far leaves it. Each written table the query reads is laid over with a
+common table expression of the same name, which shadows the table for this one SELECT:
+
+    WITH item AS (
+        SELECT ... FROM item WHERE id NOT IN (<rows the block changed or deleted>)
+        UNION ALL SELECT <a row of the block> UNION ALL ...
+    ) SELECT <the program's query, unchanged>
+
+Nothing is written to the database. The answer is the database's own (its joins, its
+collation, its time zones), on the rows a direct run would have there at this point.
+
+Keys the database assigns only at replay have no value yet: each placeholder stands as a
+negative integer no real key holds, the same wherever the key is copied (foreign keys,
+joined-inheritance rows), so joins and equality see one value. Its order and arithmetic
+would be made up, so a query that sorts by, computes with or passes such a key to a
+function is refused. Rows of new objects come back as the block's own objects: while the
+SELECT runs, the session's identity map also knows each by its stand-in key; a stand-in
+selected as a bare value comes back as the placeholder.
+
+What cannot be laid over is refused: rows of ORM statements (their rows are only known at
+replay), rows whose objects are gone, link tables whose links the block changed, values
+only the database sets, tables in another schema.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any, Final
+
+import sqlalchemy as sa
+from sqlalchemy import inspect as sa_inspect
+from sqlalchemy.engine import Dialect, Result
+from sqlalchemy.orm import Mapper, ORMExecuteState, Session
+from sqlalchemy.orm.base import NO_VALUE
+from sqlalchemy.orm.state import InstanceState
+from sqlalchemy.sql import operators, visitors
+from sqlalchemy.sql.elements import (
+    BinaryExpression,
+    BindParameter,
+    ClauseList,
+    ColumnClause,
+    Grouping,
+    Label,
+    Tuple,
+)
+from sqlalchemy.sql.functions import FunctionElement
+from sqlalchemy.sql.schema import Table
+from sqlalchemy.sql.selectable import Select
+
+from orm_ext.block_query import Unanswerable, binds_placeholder
+from orm_ext.references import Placeholder
+
+__all__ = ["Overlay"]
+
+# Stand-in keys: far below any key a database assigns, inside a 32-bit INTEGER.
+_FIRST_STAND_IN: Final = -1_000_000_000
+# Bound values per query; beyond it the SELECT would pass the drivers' parameter limits.
+_MAX_VALUES: Final = 30_000
+# SQLite refuses a compound SELECT of more than 500 terms.
+_UNION_CHUNK: Final = 400
+
+# Comparisons under which a stand-in key behaves as the key will: equal to itself only.
+_EQUALITY: Final = frozenset(
+    {
+        operators.eq,
+        operators.ne,
+        operators.in_op,
+        operators.not_in_op,
+        operators.is_,
+        operators.is_not,
+        operators.is_distinct_from,
+        operators.is_not_distinct_from,
+    }
+)
+
+
+class Overlay:
+    """The block's rows of the tables one query reads, and that query answered over them."""
+
+    def __init__(
+        self,
+        session: Session,
+        dialect: Dialect,
+        states: Iterable[InstanceState[Any]],
+        changed: Mapping[type, Iterable[tuple[Any, ...]]],
+    ) -> None:
+        self.session = session
+        self.dialect = dialect
+        self.states = [s for s in states if not (s.deleted or s.was_deleted)]
+        self.changed = changed
+        self.stand_ins: dict[Placeholder, int] = {}
+        # (table name, column name) of columns holding a stand-in in some row.
+        self.keyed: set[tuple[str, str]] = set()
+        self.values = 0
+
+    def answer(
+        self, orm_execute_state: ORMExecuteState, statement: Select[Any], tables: list[Table]
+    ) -> Result[Any]:
+        """Run ``statement`` with each of ``tables`` laid over with the block's rows."""
+        ctes = [self._cte(table) for table in tables]
+        given: Any = orm_execute_state.parameters or {}
+        parameters = {k: self._stand_in_value(v) for k, v in dict(given).items()}
+        # Cloning the statement to rebind it could split one FROM into two (ORM-annotated
+        # subqueries): only a statement that binds a placeholder is rebound.
+        bound = (
+            self._bind_stand_ins(statement)
+            if binds_placeholder(statement, orm_execute_state.parameters)
+            else statement
+        )
+        self._refuse_misused_keys(bound, {str(t.fullname) for t in tables})
+        overlaid = bound.add_cte(*ctes)
+        with self._known_by_stand_ins():
+            result = orm_execute_state.invoke_statement(statement=overlaid, params=parameters)
+            frozen = _frozen(result)
+        back = {v: k for k, v in self.stand_ins.items()}
+        if not back:
+            answer: Result[Any] = frozen()
+            return answer
+        if frozen._source_supports_scalars:
+            # with_new_rows() takes one-element rows and keeps their element.
+            rows = [(back.get(v, v) if _is_int(v) else v,) for v in frozen.data]
+        else:
+            rows = [tuple(back.get(v, v) if _is_int(v) else v for v in row) for row in frozen.data]
+        answer = frozen.with_new_rows(rows)()
+        return answer
+
+    # -- the rows ---------------------------------------------------------------------------
+
+    def _cte(self, table: Table) -> Any:
+        if table.schema is not None:
+            raise Unanswerable(
+                f"table {table.fullname!r} is in another schema", str(table.fullname)
+            )
+        inner = sa.table(
+            table.name,
+            *[sa.column(c.name, c.type) for c in table.c],
+            # SQLite takes a CTE that names its own table as recursive; the schema-qualified
+            # name is the table. PostgreSQL and MariaDB look past a non-recursive CTE.
+            schema="main" if self.dialect.name == "sqlite" else None,
+        )
+        kept = sa.select(*inner.c)
+        excluded = self._excluded(table, inner)
+        if excluded is not None:
+            kept = kept.where(excluded)
+        rows = [self._row(table, state) for state in self.states if _holds(state, table)]
+        self.values += len(rows) * len(table.c)
+        if self.values > _MAX_VALUES:
+            raise Unanswerable(
+                "the block wrote too many rows to the tables it reads to lay them over the "
+                "database's in one query",
+                str(table.fullname),
+            )
+        selects = [
+            sa.select(*[self._literal(row[c.name], c).label(c.name) for c in table.c])
+            for row in rows
+        ]
+        if len(selects) >= _UNION_CHUNK:
+            # Nested compounds, each within SQLite's limit on the terms of one.
+            chunks = [
+                sa.union_all(*selects[i : i + _UNION_CHUNK]).subquery()
+                for i in range(0, len(selects), _UNION_CHUNK)
+            ]
+            selects = [sa.select(*chunk.c) for chunk in chunks]
+        body = sa.union_all(kept, *selects) if selects else kept
+        return body.cte(name=table.name)
+
+    def _excluded(self, table: Table, inner: Any) -> Any:
+        """The criterion leaving out the database rows of ``table`` the block changed."""
+        keys: list[tuple[Any, ...]] = []
+        columns: list[Any] = []
+        for cls, changed in self.changed.items():
+            if not changed:
+                continue
+            mapper: Mapper[Any] = sa_inspect(cls)
+            holder = next((m for m in mapper.self_and_descendants if table in m.tables), None)
+            if holder is None:
+                continue
+            order = [holder._columntoproperty[c] for c in holder.primary_key]
+            pk = list(table.primary_key.columns)
+            positions = [order.index(holder._columntoproperty[c]) for c in pk]
+            columns = [inner.c[c.name] for c in pk]
+            keys.extend(tuple(key[i] for i in positions) for key in changed)
+        if not keys:
+            return None
+        if len(columns) == 1:
+            return columns[0].not_in([k[0] for k in keys])
+        return sa.not_(sa.tuple_(*columns).in_(keys))
+
+    def _row(self, table: Table, state: InstanceState[Any]) -> dict[str, Any]:
+        """The values ``state``'s row in ``table`` has in the journal so far."""
+        mapper = state.mapper
+        row: dict[str, Any] = {}
+        name = str(table.fullname)
+        for column in table.c:
+            prop = mapper._columntoproperty.get(column)
+            if prop is None:
+                row[column.name] = self._unmapped(state, column)
+                continue
+            key = prop.key
+            # As last flushed: a change not yet flushed is not in the database either.
+            value = state.committed_state.get(key, state.dict.get(key, _MISSING))
+            if value is _MISSING or value is NO_VALUE:
+                raise Unanswerable(
+                    f"{mapper.class_.__name__}.{key} of a row the block wrote is not loaded "
+                    "(a value the database sets at replay, or a deferred column)",
+                    name,
+                )
+            if isinstance(value, sa.sql.ClauseElement):
+                raise Unanswerable(f"{mapper.class_.__name__}.{key} holds a SQL expression", name)
+            if isinstance(value, Placeholder):
+                value = self._stand_in(value, column)
+                self.keyed.add((name, column.name))
+            row[column.name] = value
+        return row
+
+    def _unmapped(self, state: InstanceState[Any], column: sa.Column[Any]) -> Any:
+        """A column of the table ``state``'s class does not map (single-table inheritance)."""
+        default = column.default
+        if default is None and column.server_default is None:
+            return None
+        if default is not None and default.is_scalar and column.server_default is None:
+            return default.arg  # type: ignore[attr-defined]
+        raise Unanswerable(
+            f"column {column.table.name}.{column.name} gets a value the database decides for "
+            f"{state.class_.__name__} rows",
+            str(column.table.fullname),
+        )
+
+    def _stand_in(self, placeholder: Placeholder, column: sa.Column[Any]) -> int:
+        if not isinstance(column.type, sa.Integer) or isinstance(column.type, sa.SmallInteger):
+            raise Unanswerable(
+                f"column {column.table.name}.{column.name} holds a key the database assigns at "
+                "replay, and it is not an integer column",
+                str(column.table.fullname),
+            )
+        found = self.stand_ins.get(placeholder)
+        if found is None:
+            found = self.stand_ins[placeholder] = _FIRST_STAND_IN - len(self.stand_ins)
+        return found
+
+    def _stand_in_value(self, value: Any) -> Any:
+        if isinstance(value, Placeholder):
+            found = self.stand_ins.get(value)
+            if found is None:
+                found = self.stand_ins[value] = _FIRST_STAND_IN - len(self.stand_ins)
+            return found
+        if isinstance(value, list | tuple) and any(isinstance(v, Placeholder) for v in value):
+            return type(value)(self._stand_in_value(v) for v in value)
+        return value
+
+    def _literal(self, value: Any, column: sa.Column[Any]) -> Any:
+        bound = sa.literal(value, column.type)
+        if self.dialect.name == "postgresql":
+            # A UNION takes its column types from all its terms: typed, so that a bound
+            # datetime or enum is the column's type and not text.
+            return sa.cast(bound, column.type)
+        if self.dialect.name in ("mysql", "mariadb") and isinstance(
+            column.type, sa.DateTime | sa.Date | sa.Time | sa.Numeric
+        ):
+            return sa.cast(bound, column.type)
+        return bound
+
+    # -- the statement ----------------------------------------------------------------------
+
+    def _bind_stand_ins(self, statement: Select[Any]) -> Select[Any]:
+        """``statement`` with each placeholder it binds replaced by its stand-in."""
+
+        def bind(element: Any) -> Any:
+            if isinstance(element, BindParameter):
+                value = element.effective_value
+                replaced = self._stand_in_value(value)
+                if replaced is not value:
+                    bound: Any = element
+                    return bound._with_value(replaced, maintain_key=True)
+            return None
+
+        traverse: Any = visitors.replacement_traverse
+        return traverse(statement, {}, bind)  # type: ignore[no-any-return]
+
+    def _refuse_misused_keys(self, statement: Select[Any], tables: set[str]) -> None:
+        """Refuse a query that orders, computes with or passes a stand-in key to a function.
+
+        Equality (joins, lookups, ``IN``), grouping and selecting the key as it is hold for
+        a stand-in as for the key; anything else would answer with a made-up value.
+        """
+        if not self.keyed and not self.stand_ins:
+            return
+        compiled: Any = statement.compile(dialect=self.dialect)
+        core = compiled.compile_state.statement if compiled.compile_state else statement
+        misuse = _misused(core, self.keyed)
+        if misuse is not None:
+            table, column = misuse
+            raise Unanswerable(
+                f"it orders by, computes with or passes to a function {table.name}.{column}, "
+                "a key the database assigns at replay",
+                str(table.fullname),
+            )
+
+    @contextmanager
+    def _known_by_stand_ins(self) -> Iterator[None]:
+        """Let the SELECT's rows of new objects load as the block's objects."""
+        identity: Any = self.session.identity_map
+        entries = identity._dict
+        added = []
+        for state in self.states:
+            key = state.key
+            if key is None or not any(isinstance(v, Placeholder) for v in key[1]):
+                continue
+            alias = (key[0], tuple(self._stand_in_value(v) for v in key[1]), *key[2:])
+            if alias not in entries:
+                entries[alias] = state
+                added.append(alias)
+        try:
+            yield
+        finally:
+            for alias in added:
+                entries.pop(alias, None)
+
+
+_MISSING: Final = object()
+
+
+def _holds(state: InstanceState[Any], table: Table) -> bool:
+    return table in state.mapper.tables and state.key is not None
+
+
+def _is_int(value: Any) -> bool:
+    return type(value) is int
+
+
+def _frozen(result: Result[Any]) -> Any:
+    """All of ``result``, kept: the stand-ins must be gone before the program reads it."""
+    if getattr(result, "_unique_filter_state", None) is None and result._attributes.get(
+        "_requires_unique", False
+    ):
+        result = result.unique()
+    try:
+        return result.freeze()
+    except sa.exc.InvalidRequestError:
+        return result.unique().freeze()
+
+
+def _misused(core: Any, keyed: set[tuple[str, str]]) -> tuple[Table, str] | None:
+    """The first keyed column ``core`` uses other than by equality or as a selected value."""
+    stack: list[tuple[Any, bool]] = [(core, False)]
+    seen: set[tuple[int, bool]] = set()
+    while stack:
+        element, allowed = stack.pop()
+        marker = (id(element), allowed)
+        if marker in seen:
+            continue
+        seen.add(marker)
+        if isinstance(element, ColumnClause):
+            table = _base_table(element.table)
+            if not allowed and table is not None and (str(table.fullname), element.name) in keyed:
+                return table, element.name
+            continue
+        if isinstance(element, BinaryExpression) and element.operator in _EQUALITY:
+            stack.extend((child, True) for child in element.get_children())
+            continue
+        if isinstance(element, Grouping | Tuple | ClauseList) and allowed:
+            stack.extend((child, True) for child in element.get_children())
+            continue
+        if isinstance(element, FunctionElement) and element.name.lower() == "count":
+            # count() asks only whether a value is there, which a stand-in answers rightly.
+            stack.extend((child, True) for child in element.get_children())
+            continue
+        if isinstance(element, Label) and allowed:
+            stack.append((element.element, True))
+            continue
+        if isinstance(element, Select):
+            selected = {id(c) for c in element._raw_columns}
+            grouped = {id(c) for c in element._group_by_clauses}
+            for child in element.get_children():
+                stack.append((child, id(child) in selected or id(child) in grouped))
+            for clause in element._order_by_clauses:
+                stack.append((clause, False))
+            continue
+        stack.extend((child, False) for child in element.get_children())
+    return None
+
+
+def _base_table(selectable: Any) -> Table | None:
+    while selectable is not None and not isinstance(selectable, Table):
+        selectable = getattr(selectable, "element", None)
+    return selectable
