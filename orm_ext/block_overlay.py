@@ -13,11 +13,14 @@ common table expression of the same name, which shadows the table for this one S
 Nothing is written to the database. The answer is the database's own (its joins, its
 collation, its time zones), on the rows a direct run would have there at this point.
 
-Keys the database assigns only at replay have no value yet: each placeholder stands as a
-negative integer no real key holds, the same wherever the key is copied (foreign keys,
-joined-inheritance rows), so joins and equality see one value. Its order and arithmetic
-would be made up, so a query that sorts by, computes with or passes such a key to a
-function is refused. Rows of new objects come back as the block's own objects: while the
+Keys the database assigns only at replay have no value yet: each placeholder stands as an
+integer above every key of the tables read, in the order the block created the rows, the
+same wherever the key is copied (foreign keys, joined-inheritance rows), so joins,
+equality and ORDER BY see what they would see after a replay that assigns keys in insert
+order. Its value itself would be made up, so a query that compares it by order,
+computes with it or passes it to a function (other than ``count()``) is refused.
+
+Rows of new objects come back as the block's own objects: while the
 SELECT runs, the session's identity map also knows each by its stand-in key; a stand-in
 selected as a bare value comes back as the placeholder.
 
@@ -47,6 +50,7 @@ from sqlalchemy.sql.elements import (
     Grouping,
     Label,
     Tuple,
+    UnaryExpression,
 )
 from sqlalchemy.sql.functions import FunctionElement
 from sqlalchemy.sql.schema import Table
@@ -57,8 +61,11 @@ from orm_ext.references import Placeholder
 
 __all__ = ["Overlay"]
 
-# Stand-in keys: far below any key a database assigns, inside a 32-bit INTEGER.
-_FIRST_STAND_IN: Final = -1_000_000_000
+# Stand-in keys: above the keys of the tables read (checked on each query), in the order
+# the block created the rows, inside a 32-bit INTEGER: where a database assigning keys in
+# insert order puts them at replay, so ORDER BY a new row's key sorts as a direct run.
+_FIRST_STAND_IN: Final = 2_000_000_000
+_LAST_STAND_IN: Final = 2_147_483_647
 # Bound values per query; beyond it the SELECT would pass the drivers' parameter limits.
 _MAX_VALUES: Final = 30_000
 # SQLite refuses a compound SELECT of more than 500 terms.
@@ -113,6 +120,7 @@ class Overlay:
             else statement
         )
         self._refuse_misused_keys(bound, {str(t.fullname) for t in tables})
+        self._refuse_keys_above_stand_ins(orm_execute_state, tables)
         overlaid = bound.add_cte(*ctes)
         with self._known_by_stand_ins():
             result = orm_execute_state.invoke_statement(statement=overlaid, params=parameters)
@@ -238,16 +246,16 @@ class Overlay:
                 "replay, and it is not an integer column",
                 str(column.table.fullname),
             )
-        found = self.stand_ins.get(placeholder)
-        if found is None:
-            found = self.stand_ins[placeholder] = _FIRST_STAND_IN - len(self.stand_ins)
-        return found
+        return self._stand_in_value(placeholder)  # type: ignore[no-any-return]
 
     def _stand_in_value(self, value: Any) -> Any:
         if isinstance(value, Placeholder):
             found = self.stand_ins.get(value)
             if found is None:
-                found = self.stand_ins[value] = _FIRST_STAND_IN - len(self.stand_ins)
+                found = _FIRST_STAND_IN + value.ref
+                if found > _LAST_STAND_IN:
+                    raise Unanswerable("the block created too many rows to stand in for their keys")
+                self.stand_ins[value] = found
             return found
         if isinstance(value, list | tuple) and any(isinstance(v, Placeholder) for v in value):
             return type(value)(self._stand_in_value(v) for v in value)
@@ -283,10 +291,10 @@ class Overlay:
         return traverse(statement, {}, bind)  # type: ignore[no-any-return]
 
     def _refuse_misused_keys(self, statement: Select[Any], tables: set[str]) -> None:
-        """Refuse a query that orders, computes with or passes a stand-in key to a function.
+        """Refuse a query that compares, computes with or passes a stand-in key to a function.
 
-        Equality (joins, lookups, ``IN``), grouping and selecting the key as it is hold for
-        a stand-in as for the key; anything else would answer with a made-up value.
+        Equality (joins, lookups, ``IN``), grouping, sorting and selecting the key as it is
+        hold for a stand-in as for the key; anything else would answer with a made-up value.
         """
         if not self.keyed and not self.stand_ins:
             return
@@ -296,9 +304,31 @@ class Overlay:
         if misuse is not None:
             table, column = misuse
             raise Unanswerable(
-                f"it orders by, computes with or passes to a function {table.name}.{column}, "
-                "a key the database assigns at replay",
+                f"it compares by order, computes with or passes to a function "
+                f"{table.name}.{column}, a key the database assigns at replay",
                 str(table.fullname),
+            )
+
+    def _refuse_keys_above_stand_ins(
+        self, orm_execute_state: ORMExecuteState, tables: list[Table]
+    ) -> None:
+        """Refuse where the database already holds a key as large as a stand-in."""
+        by_name = {str(t.fullname): t for t in tables}
+        largest = [
+            sa.select(sa.func.max(by_name[name].c[column])).scalar_subquery()
+            for name, column in sorted(self.keyed)
+            if name in by_name
+        ]
+        if not largest:
+            return
+        connection = orm_execute_state.session.connection(
+            bind_arguments={"mapper": orm_execute_state.bind_mapper}
+        )
+        found = connection.execute(sa.select(*largest)).one()
+        if any(value is not None and value >= _FIRST_STAND_IN for value in found):
+            raise Unanswerable(
+                f"a table it reads holds keys of {_FIRST_STAND_IN:,} or more, which new rows' "
+                "keys stand in as"
             )
 
     @contextmanager
@@ -376,10 +406,15 @@ def _misused(core: Any, keyed: set[tuple[str, str]]) -> tuple[Table, str] | None
         if isinstance(element, Select):
             selected = {id(c) for c in element._raw_columns}
             grouped = {id(c) for c in element._group_by_clauses}
+            ordering = {id(c) for c in element._order_by_clauses}
             for child in element.get_children():
-                stack.append((child, id(child) in selected or id(child) in grouped))
+                if id(child) not in ordering:
+                    stack.append((child, id(child) in selected or id(child) in grouped))
             for clause in element._order_by_clauses:
-                stack.append((clause, False))
+                # Sorting by a stand-in sorts as by the key (see _FIRST_STAND_IN).
+                stack.append(
+                    (clause.element if isinstance(clause, UnaryExpression) else clause, True)
+                )
             continue
         stack.extend((child, False) for child in element.get_children())
     return None
