@@ -56,6 +56,7 @@ from sqlalchemy.sql.functions import FunctionElement
 from sqlalchemy.sql.schema import Table
 from sqlalchemy.sql.selectable import Select
 
+from orm_ext.block_links import LinkRows
 from orm_ext.block_query import Unanswerable, binds_placeholder
 from orm_ext.references import Placeholder
 
@@ -95,8 +96,10 @@ class Overlay:
         dialect: Dialect,
         states: Iterable[InstanceState[Any]],
         changed: Mapping[type, Iterable[tuple[Any, ...]]],
+        links: LinkRows,
     ) -> None:
         self.session = session
+        self.links = links
         self.dialect = dialect
         self.states = [s for s in states if not (s.deleted or s.was_deleted)]
         self.changed = changed
@@ -152,10 +155,15 @@ class Overlay:
             schema="main" if self.dialect.name == "sqlite" else None,
         )
         kept = sa.select(*inner.c)
-        excluded = self._excluded(table, inner)
+        if str(table.fullname) in self.links.events:
+            named, links = self.links.state(str(table.fullname))
+            excluded = self._unlinked(table, inner, named)
+            rows = [self._link_row(table, row) for row in links]
+        else:
+            excluded = self._excluded(table, inner)
+            rows = [self._row(table, state) for state in self.states if _holds(state, table)]
         if excluded is not None:
             kept = kept.where(excluded)
-        rows = [self._row(table, state) for state in self.states if _holds(state, table)]
         self.values += len(rows) * len(table.c)
         if self.values > _MAX_VALUES:
             raise Unanswerable(
@@ -199,6 +207,31 @@ class Overlay:
             return columns[0].not_in([k[0] for k in keys])
         return sa.not_(sa.tuple_(*columns).in_(keys))
 
+    def _unlinked(
+        self, table: Table, inner: Any, named: list[tuple[tuple[str, ...], tuple[Any, ...]]]
+    ) -> Any:
+        """The criterion leaving out the link rows the block's link events name."""
+        terms = []
+        for columns, values in named:
+            if any(isinstance(v, Placeholder) for v in values):
+                continue  # a new object's links: never a database row
+            terms.append(sa.and_(*[inner.c[c] == v for c, v in zip(columns, values, strict=True)]))
+        return sa.not_(sa.or_(*terms)) if terms else None
+
+    def _link_row(self, table: Table, values: dict[str, Any]) -> dict[str, Any]:
+        """A link row the block added, with a stand-in for each new object's key."""
+        row: dict[str, Any] = {}
+        for column in table.c:
+            if column.name not in values:
+                row[column.name] = self._unmapped(None, column)
+                continue
+            value = values[column.name]
+            if isinstance(value, Placeholder):
+                value = self._stand_in(value, column)
+                self.keyed.add((str(table.fullname), column.name))
+            row[column.name] = value
+        return row
+
     def _row(self, table: Table, state: InstanceState[Any]) -> dict[str, Any]:
         """The values ``state``'s row in ``table`` has in the journal so far."""
         mapper = state.mapper
@@ -226,8 +259,9 @@ class Overlay:
             row[column.name] = value
         return row
 
-    def _unmapped(self, state: InstanceState[Any], column: sa.Column[Any]) -> Any:
-        """A column of the table ``state``'s class does not map (single-table inheritance)."""
+    def _unmapped(self, state: InstanceState[Any] | None, column: sa.Column[Any]) -> Any:
+        """A column of the table ``state``'s class does not map (single-table inheritance),
+        or a column of a link table other than the keys it links."""
         default = column.default
         if default is None and column.server_default is None:
             return None
@@ -235,7 +269,7 @@ class Overlay:
             return default.arg  # type: ignore[attr-defined]
         raise Unanswerable(
             f"column {column.table.name}.{column.name} gets a value the database decides for "
-            f"{state.class_.__name__} rows",
+            f"{'new' if state is None else state.class_.__name__} rows",
             str(column.table.fullname),
         )
 

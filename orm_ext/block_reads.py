@@ -26,12 +26,14 @@ from typing import Any, Final
 from sqlalchemy import Select, not_, text, tuple_
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.engine import Dialect, Result
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Mapper, ORMExecuteState, Session, lazyload, undefer
 from sqlalchemy.orm.state import InstanceState
 from sqlalchemy.sql.schema import Table
 from sqlalchemy.sql.util import find_tables
 
 from orm_ext.block_inserted import InsertedRows
+from orm_ext.block_links import LinkEvent, LinkRows
 from orm_ext.block_overlay import Overlay
 from orm_ext.block_query import Query, Unanswerable, binds_placeholder, objects_result
 from orm_ext.exc import DeferredOperationError
@@ -86,6 +88,8 @@ class BlockReads:
         # Link table -> identity (class, key) of each row whose links the block changed
         # -> batch; and the classes with rows the block deleted (their links go too).
         self.link_rows: dict[str, dict[tuple[Any, ...], int]] = {}
+        # The link rows themselves, as the block's flushes added and removed them.
+        self.links = LinkRows()
         self.deleted_classes: dict[type, int] = {}
         self._pattern: re.Pattern[str] | None = None
         self._collation: str | None = None  # the PostgreSQL database's, once asked
@@ -153,6 +157,10 @@ class BlockReads:
             if key is not None:
                 rows.setdefault(tuple(key[:2]), batch)
 
+    def note_link_rows(self, batch: int, events: Iterable[LinkEvent]) -> None:
+        """Remember the link rows one recorded flush added and removed."""
+        self.links.note(batch, events)
+
     def note_statement(self, batch: int, tables: Iterable[str]) -> None:
         """Remember an ORM DML statement recorded against ``tables``."""
         for name in tables:
@@ -191,6 +199,7 @@ class BlockReads:
         for rows in self.link_rows.values():
             for key in [k for k, b in rows.items() if b > batches]:
                 del rows[key]
+        self.links.rewind(batches)
         for cls in [c for c, b in self.deleted_classes.items() if b > batches]:
             del self.deleted_classes[cls]
         for keys in self.changed.values():
@@ -222,9 +231,13 @@ class BlockReads:
                 try:
                     return self._link_load(orm_execute_state, link)
                 except Unanswerable as why:
-                    raise self._refusal(
-                        statement, [str(link.secondary.fullname)], str(why)
-                    ) from None
+                    hit = sorted(set(self._written_tables(statement, orm_execute_state)))
+                    try:
+                        return self._overlaid(orm_execute_state, statement, hit)
+                    except Unanswerable as cannot:
+                        raise self._refusal(
+                            statement, [str(link.secondary.fullname)], f"{why}; {cannot}"
+                        ) from None
         hit = self._written_tables(statement, orm_execute_state)
         if not hit:
             if not binds_placeholder(statement, orm_execute_state.parameters):
@@ -256,8 +269,6 @@ class BlockReads:
                     f"an update()/delete()/insert() statement recorded on {name!r} changes "
                     "rows only known at replay"
                 )
-            if self.link_rows.get(name):
-                raise Unanswerable(f"the block changed links in {name!r}")
         if any(str(t.fullname) in hit for entry in self.inserted for t in entry.mapper.tables):
             raise Unanswerable("an insert() statement of the block added rows to a table it reads")
         # One table may be found as several (annotated) copies: one CTE for each name.
@@ -274,12 +285,15 @@ class BlockReads:
             )
         links = _link_tables([s.mapper for s in states] + [_mapper(c) for c in self.changed])
         for table in tables:
-            if str(table.fullname) in links:
-                # The block keeps its links as operations, not as rows of objects.
-                raise Unanswerable(f"the block wrote links in {table.name!r}", str(table.fullname))
+            name = str(table.fullname)
+            if name in links and name in rows_of:
+                # Rows of objects and links of relationships in one table: neither alone
+                # says what it holds.
+                raise Unanswerable(f"the block wrote links and objects in {table.name!r}", name)
+        rows_of.update(self.links.events)
         tables = [t for t in tables if str(t.fullname) in rows_of]
         bind = session.get_bind(mapper=orm_execute_state.bind_mapper)
-        overlay = Overlay(session, bind.dialect, states, self.changed)
+        overlay = Overlay(session, bind.dialect, states, self.changed, self.links)
         for state in overlay.states:
             if state.expired_attributes or state.unloaded:
                 self.restore(state)
@@ -673,6 +687,15 @@ def _table_names(state: InstanceState[Any]) -> tuple[str, ...]:
 def _tables_read(statement: Any) -> set[Any]:
     """Every table a statement may read, including what its entities load eagerly."""
     tables = set(find_tables(statement, include_joins=True, include_aliases=True))
+    # Joins along relationships (``join(Post.tags)``) name their tables only once the ORM
+    # compiles the statement: the link table of a many-to-many, a subclass's table.
+    try:
+        compiled: Any = statement.compile()
+    except SQLAlchemyError:
+        compiled = None  # one this default compiler cannot render: its own tables stand
+    core = getattr(getattr(compiled, "compile_state", None), "statement", None)
+    if core is not None and core is not statement:
+        tables.update(find_tables(core, include_joins=True, include_aliases=True))
     for description in getattr(statement, "column_descriptions", ()):
         entity = description.get("entity")
         if entity is None:

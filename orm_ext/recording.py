@@ -48,6 +48,7 @@ from sqlalchemy.sql.elements import ClauseElement
 from journal import JournalWriter, Position
 from journal.codec import encode
 from orm_ext import dml
+from orm_ext.block_links import link_events
 from orm_ext.block_reads import BlockReads
 from orm_ext.exc import DeferredOperationError
 from orm_ext.fingerprint import describe_table, read_alembic_revision
@@ -706,6 +707,7 @@ class Recorder:
         moved = _sync_members(new, changed, deleted)
         for table, keys in _link_changes(new, changed, deleted):
             self.reads.note_links(mark, table, keys)
+        self.reads.note_link_rows(mark, link_events(new, dirty, deleted))
         self._fire("after_insert", new)
         self._fire("after_update", dirty)
         self._fire("after_delete", deleted)

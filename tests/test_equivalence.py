@@ -46,7 +46,7 @@ from hypothesis import strategies as st
 from sqlalchemy import Engine, delete, insert, inspect, select, update
 from sqlalchemy.orm import Session, SessionTransaction, aliased, selectinload
 
-from orm_ext import DeferredOperationError, JournalingSession
+from orm_ext import JournalingSession
 from tests.conftest import Backend
 from tests.models import (
     Account,
@@ -1315,12 +1315,6 @@ def test_many_to_one_target_only_the_link_kept_survives_rollback(
     assert_equivalent(backend, tmp_path, body)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=DeferredOperationError,
-    reason="refused, not answered: a many-to-many collection first loaded after the block "
-    "wrote its link table reads the link table, which block reads cannot evaluate yet",
-)
 def test_lazy_load_of_a_many_to_many_changed_from_the_other_side(
     backend: Backend, tmp_path: Path
 ) -> None:
