@@ -155,6 +155,12 @@ class ReplayService:
         """
         summary = ServiceSummary()
         backoff = 0.0
+        _log.info(
+            "replaying the journals of %s into %s%s",
+            self.spool.directory,
+            self.engine.url.render_as_string(hide_password=True),
+            " until it is drained" if once else "",
+        )
         try:
             while not self._stop.is_set():
                 self.spool.tidy()
