@@ -194,6 +194,12 @@ class ReplayService:
 
     def _attempt(self, journal: Ready, summary: ServiceSummary) -> str:
         """Replay one journal; ``done``, ``later`` (busy, or retry) or ``unavailable``."""
+        with self.spool.hold(journal.path) as held:
+            if not held:
+                return "later" if journal.path.exists() else "done"
+            return self._replay(journal, summary)
+
+    def _replay(self, journal: Ready, summary: ServiceSummary) -> str:
         try:
             with self._sessions() as session:
                 result = reconnect_and_commit(

@@ -16,6 +16,7 @@ import datetime as dt
 import errno
 import fcntl
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -154,6 +155,39 @@ class Spool:
         if target.exists() and not same:
             target = folder / f"{path.stem}.{journal_id}{path.suffix}"
         return target
+
+    @contextlib.contextmanager
+    def hold(self, path: Path) -> Iterator[bool]:
+        """Hold ``path`` while it is replayed; yields False if someone else holds it.
+
+        The lock is the writer's own (flock on the file), so replayers sharing the spool
+        pass over a journal one of them is applying without asking the database, and a
+        file that was moved away meanwhile (another replayer) counts as held. Only an
+        optimisation: the ledger decides what is applied.
+        """
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            yield False
+            return
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                named = os.stat(path, follow_symlinks=False)
+            except FileNotFoundError:
+                named = None
+            held = os.fstat(fd)
+            # Locked after another replayer moved it out: this name is no longer it.
+            yield named is not None and (named.st_dev, named.st_ino) == (
+                held.st_dev,
+                held.st_ino,
+            )
+        finally:
+            os.close(fd)
 
     def tidy(self) -> None:
         """Move side files whose journal was moved out (a replayer died in between)."""
