@@ -17,7 +17,7 @@ The ratio is service / plain throughput at the same k. While each side runs, the
 script samples what PostgreSQL's backends wait on (``pg_stat_activity.wait_event``:
 none = on CPU, ``WALSync``/``WALWrite`` = fsync, ``Lock``/``LWLock`` = locks such as the
 ledger's, ``ClientRead`` = waiting for the client), counts WAL fsyncs (``pg_stat_wal``)
-and the CPU the machine and the PostgreSQL processes used (``/proc``).
+and the CPU the machine, the database's backends and the clients used (``/proc``).
 
 Run: ``python bench/replay_service_bench.py [--url URL] [--n 160] [--large-n 16]``;
 a smoke run: ``--n 8 --large-n 2 --sizes 100,1000 --replayers 1,2``.
@@ -94,45 +94,50 @@ def _cpu_of(pids: Sequence[int]) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-def _postgres_cpu() -> float:
-    """CPU seconds used so far by the live processes named postgres."""
-    ticks = 0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        name = stat[stat.index("(") + 1 : stat.rindex(")")]
-        if name.startswith("postgres"):
-            rest = stat[stat.rindex(")") + 2 :].split()
-            ticks += int(rest[11]) + int(rest[12])
-    return ticks / os.sysconf("SC_CLK_TCK")
-
-
 class Sampler:
-    """Samples the wait events of the benchmark database's backends every 20 ms."""
+    """Every 20 ms, what the benchmark database's backends wait on and the CPU they used.
+
+    Only this database's backends: the server may be serving other work. A backend's
+    CPU time is read from /proc (the server runs on this machine), from its value when
+    sampling began (0 for a backend that started later) to its last sample.
+    """
 
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine
         self.waits: Counter[str] = Counter()
+        self._first: dict[int, float] = {}
+        self._last: dict[int, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
+    @property
+    def backend_cpu(self) -> float:
+        return sum(cpu - self._first.get(pid, 0.0) for pid, cpu in self._last.items())
+
+    def _sample(self, conn: sa.Connection) -> None:
+        rows = conn.execute(
+            sa.text(
+                "SELECT pid, state, coalesce(wait_event_type || ':' || wait_event, 'CPU') "
+                "FROM pg_stat_activity WHERE datname = current_database() "
+                "AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
+            )
+        ).all()
+        conn.rollback()
+        for pid, state, event in rows:
+            if state == "active":
+                self.waits[event] += 1
+            self._last[pid] = _cpu_of([pid]) or self._last.get(pid, 0.0)
+
     def _run(self) -> None:
-        query = sa.text(
-            "SELECT coalesce(wait_event_type || ':' || wait_event, 'CPU') FROM "
-            "pg_stat_activity WHERE datname = current_database() AND state = 'active' "
-            "AND pid <> pg_backend_pid()"
-        )
         with self.engine.connect() as conn:
             while not self._stop.wait(0.02):
-                for (event,) in conn.execute(query):
-                    self.waits[event] += 1
-                conn.rollback()
+                self._sample(conn)
 
     def __enter__(self) -> Sampler:
+        with self.engine.connect() as conn:
+            self._sample(conn)
+        self._first = dict(self._last)
+        self.waits.clear()
         self._thread.start()
         return self
 
@@ -150,7 +155,6 @@ def measured(engine: sa.Engine, body: Callable[[], tuple[float, int, int, float]
     """Run ``body() -> (seconds, journals, operations, client CPU seconds)`` and what the
     machine did meanwhile."""
     busy0, total0 = _machine_busy()
-    pg0 = _postgres_cpu()
     wal0 = _wal_syncs(engine)
     with Sampler(engine) as sampler:
         seconds, journals, operations, client = body()
@@ -163,7 +167,7 @@ def measured(engine: sa.Engine, body: Callable[[], tuple[float, int, int, float]
         waits=sampler.waits,
         wal_syncs=_wal_syncs(engine) - wal0,
         machine_cpu=(busy1 - busy0) / max(1, total1 - total0),
-        postgres_cpu=(_postgres_cpu() - pg0) / seconds,
+        postgres_cpu=sampler.backend_cpu / seconds,
         client_cpu=client / seconds,
     )
 
@@ -378,9 +382,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(
         "\nratio: service / plain operations per second at the same process count;\n"
         "speed-up: against 1 replayer; cpu: share of all CPUs busy (other work included);\n"
-        "pg cpu / client: CPU seconds per second of PostgreSQL / of the replayers (or plain\n"
-        "writers); fsyncs: WAL syncs (pg_stat_wal); busy: journals a replayer found locked\n"
-        "by another (advisory lock); waiting on: sampled pg_stat_activity wait events."
+        "pg cpu / client: CPU seconds per second of the database's backends / of the\n"
+        "replayers (or plain writers); fsyncs: WAL syncs of the whole server (pg_stat_wal);\n"
+        "busy: journals a replayer found locked by another (advisory lock); waiting on:\n"
+        "sampled pg_stat_activity wait events of the database's backends."
     )
 
 

@@ -549,6 +549,32 @@ def test_service_api_once_returns_a_summary(
     assert journals_in(spool / "applied") == ["one.dbm", "two.dbm"]
 
 
+def test_side_files_travel_with_their_journal(
+    backend: Backend, target: sa.Engine, recorder: Recorder, spool: Path
+) -> None:
+    """SQLite side files beside a journal move with it, and side files left behind by a
+    replayer that died mid-move follow their journal on the next run."""
+    path = drop(recorder.record("side.dbm", "side"), spool)
+    Path(f"{path}-shm").write_bytes(b"\0" * 32)  # as a writer killed mid-seal can leave
+    orphan = drop(recorder.record("orphan.dbm", "orphan"), spool)
+    (spool / "applied").mkdir()
+    os.link(orphan, spool / "applied" / "orphan.dbm")  # moved, then the replayer died:
+    Path(f"{orphan}-wal").write_bytes(b"")  # ... the journal's name is still in the spool,
+    with sessionmaker(target, class_=JournalingSession)() as session:
+        assert session.reconnect_and_commit(orphan).applied  # and it had been applied
+    os.unlink(orphan)  # the next step of the dead replayer's move; only its -wal is left
+    summary = ReplayService(target, spool).run(once=True)
+    assert (summary.applied, summary.already_applied) == (1, 0)
+    assert sorted(p.name for p in spool.iterdir() if p.is_file()) == []
+    assert sorted(p.name for p in (spool / "applied").iterdir()) == [
+        "orphan.dbm",
+        "orphan.dbm-wal",
+        "side.dbm",
+        "side.dbm-shm",
+    ]
+    assert task_names(target) == ["orphan", "side"]
+
+
 def test_service_refuses_a_missing_spool_and_bad_settings(tmp_path: Path, sqlite_url: str) -> None:
     """A spool that is not a directory, or a setting out of range, is refused at once."""
     with pytest.raises(NotADirectoryError, match="spool"):
