@@ -138,6 +138,14 @@ class Spool:
             return None
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
+        # A replayer that died between the two steps of moving it to the other folder
+        # left it there too; this move is the one that counts now.
+        for other in {self.applied, self.failed} - {folder}:
+            stale = other / target.name
+            with contextlib.suppress(FileNotFoundError):
+                if os.path.samefile(stale, target):
+                    os.unlink(stale)
+                    Path(f"{stale}.json").unlink(missing_ok=True)
         for suffix in SIDE_SUFFIXES:
             with contextlib.suppress(FileNotFoundError):
                 os.replace(f"{path}{suffix}", f"{target}{suffix}")

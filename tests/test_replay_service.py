@@ -575,6 +575,21 @@ def test_side_files_travel_with_their_journal(
     assert task_names(target) == ["orphan", "side"]
 
 
+def test_a_journal_half_moved_to_failed_and_then_applied_is_only_in_applied(
+    backend: Backend, target: sa.Engine, recorder: Recorder, spool: Path
+) -> None:
+    """A journal a dead replayer had linked into failed/ (with its JSON) but not yet
+    removed from the spool, applied on the next run, ends in applied/ only."""
+    path = drop(recorder.record("retry.dbm", "retry"), spool)
+    (spool / "failed").mkdir()
+    os.link(path, spool / "failed" / "retry.dbm")
+    (spool / "failed" / "retry.dbm.json").write_text("{}")
+    summary = ReplayService(target, spool).run(once=True)
+    assert (summary.applied, summary.failed) == (1, 0)
+    assert journals_in(spool / "applied") == ["retry.dbm"]
+    assert list((spool / "failed").iterdir()) == []
+
+
 def test_service_refuses_a_missing_spool_and_bad_settings(tmp_path: Path, sqlite_url: str) -> None:
     """A spool that is not a directory, or a setting out of range, is refused at once."""
     with pytest.raises(NotADirectoryError, match="spool"):
