@@ -968,8 +968,23 @@ def watch(
     # Pre-ping: a database restarted under a long-running service leaves dead pooled
     # connections; each is replaced when it is next taken, not reported as a failure.
     engine = _engine(url, pool_pre_ping=True)
+    # On a terminal, the journal being applied has a bar counting its operations, and
+    # each journal done a line above it.
+    bar = Progress(
+        *Progress.get_default_columns()[:2],
+        MofNCompleteColumn(),
+        TextColumn("operations"),
+        console=out,
+        transient=True,
+        disable=not out.is_terminal,
+    )
+    task = bar.add_task("replaying", total=None, visible=False)
+
+    def advance(done: int, total: int) -> None:
+        bar.update(task, completed=done, total=total, visible=True)
 
     def report(event: ServiceEvent) -> None:
+        bar.update(task, completed=0, total=None, visible=False)
         if not (as_json or out.is_terminal):
             return  # the orm_ext.service logger reports it
         outcome = ReplayOutcome(
@@ -992,13 +1007,15 @@ def watch(
         allow_dill=allow_dill,
         poll_interval=poll_interval,
         on_event=report,
+        progress=advance,
     )
     previous = {
         signum: signal.signal(signum, lambda _signum, _frame: service.stop())
         for signum in (signal.SIGTERM, signal.SIGINT)
     }
     try:
-        summary = service.run(once=once)
+        with bar:
+            summary = service.run(once=once)
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
