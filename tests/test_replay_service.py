@@ -449,6 +449,62 @@ def test_database_unavailable_is_waited_for_never_failed(
     assert list((spool / "failed").iterdir()) == []
 
 
+def test_connection_cut_mid_journal_is_retried_not_failed(
+    backend: Backend, target: sa.Engine, recorder: Recorder, spool: Path, tmp_path: Path
+) -> None:
+    """A replay whose connection the server kills mid-journal (the database still up)
+    is rolled back and tried again: the journal is applied once, never failed."""
+    if backend.name == "sqlite":
+        pytest.skip("an SQLite connection cannot be killed from outside")
+    for engine in (recorder.engine, target):
+        with engine.begin() as connection:
+            connection.execute(sa.insert(Task).values(name="held"))
+    with recorder.sessions() as session, session.deferred_operations(recorder.staging / "cut.dbm"):
+        session.add(Task(name="cut"))
+        session.flush()
+        session.get(Task, 1).name = "updated"  # type: ignore[union-attr]
+    drop(recorder.staging / "cut.dbm", spool)
+    ledger_module.ensure_ledger(target)
+    holder = target.connect()
+    holder.begin()
+    holder.execute(sa.select(Task.id).where(Task.id == 1).with_for_update()).all()
+    admin = sa.create_engine(backend.url, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
+    log = tmp_path / "r"
+    proc = replayer(backend.url, spool, log, top=("--log-level", "DEBUG"))
+    try:
+        wait_for(lambda: "batch 1 applied" in read(log, "err"), "the blocked replay", proc)
+        with admin.connect() as c:  # the replay's connection is the one waiting on the lock
+            if backend.name == "postgresql":
+                killed = c.scalar(
+                    sa.text(
+                        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                    )
+                )
+            else:
+                rows = c.execute(
+                    sa.text(
+                        "SELECT id FROM information_schema.processlist WHERE db = DATABASE() "
+                        "AND id <> CONNECTION_ID() AND info LIKE '%FOR UPDATE%'"
+                    )
+                ).all()
+                for (pid,) in rows:
+                    c.execute(sa.text(f"KILL CONNECTION {int(pid)}"))
+                killed = len(rows)
+        assert killed == 1
+        wait_for(lambda: "will try again" in read(log, "err"), "the retry", proc)
+        holder.rollback()
+        wait_for(lambda: journals_in(spool / "applied") == ["cut.dbm"], "cut.dbm", proc)
+    finally:
+        holder.close()
+        admin.dispose()
+        status = stop(proc, log)
+    assert status == 0, read(log, "err")
+    assert list((spool / "failed").iterdir()) == []
+    assert task_names(target) == ["updated", "cut"]
+    assert len(ledger_ids(target)) == 1
+
+
 # -- many replayers ---------------------------------------------------------------------------
 
 REPLAYERS = 8
