@@ -7,8 +7,11 @@ nothing asserts how long anything took.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import pty
+import re
 import shutil
 import signal
 import subprocess
@@ -356,6 +359,32 @@ def test_sigterm_mid_journal_finishes_it_then_stops(
     assert journals_in(spool / "applied") == ["long.dbm"]
     assert journals_in(spool) == ["next.dbm"]
     assert len(task_names(target)) == 21 and "updated" in task_names(target)
+
+
+def test_on_a_terminal_each_journal_gets_a_line(
+    sqlite_url: str, recorder: Recorder, spool: Path
+) -> None:
+    """On a terminal (a pseudo-terminal here) the service prints one line per journal."""
+    Base.metadata.create_all(sa.create_engine(sqlite_url))
+    drop(recorder.record("one.dbm", "one"), spool)
+    drop(recorder.record("two.dbm", "two"), spool)
+    argv = [sys.executable, "-m", "orm_ext.cli", "replay", sqlite_url, str(spool)]
+    argv += ["--watch", "--once", "--models", "tests.models"]
+    primary, secondary = pty.openpty()
+    proc = subprocess.Popen(argv, cwd=REPO, stdin=secondary, stdout=secondary, stderr=secondary)
+    os.close(secondary)
+    chunks = []
+    with contextlib.suppress(OSError):  # EIO once the command has closed the terminal
+        while chunk := os.read(primary, 4096):
+            chunks.append(chunk)
+    os.close(primary)
+    assert proc.wait(timeout=PATIENCE) == 0
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", b"".join(chunks).decode())
+    lines = [line.strip("\r") for line in text.split("\n") if "dbm:" in line]
+    assert [line.split(": ")[:2] for line in lines] == [
+        [f"{spool}/one.dbm", "applied"],
+        [f"{spool}/two.dbm", "applied"],
+    ]
 
 
 # -- the database goes away -----------------------------------------------------------------
