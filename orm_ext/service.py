@@ -138,7 +138,8 @@ class ReplayService:
     def stop(self) -> None:
         """Ask :meth:`run` to return once the journal in progress is done (thread-safe).
 
-        Safe to call from a signal handler: it only sets a flag.
+        Safe to call from a signal handler: it only sets a flag. A stopped service stays
+        stopped: a later :meth:`run` returns at once; make a new one to start again.
         """
         self._stop.set()
 
