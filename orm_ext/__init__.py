@@ -24,6 +24,7 @@ from orm_ext.recording import DeferredOperations
 from orm_ext.references import Placeholder
 from orm_ext.replay import ReplayResult
 from orm_ext.scoped import AsyncScopedJournalingSession, ScopedJournalingSession
+from orm_ext.service import ReplayService, ServiceEvent, ServiceSummary
 from orm_ext.session import JournalingSession
 
 __all__ = [
@@ -41,7 +42,10 @@ __all__ = [
     "QueryMemo",
     "ReplayConflictError",
     "ReplayResult",
+    "ReplayService",
     "SchemaMismatchError",
     "ScopedJournalingSession",
+    "ServiceEvent",
+    "ServiceSummary",
     "SnapshotMissError",
 ]

@@ -102,26 +102,75 @@ def build_parser() -> argparse.ArgumentParser:
         help="apply each journal and roll back: report what would happen, change nothing",
     )
     replay.add_argument("--json", action="store_true", help="print one JSON object per journal")
-    replay.set_defaults(
-        func=lambda a, c: commands.replay(
-            a.url,
-            a.paths,
-            models=a.models,
-            on_conflict=a.on_conflict,
-            allow_schema_drift=a.allow_schema_drift,
-            allow_dill=a.allow_dill,
-            key=a.key,
-            dry_run=a.dry_run,
-            as_json=a.json,
-            show_traceback=a.traceback,
-            console=c,
-        )
+    replay.add_argument(
+        "--watch",
+        action="store_true",
+        help="run as a service on one spool directory PATH: apply each sealed journal as it "
+        "arrives and move it to PATH/applied/ or PATH/failed/ (with a .json file saying why)",
     )
+    replay.add_argument(
+        "--once",
+        action="store_true",
+        help="with --watch: stop when the spool holds no sealed journal",
+    )
+    replay.add_argument(
+        "--poll-interval",
+        type=_seconds,
+        default=1.0,
+        metavar="SECONDS",
+        help="with --watch: how often to look at an idle spool (default: 1)",
+    )
+    replay.set_defaults(func=_replay)
 
     init_db = sub.add_parser("init-db", help="create the ledger table (Alembic migration)")
     init_db.add_argument("url", help="SQLAlchemy database URL")
     init_db.set_defaults(func=lambda a, c: commands.init_db(a.url, console=c))
     return parser
+
+
+def _replay(args: argparse.Namespace, console: Console) -> int:
+    """``replay``: a one-off run over PATHs, or with ``--watch`` the service on one spool."""
+    if not args.watch:
+        if args.once:
+            raise commands.CommandError("--once goes with --watch; add --watch")
+        return commands.replay(
+            args.url,
+            args.paths,
+            models=args.models,
+            on_conflict=args.on_conflict,
+            allow_schema_drift=args.allow_schema_drift,
+            allow_dill=args.allow_dill,
+            key=args.key,
+            dry_run=args.dry_run,
+            as_json=args.json,
+            show_traceback=args.traceback,
+            console=console,
+        )
+    if args.dry_run:
+        raise commands.CommandError(
+            "--dry-run cannot go with --watch (the service moves what it replays); run "
+            "orm-journal replay URL PATH --dry-run on the journals instead"
+        )
+    if len(args.paths) != 1:
+        raise commands.CommandError(
+            "--watch takes one spool directory, not several paths; run one service per spool"
+        )
+    if not args.log_level and not args.json and not console.is_terminal:
+        # No terminal to print a line per journal on: the loggers report each journal.
+        _log_to_stderr("INFO")
+    return commands.watch(
+        args.url,
+        args.paths[0],
+        models=args.models,
+        on_conflict=args.on_conflict,
+        allow_schema_drift=args.allow_schema_drift,
+        allow_dill=args.allow_dill,
+        key=args.key,
+        once=args.once,
+        poll_interval=args.poll_interval,
+        as_json=args.json,
+        console=console,
+    )
 
 
 def _count(text: str) -> int:
@@ -132,6 +181,17 @@ def _count(text: str) -> int:
         value = -1
     if value < 0:
         raise argparse.ArgumentTypeError(f"expected a whole number, 0 or more, not {text!r}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    """An argparse type: a number of seconds above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds above 0, not {text!r}")
     return value
 
 

@@ -19,6 +19,7 @@ import math
 import os
 import re
 import reprlib
+import signal
 import stat
 import subprocess
 import sys
@@ -58,6 +59,7 @@ from orm_ext import demo as demo_models
 from orm_ext import ledger
 from orm_ext.replay import ConflictPolicy, reconnect_and_commit
 from orm_ext.reporting import ReplayOutcome, cli_words, conflict_lines, json_line, outcome_line
+from orm_ext.service import ReplayService, ServiceEvent
 from orm_ext.session import JournalingSession
 
 __all__ = [
@@ -69,6 +71,7 @@ __all__ = [
     "plain",
     "replay",
     "verify",
+    "watch",
 ]
 
 
@@ -721,7 +724,7 @@ def _journals(paths: Iterable[str]) -> list[Path]:
     return found
 
 
-def _engine(url: str) -> Engine:
+def _engine(url: str, **options: Any) -> Engine:
     try:
         parsed = make_url(url)
     except Exception:
@@ -730,7 +733,7 @@ def _engine(url: str) -> Engine:
             "cannot parse the database URL; expected dialect+driver://user:password@host/database"
         ) from None
     try:
-        return create_engine(parsed)
+        return create_engine(parsed, **options)
     except Exception as err:
         raise CommandError(
             f"cannot use database URL {_safe_url(url)}: {one_line(err, url=url)}"
@@ -930,6 +933,94 @@ def _replay_one(
         duration=result.duration,
         dry_run=options.dry_run,
     )
+
+
+def watch(
+    url: str,
+    directory: str,
+    *,
+    models: Sequence[str] = (),
+    on_conflict: ConflictPolicy = "fail",
+    allow_schema_drift: bool = False,
+    allow_dill: bool = False,
+    key: str | None = None,
+    once: bool = False,
+    poll_interval: float = 1.0,
+    as_json: bool = False,
+    console: Console | None = None,
+) -> int:
+    """Run the replay service on the spool ``directory`` (``replay URL DIR --watch``).
+
+    Applies each sealed journal exactly once, in the order they were sealed, and moves it
+    to ``applied/`` or ``failed/`` (with ``NAME.json`` beside it); see
+    :class:`orm_ext.ReplayService`. Prints one line per journal on a terminal (with
+    ``as_json``, one JSON object per journal anywhere). SIGTERM and SIGINT let the journal
+    in progress finish, then the command ends with status 0. With ``once`` it ends when
+    the spool holds no sealed journal: status 1 if a journal failed on the way, else 0.
+    """
+    out = console or Console()
+    import_models(models)
+    if not Path(directory).is_dir():
+        raise CommandError(
+            f"{directory}: --watch needs one spool directory (the one recording workers "
+            "drop journals into); create it or name it"
+        )
+    # Pre-ping: a database restarted under a long-running service leaves dead pooled
+    # connections; each is replaced when it is next taken, not reported as a failure.
+    engine = _engine(url, pool_pre_ping=True)
+    # On a terminal, the journal being applied has a bar counting its operations, and
+    # each journal done a line above it.
+    bar = Progress(
+        *Progress.get_default_columns()[:2],
+        MofNCompleteColumn(),
+        TextColumn("operations"),
+        console=out,
+        transient=True,
+        disable=not out.is_terminal,
+    )
+    task = bar.add_task("replaying", total=None, visible=False)
+
+    def advance(done: int, total: int) -> None:
+        bar.update(task, completed=done, total=total, visible=True)
+
+    def report(event: ServiceEvent) -> None:
+        bar.update(task, completed=0, total=None, visible=False)
+        if not (as_json or out.is_terminal):
+            return  # the orm_ext.service logger reports it
+        outcome = ReplayOutcome(
+            str(event.path),
+            event.outcome,
+            journal_id=event.journal_id,
+            operations=event.operations,
+            conflicts=event.conflicts,
+            duration=event.duration,
+            error=event.error,
+        )
+        _report(out, outcome, as_json)
+
+    service = ReplayService(
+        engine,
+        directory,
+        key=key,
+        on_conflict=on_conflict,
+        allow_schema_drift=allow_schema_drift,
+        allow_dill=allow_dill,
+        poll_interval=poll_interval,
+        on_event=report,
+        progress=advance,
+    )
+    previous = {
+        signum: signal.signal(signum, lambda _signum, _frame: service.stop())
+        for signum in (signal.SIGTERM, signal.SIGINT)
+    }
+    try:
+        with bar:
+            summary = service.run(once=once)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        engine.dispose()
+    return 1 if once and summary.failed and not service.stopping else 0
 
 
 def init_db(url: str, *, console: Console | None = None) -> int:
