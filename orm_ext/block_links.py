@@ -9,11 +9,12 @@ rollback can take back what it discards.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy.orm import attributes
+from sqlalchemy.orm import Mapper, attributes
 from sqlalchemy.orm.state import InstanceState
 from sqlalchemy.sql.schema import Table
 
@@ -89,12 +90,7 @@ def link_events(
     """The link rows one flush adds and removes, from its objects' collection histories."""
     gone = set(deleted)
     for state in (*new, *changed, *deleted):
-        mapper = state.mapper
-        for rel in mapper.relationships:
-            secondary = rel.secondary
-            if not isinstance(secondary, Table) or rel.viewonly:
-                continue
-            name = str(secondary.fullname)
+        for rel, name in _link_relationships(state.mapper):
             own = [(s.name, _value(state, p)) for p, s in rel.synchronize_pairs]
             if state in gone:
                 yield LinkEvent(name, *_split(own), present=False)
@@ -109,6 +105,17 @@ def link_events(
                         (s.name, _value(other, p)) for p, s in rel.secondary_synchronize_pairs or ()
                     ]
                     yield LinkEvent(name, *_split(own + theirs), present=present)
+
+
+@functools.cache
+def _link_relationships(mapper: Mapper[Any]) -> tuple[tuple[Any, str], ...]:
+    """The relationships of ``mapper`` that write a link table, with its name (once per
+    mapper: this runs for every object of every flush)."""
+    return tuple(
+        (rel, str(rel.secondary.fullname))
+        for rel in mapper.relationships
+        if isinstance(rel.secondary, Table) and not rel.viewonly
+    )
 
 
 def _split(pairs: list[tuple[str, Any]]) -> tuple[tuple[str, ...], tuple[Any, ...]]:
