@@ -290,8 +290,17 @@ def _recorded_from_other_side(rel: Any) -> bool:
 class Recorder:
     """Records one session's flushes into one journal; lives for one deferred block."""
 
-    def __init__(self, session: Session, writer: JournalWriter, revision: str | None) -> None:
+    def __init__(
+        self,
+        session: Session,
+        writer: JournalWriter,
+        revision: str | None,
+        stopped: Callable[[], None],
+    ) -> None:
         self.session = session
+        # The session's own way of ending the block for itself (JournalingSession owns
+        # what it carries): called first when the recorder lets go of it.
+        self.stopped = stopped
         self.writer = writer
         self.path = writer.path
         self.handle = DeferredOperations(writer.path, writer.journal_id)
@@ -305,7 +314,6 @@ class Recorder:
         self.tables: dict[str, sqlalchemy.Table] = {}
         self.classes: set[str] = set()
         self.next_ref = 1
-        self.saved_expire_on_commit = session.expire_on_commit
         self.guarded: list[sqlalchemy.Connection] = []
         self.pending: dict[InstanceState[Any], int] = {}  # refs of the flush being recorded
         # The new and changed objects of the flush being recorded, and (worked out only
@@ -338,9 +346,13 @@ class Recorder:
         *,
         overwrite: bool,
         key: bytes | str | None,
+        stopped: Callable[[], None],
         allow_dill: bool = True,
     ) -> Recorder:
-        """Check the session can start recording, then create the journal."""
+        """Check the session can start recording, then create the journal.
+
+        ``stopped`` is called when the recorder lets go of the session (the block ended).
+        """
         if session.new or session.deleted or any(session.is_modified(o) for o in session.dirty):
             raise DeferredOperationError(
                 "the session has pending changes; commit them (or roll them back) before "
@@ -363,16 +375,13 @@ class Recorder:
             versions={"sqlalchemy": sqlalchemy.__version__},
             pickles=allow_dill,
         )
-        recorder = cls(session, writer, _alembic_revision(session))
+        recorder = cls(session, writer, _alembic_revision(session), stopped)
         recorder.io = io
         for transaction in (session.get_transaction(), session.get_nested_transaction()):
             if transaction is not None:
                 recorder.marks[transaction] = recorder.origin
         for connection in _open_connections(session):
             guard_connection(recorder, connection)
-        # A commit inside the block is a checkpoint: nothing reached the database, so
-        # reloading objects from it would show stale values instead of the recorded ones.
-        session.expire_on_commit = False
         # Attached only while recording: any do_orm_execute listener makes SQLAlchemy
         # prepare each statement twice, a cost a session outside a block should not pay.
         # First in line, ahead of a query memo's listener, as when it was permanent.
@@ -403,7 +412,7 @@ class Recorder:
 
     def _detach(self) -> None:
         session = self.session
-        session._recorder = None  # type: ignore[attr-defined]
+        self.stopped()
         if event.contains(session, "do_orm_execute", _do_orm_execute):
             event.remove(session, "do_orm_execute", _do_orm_execute)
         for connection in self.guarded:
@@ -412,7 +421,6 @@ class Recorder:
         self.pinned = []
         self.reads = BlockReads(self.path, self._restore, self._autoflush, _adopt)
         self.io(self.writer.close)
-        session.expire_on_commit = self.saved_expire_on_commit
         states = session.identity_map.all_states()
         recorded = []
         for state in states:
@@ -1291,10 +1299,6 @@ class Recorder:
 _recording_connections: weakref.WeakKeyDictionary[sqlalchemy.Connection, Recorder] = (
     weakref.WeakKeyDictionary()
 )
-# Set on the session while its transaction holds flushed, uncommitted writes.
-_FLUSHED: Final = "_orm_journal_flushed"
-
-
 JournalIO = Callable[..., Any]
 """Runs a blocking journal call: ``io(function, *args, **kwargs)`` returns its result."""
 
@@ -1334,8 +1338,9 @@ def _unstorable(operations: Sequence[dict[str, Any]], pickles: bool) -> str:
 
 
 def has_flushed_changes(session: Session) -> bool:
-    """Whether the session's transaction holds writes flushed but not yet committed."""
-    return bool(getattr(session, _FLUSHED, False))
+    """Whether the session's transaction holds writes flushed but not yet committed
+    (a JournalingSession keeps track; any other session is taken at its word: none)."""
+    return bool(getattr(session, "_flushed_changes", False))
 
 
 def _describe(state: InstanceState[Any] | None) -> str:
@@ -1795,9 +1800,7 @@ def install(session: Session) -> None:
     """Register the recorder's listeners on ``session`` (a JournalingSession)."""
     event.listen(session, "after_begin", _after_begin)
     event.listen(session, "before_flush", _before_flush)
-    event.listen(session, "after_flush", _after_flush)
     event.listen(session, "after_transaction_create", _after_transaction_create)
-    event.listen(session, "after_transaction_end", _after_transaction_end)
     event.listen(session, "after_rollback", _after_rollback)
     event.listen(session, "after_commit", _after_commit)
     event.listen(session, "after_soft_rollback", _after_soft_rollback)
@@ -1827,19 +1830,10 @@ def _before_flush(session: Session, flush_context: Any, instances: Any) -> None:
         recorder.record_flush()
 
 
-def _after_flush(session: Session, flush_context: Any) -> None:
-    setattr(session, _FLUSHED, True)
-
-
 def _after_transaction_create(session: Session, transaction: SessionTransaction) -> None:
     recorder = _recorder(session)
     if recorder is not None:
         recorder.transaction_created(transaction)
-
-
-def _after_transaction_end(session: Session, transaction: SessionTransaction) -> None:
-    if transaction.parent is None:
-        setattr(session, _FLUSHED, False)
 
 
 def _after_rollback(session: Session) -> None:

@@ -49,6 +49,11 @@ class JournalingSession(Session):
             raise ValueError("journal_key must not be empty")
         self.journal_key = journal_key
         self._recorder: Recorder | None = None
+        # Whether this session's transaction holds flushed, uncommitted writes: a block
+        # cannot start on them, nor a replay commit them along with a journal.
+        self._flushed_changes = False
+        event.listen(self, "after_flush", _flushed)
+        event.listen(self, "after_transaction_end", _transaction_ended)
         # The memo attaches its listeners only while a memo block is open, placed so they
         # see the unit of work before the recorder turns it into a journal batch.
         memo.install(self)
@@ -86,10 +91,24 @@ class JournalingSession(Session):
                 f"already recording into {self._recorder.path}; deferred blocks do not nest",
                 path=self._recorder.path,
             )
+        expire_on_commit = self.expire_on_commit
+
+        def stopped() -> None:
+            self._recorder = None
+            self.expire_on_commit = expire_on_commit
+
         recorder = Recorder.start_recording(
-            self, path, overwrite=overwrite, key=self.journal_key, allow_dill=allow_dill
+            self,
+            path,
+            overwrite=overwrite,
+            key=self.journal_key,
+            stopped=stopped,
+            allow_dill=allow_dill,
         )
         self._recorder = recorder
+        # A commit inside the block is a checkpoint: nothing reached the database, so
+        # reloading objects from it would show stale values instead of the recorded ones.
+        self.expire_on_commit = False
         started = time.monotonic()
         try:
             yield recorder.handle
@@ -261,3 +280,12 @@ def _refuse_recorded_objects(session: Session, instance: object) -> None:
     # Listens on every Session, not only ours: an object recorded into a journal must not
     # reach any database directly, or replay would write it a second time.
     recording.refuse_if_recorded(session, instance)
+
+
+def _flushed(session: JournalingSession, flush_context: Any) -> None:
+    session._flushed_changes = True
+
+
+def _transaction_ended(session: JournalingSession, transaction: Any) -> None:
+    if transaction.parent is None:
+        session._flushed_changes = False
