@@ -58,7 +58,7 @@ from orm_ext.exc import SnapshotMissError
 from orm_ext.snapshot import QuerySnapshot
 from orm_ext.snapshot_key import Unkeyable, snapshot_key, structure_text
 
-__all__ = ["QueryMemo", "install", "invalidate", "reusing_query_results"]
+__all__ = ["QueryMemo", "invalidate", "reusing_query_results"]
 
 log = logging.getLogger("orm_ext.query")
 
@@ -236,11 +236,6 @@ class _Unkeyable(Exception):
     """A value the memo cannot key exactly: the statement passes through."""
 
 
-def install(session: Session) -> None:
-    """Give ``session`` its empty memo slot; listeners are attached per block, not here."""
-    session._query_memo = None  # type: ignore[attr-defined]
-
-
 def invalidate(session: Session) -> None:
     """Drop every result memoized in ``session``'s active block, if there is one.
 
@@ -260,8 +255,12 @@ def reusing_query_results(
     key: bytes | str | None = None,
     max_age: timedelta | None = None,
     refresh: bool = False,
+    attach: Callable[[QueryMemo | None], None],
 ) -> Iterator[QueryMemo]:
     """Memoize ``session``'s SELECTs for the block; a nested block shares the outer memo.
+
+    ``attach`` is the session's own way of holding the block's memo (``None`` when it
+    ends), where this module's listeners find it as ``session._query_memo``.
 
     The memo is cleared when the outermost block exits, also on an exception. With
     ``snapshot``, the snapshot file is opened (and verified with ``key``) here, and written
@@ -289,13 +288,13 @@ def reusing_query_results(
     event.listen(session, "do_orm_execute", _on_execute, retval=True)
     for name, listener in _LISTENERS:
         event.listen(session, name, listener, insert=True)
-    session._query_memo = memo  # type: ignore[attr-defined]
+    attach(memo)
     failed = True
     try:
         yield memo
         failed = False
     finally:
-        session._query_memo = None  # type: ignore[attr-defined]
+        attach(None)
         memo.clear()
         event.remove(session, "do_orm_execute", _on_execute)
         for name, listener in _LISTENERS:

@@ -54,9 +54,10 @@ class JournalingSession(Session):
         self._flushed_changes = False
         event.listen(self, "after_flush", _flushed)
         event.listen(self, "after_transaction_end", _transaction_ended)
-        # The memo attaches its listeners only while a memo block is open, placed so they
-        # see the unit of work before the recorder turns it into a journal batch.
-        memo.install(self)
+        # The memo of an open reusing_query_results() block; the memo attaches its
+        # listeners only while one is open, placed so they see the unit of work before
+        # the recorder turns it into a journal batch.
+        self._query_memo: QueryMemo | None = None
         recording.install(self)
 
     @contextmanager
@@ -258,9 +259,17 @@ class JournalingSession(Session):
         if snapshot is None and (age is not None or refresh):
             raise ValueError("max_age and refresh need a snapshot: pass snapshot=PATH")
         with memo.reusing_query_results(
-            self, snapshot, key=self.journal_key, max_age=age, refresh=bool(refresh)
+            self,
+            snapshot,
+            key=self.journal_key,
+            max_age=age,
+            refresh=bool(refresh),
+            attach=self._attach_memo,
         ) as query_memo:
             yield query_memo
+
+    def _attach_memo(self, query_memo: QueryMemo | None) -> None:
+        self._query_memo = query_memo
 
 
 def _max_age(value: dt.timedelta | float | None) -> dt.timedelta | None:
