@@ -38,7 +38,7 @@ from sqlalchemy.sql import sqltypes
 
 from journal import Batch
 from orm_ext.exc import DeferredOperationError, ReplayConflictError
-from orm_ext.recording import plan_for
+from orm_ext.mapper_plan import plan_for
 
 
 class Replay(Protocol):

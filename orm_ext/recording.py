@@ -25,23 +25,20 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
-import operator
 import os
-import re
 import uuid
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
 import sqlalchemy
 from sqlalchemy import event, select
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Mapper, ORMExecuteState, Session, SessionTransaction, attributes
+from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction, attributes
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.orm.collections import collection_adapter
-from sqlalchemy.orm.interfaces import MANYTOONE, ONETOMANY
 from sqlalchemy.orm.state import InstanceState
 from sqlalchemy.sql.elements import ClauseElement
 
@@ -53,9 +50,11 @@ from orm_ext.block_reads import BlockReads
 from orm_ext.exc import DeferredOperationError
 from orm_ext.fingerprint import describe_table, read_alembic_revision
 from orm_ext.gc_pause import paused_gc
-from orm_ext.references import Placeholder, class_path
-from orm_ext.server_values import FROM_DATABASE, server_defaults
+from orm_ext.mapper_plan import MapperPlan, new_row_values, plan_for
+from orm_ext.references import Placeholder
+from orm_ext.server_values import FROM_DATABASE
 from orm_ext.snapshot_rows import FROM_SNAPSHOT
+from orm_ext.write_guard import guard_connection, release
 
 __all__ = ["DeferredOperations", "Recorder", "install", "listen_last", "refuse_if_recorded"]
 
@@ -98,193 +97,6 @@ class DeferredOperations:
     path: Path
     journal_id: str
     operations: int = 0
-
-
-@dataclass(frozen=True)
-class _MapperPlan:
-    """What recording needs to know about one mapper, computed once."""
-
-    class_path: str
-    table: str
-    columns: tuple[str, ...]
-    scalar_defaults: tuple[tuple[str, Any], ...]
-    primary_key: tuple[str, ...]
-    relationships: tuple[tuple[str, bool], ...]  # recorded here: (key, is many-to-one)
-    collections: tuple[str, ...]  # every writable collection, recorded here or not
-    many_to_one_pairs: dict[str, tuple[tuple[str, str], ...]]  # key -> (local, remote attr)
-    version: str | None
-    tables: tuple[sqlalchemy.Table, ...]
-    column_values: Callable[[dict[str, Any]], tuple[Any, ...]]  # in ``columns`` order
-    many_to_one: tuple[str, ...]
-    related: tuple[str, ...]  # every relationship: what a rollback pins
-    secondary: tuple[sqlalchemy.Table, ...] = field(default=())
-    # One-to-many collection -> (parent attr, member attr) pairs: the member's foreign key
-    # a flush sets from the parent.
-    one_to_many_pairs: dict[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)
-    # Every table a change of such an object can write: its own, link tables, and those
-    # of the members of its one-to-many collections.
-    written_tables: tuple[sqlalchemy.Table, ...] = field(default=())
-    # dynamic and write-only relationships: no collection in the object, only a history.
-    query_loaded: frozenset[str] = field(default=frozenset())
-    # Collections through a link table (many-to-many).
-    link_collections: tuple[str, ...] = field(default=())
-    # Python-side defaults a flush computes in the program's process: (key, ColumnDefault).
-    callable_defaults: tuple[tuple[str, Any], ...] = field(default=())
-    on_update: tuple[tuple[str, Any], ...] = field(default=())
-    # Literal server defaults: (key, the value the database stores).
-    server_literals: tuple[tuple[str, Any], ...] = field(default=())
-    # Columns whose insert value only the database knows (see orm_ext.server_values).
-    from_database: frozenset[str] = field(default=frozenset())
-    callable_keys: frozenset[str] = field(default=frozenset())
-
-
-_plans: dict[Mapper[Any], _MapperPlan] = {}
-# Relationship strategies that hold no collection in the object: what the program added
-# or removed is in the attribute's history only.
-_QUERY_LOADED: Final = frozenset({"dynamic", "write_only"})
-
-
-def plan_for(mapper: Mapper[Any]) -> _MapperPlan:
-    """Return the (cached) recording plan of ``mapper``."""
-    plan = _plans.get(mapper)
-    if plan is None:
-        plan = _plans[mapper] = _make_plan(mapper)
-    return plan
-
-
-def _make_plan(mapper: Mapper[Any]) -> _MapperPlan:
-    columns: list[str] = []
-    defaults: list[tuple[str, Any]] = []
-    computed: list[tuple[str, Any]] = []
-    on_update: list[tuple[str, Any]] = []
-    for prop in mapper.column_attrs:
-        if not all(isinstance(c, sqlalchemy.Column) for c in prop.columns):
-            continue  # column_property() expressions are read-only: nothing to record
-        # Several columns: one attribute written to each (a joined-inheritance key that
-        # the subclass table repeats), as a flush writes it.
-        columns.append(str(prop.key))
-        default = prop.columns[0].default
-        if default is not None and getattr(default, "is_scalar", False):
-            defaults.append((prop.key, default.arg))
-        elif default is not None and getattr(default, "is_callable", False):
-            computed.append((prop.key, default))
-        update = prop.columns[0].onupdate
-        if update is not None and (update.is_scalar or update.is_callable):
-            on_update.append((prop.key, update))
-    relationships = []
-    pairs: dict[str, tuple[tuple[str, str], ...]] = {}
-    for rel in mapper.relationships:
-        if rel.viewonly or _recorded_from_other_side(rel):
-            continue
-        many_to_one = rel.direction is MANYTOONE
-        relationships.append((rel.key, many_to_one))
-        if many_to_one:
-            pairs[rel.key] = tuple(
-                (
-                    mapper.get_property_by_column(local).key,
-                    rel.mapper.get_property_by_column(remote).key,
-                )
-                for local, remote in rel.local_remote_pairs
-            )
-    members: dict[str, tuple[tuple[str, str], ...]] = {}
-    for rel in mapper.relationships:
-        if rel.direction is ONETOMANY and rel.secondary is None and not rel.viewonly:
-            members[rel.key] = tuple(
-                (
-                    mapper.get_property_by_column(local).key,
-                    rel.mapper.get_property_by_column(remote).key,
-                )
-                for local, remote in rel.local_remote_pairs
-            )
-    tables = tuple(t for t in mapper.tables if isinstance(t, sqlalchemy.Table))
-    secondary = tuple(
-        r.secondary
-        for r in mapper.relationships
-        if isinstance(r.secondary, sqlalchemy.Table) and not r.viewonly
-    )
-    member_tables = tuple(
-        t
-        for r in mapper.relationships
-        if r.key in members
-        for t in r.mapper.tables
-        if isinstance(t, sqlalchemy.Table)
-    )
-    database = server_defaults(mapper)
-    version = None
-    if mapper.version_id_col is not None and mapper.version_id_generator is not False:
-        version = mapper.get_property_by_column(mapper.version_id_col).key
-    return _MapperPlan(
-        class_path=class_path(mapper.class_),
-        # str(): SQLAlchemy names are quoted_name, a str subclass the codec would not
-        # store as plain text.
-        table=str(mapper.local_table.description),
-        columns=tuple(columns),
-        scalar_defaults=tuple(defaults),
-        callable_defaults=tuple(computed),
-        on_update=tuple(on_update),
-        server_literals=database.literals,
-        callable_keys=frozenset(k for k, _ in computed),
-        from_database=database.from_database,
-        primary_key=tuple(mapper.get_property_by_column(c).key for c in mapper.primary_key),
-        relationships=tuple(relationships),
-        collections=tuple(
-            r.key
-            for r in mapper.relationships
-            if r.uselist and not r.viewonly and r.lazy not in _QUERY_LOADED
-        ),
-        many_to_one_pairs=pairs,
-        version=version,
-        tables=tables,
-        column_values=_tuple_getter(columns),
-        many_to_one=tuple(k for k, m2o in relationships if m2o),
-        related=tuple(r.key for r in mapper.relationships if r.lazy not in _QUERY_LOADED),
-        query_loaded=frozenset(r.key for r in mapper.relationships if r.lazy in _QUERY_LOADED),
-        link_collections=tuple(
-            r.key
-            for r in mapper.relationships
-            if r.uselist
-            and not r.viewonly
-            and r.lazy not in _QUERY_LOADED
-            and r.secondary is not None
-        ),
-        secondary=secondary,
-        one_to_many_pairs=members,
-        written_tables=tuple(dict.fromkeys((*tables, *secondary, *member_tables))),
-    )
-
-
-def _new_row_values(plan: _MapperPlan, data: dict[str, Any]) -> tuple[Any, ...]:
-    """The column values of an object the block created, in ``plan.columns`` order."""
-    try:
-        return plan.column_values(data)
-    except KeyError:
-        # Only what the database sets at replay is ever missing: still unknown.
-        return tuple(data.get(k, FROM_DATABASE) for k in plan.columns)
-
-
-def _tuple_getter(keys: Sequence[str]) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
-    if len(keys) == 1:
-        key = keys[0]
-        return lambda data: (data[key],)
-    if not keys:
-        return lambda data: ()
-    return operator.itemgetter(*keys)
-
-
-def _recorded_from_other_side(rel: Any) -> bool:
-    """Whether the change of ``rel`` is recorded through its reverse relationship instead.
-
-    SQLAlchemy sets the many-to-one side of a one-to-many pair whenever the collection
-    changes, so that side alone is recorded. Private: RelationshipProperty._reverse_property
-    is how the ORM itself pairs them; checked on SQLAlchemy 2.0.x and 2.1.9.
-    """
-    reverses = [r for r in rel._reverse_property if not r.viewonly]
-    if not reverses:
-        return False
-    # Many-to-many sides are both recorded: a change made through one side shows up in
-    # the other's history only if that collection was loaded. Replay adds and removes
-    # idempotently, so a change seen from both sides is applied once.
-    return rel.direction is ONETOMANY and any(r.direction is MANYTOONE for r in reverses)
 
 
 class Recorder:
@@ -415,9 +227,7 @@ class Recorder:
         self.stopped()
         if event.contains(session, "do_orm_execute", _do_orm_execute):
             event.remove(session, "do_orm_execute", _do_orm_execute)
-        for connection in self.guarded:
-            _recording_connections.pop(connection, None)
-        self.guarded.clear()
+        release(self)
         self.pinned = []
         self.reads = BlockReads(self.path, self._restore, self._autoflush, _adopt)
         self.io(self.writer.close)
@@ -485,7 +295,7 @@ class Recorder:
         SQLAlchemy has just expired the objects, as after a database rollback; this is
         what a reload would show.
         """
-        collections: list[tuple[Any, InstanceState[Any], _MapperPlan, dict[str, Any]]] = []
+        collections: list[tuple[Any, InstanceState[Any], MapperPlan, dict[str, Any]]] = []
         for state in self.session.identity_map.all_states():
             # A deleted object that the rollback brought back needs its pins no more.
             state.info.pop(PINNED, None)
@@ -736,7 +546,7 @@ class Recorder:
         """Run the mapper listeners ``name`` for ``states`` with the flush's connection.
 
         SQL they run goes through the recording connection: reads reach the database,
-        writes are refused (see _refuse_writes), as in the rest of the block.
+        writes are refused (see orm_ext.write_guard), as in the rest of the block.
         """
         listening = {
             mapper: listeners
@@ -792,7 +602,7 @@ class Recorder:
                 plan = plan_for(state.mapper)
                 data = state.dict
                 values: dict[str, Any] | tuple[Any, ...] = (
-                    _new_row_values(plan, data)
+                    new_row_values(plan, data)
                     if REF in state.info
                     else {k: data[k] for k in plan.columns if k in data}
                 )
@@ -804,7 +614,7 @@ class Recorder:
         mark: int,
         values: dict[str, Any] | tuple[Any, ...],
         data: dict[str, Any],
-        plan: _MapperPlan,
+        plan: MapperPlan,
     ) -> None:
         """Remember what the database would hold for an object after batch ``mark``.
 
@@ -834,7 +644,7 @@ class Recorder:
         while len(history) > 1 and history[1][0] <= self.checkpoint:
             del history[0]
 
-    def _note_tables(self, plan: _MapperPlan) -> None:
+    def _note_tables(self, plan: MapperPlan) -> None:
         self.classes.add(plan.class_path)
         for tbl in (*plan.tables, *plan.secondary):
             self.tables.setdefault(str(tbl.fullname), tbl)
@@ -1073,7 +883,7 @@ class Recorder:
         return operation
 
     def _refuse_clear_and_set(
-        self, state: InstanceState[Any], plan: _MapperPlan, links: dict[str, Any]
+        self, state: InstanceState[Any], plan: MapperPlan, links: dict[str, Any]
     ) -> None:
         """Refuse a flush that clears a foreign key through one relationship and sets it
         through another (two relationships owning one column, as in the generic-foreign-key
@@ -1105,7 +915,7 @@ class Recorder:
                 )
 
     def _note_foreign_keys(
-        self, plan: _MapperPlan, links: dict[str, Any], columns: Iterable[str]
+        self, plan: MapperPlan, links: dict[str, Any], columns: Iterable[str]
     ) -> None:
         """Note a foreign key set without its relationship: collections may be stale."""
         written = set(columns)
@@ -1140,7 +950,7 @@ class Recorder:
             operation["version"] = data.get(plan.version)
         return operation
 
-    def _load_version(self, state: InstanceState[Any], plan: _MapperPlan) -> None:
+    def _load_version(self, state: InstanceState[Any], plan: MapperPlan) -> None:
         """Load an expired version counter, as a flush does before its UPDATE or DELETE."""
         if plan.version is None or plan.version in state.dict or state.key is None:
             return
@@ -1189,7 +999,7 @@ class Recorder:
         return list(state.key[1])
 
     def _sync_foreign_keys(
-        self, state: InstanceState[Any], plan: _MapperPlan, links: dict[str, Any]
+        self, state: InstanceState[Any], plan: MapperPlan, links: dict[str, Any]
     ) -> None:
         data = state.dict
         for key, pairs in plan.many_to_one_pairs.items():
@@ -1294,11 +1104,6 @@ class Recorder:
 
 # -- helpers --------------------------------------------------------------------------------
 
-# Connections (SQLAlchemy's per-checkout facades, not the pooled DBAPI connections, whose
-# info would outlive the block) of sessions that are recording, with the journal path.
-_recording_connections: weakref.WeakKeyDictionary[sqlalchemy.Connection, Recorder] = (
-    weakref.WeakKeyDictionary()
-)
 JournalIO = Callable[..., Any]
 """Runs a blocking journal call: ``io(function, *args, **kwargs)`` returns its result."""
 
@@ -1315,7 +1120,7 @@ def journal_io(session: Session) -> JournalIO:
 
 
 def _operation(
-    kind: str, plan: _MapperPlan, fields: dict[str, Any], **optional: Any
+    kind: str, plan: MapperPlan, fields: dict[str, Any], **optional: Any
 ) -> dict[str, Any]:
     """An operation dictionary; optional parts are left out when empty."""
     operation = {"op": kind, "class": plan.class_path, "table": plan.table, **fields}
@@ -1382,7 +1187,7 @@ Snapshot = tuple[
 members of each loaded collection)."""
 
 
-def _history(shadow: list[Snapshot] | tuple[Any, ...], plan: _MapperPlan) -> list[Snapshot]:
+def _history(shadow: list[Snapshot] | tuple[Any, ...], plan: MapperPlan) -> list[Snapshot]:
     """The SHADOW history of an object, expanded from the compact first snapshot if needed.
 
     A new object's first snapshot is stored as one flat tuple: its batch, its values in
@@ -1403,7 +1208,7 @@ def _history(shadow: list[Snapshot] | tuple[Any, ...], plan: _MapperPlan) -> lis
 def _show_values(
     obj: object,
     state: InstanceState[Any],
-    plan: _MapperPlan,
+    plan: MapperPlan,
     snapshot: Snapshot,
     *,
     only_missing: bool,
@@ -1428,7 +1233,7 @@ def _show_values(
 def _show_members(
     obj: object,
     state: InstanceState[Any],
-    plan: _MapperPlan,
+    plan: MapperPlan,
     members: dict[str, tuple[weakref.ref[Any], ...]],
 ) -> None:
     """Show a snapshot's collections on ``obj`` where they are not loaded."""
@@ -1757,43 +1562,6 @@ def refuse_if_recorded(session: Session, instance: object) -> None:
 
 
 # -- event wiring ---------------------------------------------------------------------------
-
-
-_WRITE = re.compile(
-    r"^\s*(?:insert|update|delete|replace|merge|upsert)\b"
-    r"|^\s*with\b.*\b(?:insert|update|delete|merge)\b",
-    re.IGNORECASE | re.DOTALL,
-)
-
-
-def _refuse_writes(conn: sqlalchemy.Connection, cursor: Any, statement: str, *args: Any) -> None:
-    # The guarantee of SPEC §3.1 for what does not go through a flush or an ORM
-    # statement: text() writes, legacy bulk_* methods, session.connection().execute().
-    recorder = _recording_connections.get(conn)
-    if recorder is None:
-        return
-    if not _WRITE.match(statement):
-        # SPEC §3.11: a read of a table the block wrote that no ORM query answered.
-        recorder.reads.check_sql(statement, conn.dialect)
-        return
-    path = recorder.path
-    raise DeferredOperationError(
-        f"a write statement reached the database connection while recording into {path} "
-        f"({statement.split(None, 1)[0].upper()} ...); only flushes and ORM "
-        "insert()/update()/delete() statements can be recorded. Nothing was sent",
-        path=path,
-    )
-
-
-def guard_connection(recorder: Recorder, connection: sqlalchemy.Connection) -> None:
-    """Make ``connection`` refuse INSERT/UPDATE/DELETE while ``recorder`` records."""
-    if connection in _recording_connections:
-        return
-    _recording_connections[connection] = recorder
-    engine = connection.engine
-    if not event.contains(engine, "before_cursor_execute", _refuse_writes):
-        event.listen(engine, "before_cursor_execute", _refuse_writes)
-    recorder.guarded.append(connection)
 
 
 def install(session: Session) -> None:

@@ -58,8 +58,9 @@ from orm_ext.exc import (
     SchemaMismatchError,
 )
 from orm_ext.fingerprint import describe_table, diff_schemas, read_alembic_revision
+from orm_ext.mapper_plan import plan_for
 from orm_ext.operations import OperationChecker, check_meta
-from orm_ext.recording import has_flushed_changes, plan_for
+from orm_ext.recording import has_flushed_changes
 from orm_ext.references import Placeholder
 
 __all__ = ["ConflictHandler", "ConflictPolicy", "ProgressCallback", "Replay", "ReplayResult"]
