@@ -51,6 +51,16 @@ from orm_ext.exc import DeferredOperationError
 from orm_ext.fingerprint import describe_table, read_alembic_revision
 from orm_ext.gc_pause import paused_gc
 from orm_ext.mapper_plan import MapperPlan, new_row_values, plan_for
+from orm_ext.object_history import (
+    REF,
+    SHADOW,
+    kept_history,
+    related_values,
+    show_members,
+    show_values,
+    snapshot_history,
+    weak_members,
+)
 from orm_ext.references import Placeholder
 from orm_ext.server_values import FROM_DATABASE
 from orm_ext.snapshot_rows import FROM_SNAPSHOT
@@ -58,11 +68,6 @@ from orm_ext.write_guard import guard_connection, release
 
 __all__ = ["DeferredOperations", "Recorder", "install", "listen_last", "refuse_if_recorded"]
 
-# Key in InstanceState.info: the journal-local number of an object created in a block.
-REF: Final = "orm_journal.ref"
-# Key in InstanceState.info: [(journal position, values after that batch)], see _remember;
-# a new object's first entry is kept in a compact form until needed, see _history.
-SHADOW: Final = "orm_journal.shadow"
 # Key in InstanceState.info: the path of the journal an object was recorded into; such an
 # object must never be attached to another session (see refuse_if_recorded).
 RECORDED: Final = "orm_journal.recorded"
@@ -272,7 +277,9 @@ class Recorder:
         (see :meth:`_record`).
         """
         self.pinned = [
-            value for state in self.session.identity_map.all_states() for value in _related(state)
+            value
+            for state in self.session.identity_map.all_states()
+            for value in related_values(state)
         ]
 
     def rolled_back(self, transaction: SessionTransaction) -> None:
@@ -299,17 +306,17 @@ class Recorder:
         for state in self.session.identity_map.all_states():
             # A deleted object that the rollback brought back needs its pins no more.
             state.info.pop(PINNED, None)
-            kept = _kept_history(state, target)
+            kept = kept_history(state, target)
             obj = state.obj()
             if kept is None or obj is None:
                 continue
             plan = plan_for(state.mapper)
-            _show_values(obj, state, plan, kept[-1], only_missing=False)
+            show_values(obj, state, plan, kept[-1], only_missing=False)
             collections.append((obj, state, plan, kept[-1][3]))
         # Only once every object has its values again: filling a collection can read its
         # members (a dict collection reads their key attribute).
         for obj, state, plan, members in collections:
-            _show_members(obj, state, plan, members)
+            show_members(obj, state, plan, members)
 
     def _restore(self, state: InstanceState[Any]) -> None:
         """Show the expired attributes of an object the block wrote as the journal has them.
@@ -323,13 +330,13 @@ class Recorder:
         history = state.info.get(SHADOW)
         if history:
             plan = plan_for(state.mapper)
-            snapshot = _history(history, plan)[-1]
-            _show_values(obj, state, plan, snapshot, only_missing=True)
+            snapshot = snapshot_history(history, plan)[-1]
+            show_values(obj, state, plan, snapshot, only_missing=True)
             # Link-table collections from the snapshot, which the block's reads cannot
             # query; one-to-many ones load through the block's reads, by foreign key,
             # which also finds rows linked since the snapshot.
             links = set(plan.link_collections)
-            _show_members(obj, state, plan, {k: v for k, v in snapshot[3].items() if k in links})
+            show_members(obj, state, plan, {k: v for k, v in snapshot[3].items() if k in links})
         missing = [p.key for p in state.mapper.column_attrs if p.key not in state.dict]
         if missing and state.key is not None and REF not in state.info:
             # Never loaded while the block changed the row, so never changed by it: the
@@ -410,7 +417,7 @@ class Recorder:
         self._rewind_journal(target)
         self.reads.rewind(target.batches)
         for state in self.session.identity_map.all_states():
-            _kept_history(state, target)
+            kept_history(state, target)
         self._forget_discarded(target.batches)
 
     # -- recording a flush ----------------------------------------------------------------
@@ -505,7 +512,7 @@ class Recorder:
             # A rollback may bring the object back, after SQLAlchemy expired what it
             # relates to (see pin_related). Held by the object itself: once the program
             # drops it, no rollback can bring it back.
-            state.info[PINNED] = tuple(_related(state))
+            state.info[PINNED] = tuple(related_values(state))
         self._fill_old_values(operations)
 
         if operations:
@@ -631,13 +638,13 @@ class Recorder:
             for k in plan.many_to_one
             if k in data
         }
-        members = {k: _weak_members(data[k]) for k in plan.collections if k in data}
+        members = {k: weak_members(data[k]) for k in plan.collections if k in data}
         history = state.info.get(SHADOW)
         if history is None:
             state.info[SHADOW] = [(mark, values, links, members)]
             return
         if not isinstance(history, list):
-            history = state.info[SHADOW] = _history(history, plan)
+            history = state.info[SHADOW] = snapshot_history(history, plan)
         history.append((mark, values, links, members))
         # A rollback never goes back beyond the last checkpoint (commit), so of the
         # entries up to it only the newest can still be needed.
@@ -786,7 +793,7 @@ class Recorder:
                 mark,
                 *plan.column_values(data),
                 *weak,
-                *[_weak_members(data[key]) if key in data else () for key in plan.collections],
+                *[weak_members(data[key]) if key in data else () for key in plan.collections],
             )
             if unknown:
                 # As a plain flush expires what the database generated (persistence's
@@ -1023,7 +1030,7 @@ class Recorder:
             # the journal's own earlier write is what replay will find there.
             history = state.info.get(SHADOW)
             if history:
-                values = _history(history, plan_for(state.mapper))[-1][1]
+                values = snapshot_history(history, plan_for(state.mapper))[-1][1]
                 if isinstance(values, dict):
                     for key in [k for k in missing if k in values]:
                         operation["old"][key] = values[key]
@@ -1175,122 +1182,6 @@ def _alembic_revision(session: Session) -> str | None:
             return read_alembic_revision(conn)
     except (SQLAlchemyError, OSError):
         return None
-
-
-Snapshot = tuple[
-    int,
-    "dict[str, Any] | tuple[Any, ...]",
-    dict[str, "weakref.ref[Any] | None"],
-    dict[str, tuple["weakref.ref[Any]", ...]],
-]
-"""One entry of an object's SHADOW history: (batch, column values, many-to-one links,
-members of each loaded collection)."""
-
-
-def _history(shadow: list[Snapshot] | tuple[Any, ...], plan: MapperPlan) -> list[Snapshot]:
-    """The SHADOW history of an object, expanded from the compact first snapshot if needed.
-
-    A new object's first snapshot is stored as one flat tuple: its batch, its values in
-    ``plan.columns`` order, a weak reference (or ``None``: no link) per
-    ``plan.many_to_one`` key, then the members of each ``plan.collections`` collection.
-    """
-    if isinstance(shadow, list):
-        return shadow
-    columns = len(plan.columns)
-    links_end = 1 + columns + len(plan.many_to_one)
-    values = shadow[1 : 1 + columns]
-    refs = shadow[1 + columns : links_end]
-    links = {k: ref for k, ref in zip(plan.many_to_one, refs, strict=True) if ref is not None}
-    members = dict(zip(plan.collections, shadow[links_end:], strict=True))
-    return [(shadow[0], values, links, members)]
-
-
-def _show_values(
-    obj: object,
-    state: InstanceState[Any],
-    plan: MapperPlan,
-    snapshot: Snapshot,
-    *,
-    only_missing: bool,
-) -> None:
-    """Show a snapshot's column values and many-to-one links on ``obj``."""
-    _, values, links, _ = snapshot
-    data = state.dict
-    pairs = values.items() if isinstance(values, dict) else zip(plan.columns, values, strict=True)
-    for key, value in pairs:
-        if value is FROM_DATABASE:
-            continue  # left unloaded: only replay knows it
-        if not (only_missing and key in data):
-            set_committed_value(obj, key, value)
-    for key, ref in links.items():
-        if only_missing and key in data:
-            continue
-        related = None if ref is None else ref()
-        if ref is None or related is not None:
-            set_committed_value(obj, key, related)
-
-
-def _show_members(
-    obj: object,
-    state: InstanceState[Any],
-    plan: MapperPlan,
-    members: dict[str, tuple[weakref.ref[Any], ...]],
-) -> None:
-    """Show a snapshot's collections on ``obj`` where they are not loaded."""
-    for key, refs in members.items():
-        if key in state.dict:
-            continue  # not expired: the session shows it as it is, as it would
-        members_now = [ref() for ref in refs]
-        if None in members_now and key not in plan.link_collections:
-            # A member the program dropped since: left unloaded, the collection loads
-            # through the block's reads, which find it by its foreign key.
-            continue
-        # A dropped member of a link-table collection cannot be shown again; one that a
-        # flush deleted and the rollback keeps deleted is not shown, as a reload would not.
-        alive = [
-            member
-            for member in members_now
-            if member is not None and not attributes.instance_state(member).was_deleted
-        ]
-        set_committed_value(obj, key, alive)
-    if REF in state.info:
-        # Only this journal knows the link rows of an object created in it. Its one-to-many
-        # collections stay unloaded: loading one finds the rows linked by foreign key.
-        for key in plan.link_collections:
-            if key not in state.dict:
-                set_committed_value(obj, key, ())
-
-
-def _kept_history(state: InstanceState[Any], target: Position) -> list[Snapshot] | None:
-    """Drop the snapshots of ``state`` taken after ``target``; return what is left."""
-    history = state.info.get(SHADOW)
-    if not history:
-        return None
-    kept = [
-        entry for entry in _history(history, plan_for(state.mapper)) if entry[0] <= target.batches
-    ]
-    if not kept or state.obj() is None:
-        del state.info[SHADOW]
-        return None
-    state.info[SHADOW] = kept
-    return kept
-
-
-def _related(state: InstanceState[Any]) -> Iterator[Any]:
-    """The loaded values of ``state``'s relationships: objects and collections."""
-    data = state.dict
-    for key in plan_for(state.mapper).related:
-        value = data.get(key)
-        if value is not None:
-            yield value
-
-
-def _weak_members(collection: Any) -> tuple[weakref.ref[Any], ...]:
-    """Weak references to the objects in a loaded collection of any class.
-
-    Through the collection's adapter: iterating a dict collection itself gives its keys.
-    """
-    return tuple(map(weakref.ref, collection_adapter(collection)))
 
 
 def _forget_insert(state: InstanceState[Any]) -> None:
