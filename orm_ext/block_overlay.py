@@ -54,10 +54,11 @@ from sqlalchemy.sql.elements import (
 )
 from sqlalchemy.sql.functions import FunctionElement
 from sqlalchemy.sql.schema import Table
-from sqlalchemy.sql.selectable import Select
+from sqlalchemy.sql.selectable import CTE, Select
 
 from orm_ext.block_links import LinkRows
 from orm_ext.block_query import Unanswerable, binds_placeholder
+from orm_ext.object_history import REF
 from orm_ext.references import Placeholder
 
 __all__ = ["Overlay"]
@@ -106,12 +107,15 @@ class Overlay:
         self.stand_ins: dict[Placeholder, int] = {}
         # (table name, column name) of columns holding a stand-in in some row.
         self.keyed: set[tuple[str, str]] = set()
+        # Tables with new rows whose keys the program gave (not the database).
+        self.explicit: set[str] = set()
         self.values = 0
 
     def answer(
         self, orm_execute_state: ORMExecuteState, statement: Select[Any], tables: list[Table]
     ) -> Result[Any]:
         """Run ``statement`` with each of ``tables`` laid over with the block's rows."""
+        self._refuse_unsupported(orm_execute_state, statement, tables)
         ctes = [self._cte(table) for table in tables]
         given: Any = orm_execute_state.parameters or {}
         parameters = {k: self._stand_in_value(v) for k, v in dict(given).items()}
@@ -122,8 +126,11 @@ class Overlay:
             if binds_placeholder(statement, orm_execute_state.parameters)
             else statement
         )
-        self._refuse_misused_keys(bound, {str(t.fullname) for t in tables})
+        self._refuse_misused_keys(bound, tables)
         self._refuse_keys_above_stand_ins(orm_execute_state, tables)
+        if self.stand_ins and orm_execute_state.load_options._populate_existing:
+            # It would write the stand-ins into the block's new objects as their keys.
+            raise Unanswerable("it populates existing objects (populate_existing)")
         overlaid = bound.add_cte(*ctes)
         with self._known_by_stand_ins():
             result = orm_execute_state.invoke_statement(statement=overlaid, params=parameters)
@@ -140,6 +147,50 @@ class Overlay:
         answer = frozen.with_new_rows(rows)()
         return answer
 
+    def _refuse_unsupported(
+        self, orm_execute_state: ORMExecuteState, statement: Select[Any], tables: list[Table]
+    ) -> None:
+        """Refuse what a same-named CTE cannot stand in for faithfully."""
+        if statement._for_update_arg is not None:
+            raise Unanswerable("it locks rows (FOR UPDATE), which a CTE does not have")
+        names = {t.name.lower() for t in tables}
+        for element in visitors.iterate(statement):
+            if isinstance(element, CTE) and str(element.name).lower() in names:
+                raise Unanswerable(f"it has a CTE of its own named {element.name!r}")
+        if self.dialect.name in ("mysql", "mariadb"):
+            for table in tables:
+                for column in table.c:
+                    if isinstance(column.type, sa.Enum) or (
+                        isinstance(column.type, sa.Float) and not isinstance(column.type, sa.Double)
+                    ):
+                        # A UNION with bound values turns ENUM into text (its order lost) and
+                        # FLOAT into DOUBLE (its values widened).
+                        raise Unanswerable(
+                            f"MySQL/MariaDB cannot carry column {table.name}.{column.name} "
+                            f"({column.type}) through the UNION that lays the block's rows "
+                            "over the table's",
+                            str(table.fullname),
+                        )
+        for table in tables:
+            for column in table.c:
+                onupdate: Any = column.onupdate
+                by_database = column.server_onupdate is not None or (
+                    onupdate is not None and onupdate.is_clause_element
+                )
+                if by_database and any(_holds(state, table) for state in self.states):
+                    raise Unanswerable(
+                        f"column {table.name}.{column.name} is set by the database when "
+                        "a row is updated, which only replay does",
+                        str(table.fullname),
+                    )
+        for state in self.states:
+            detached = state.session_id != self.session.hash_key and REF in state.info
+            if detached and any(_holds(state, table) for table in tables):
+                raise Unanswerable(
+                    f"the program took a {state.class_.__name__} the block created out of "
+                    "the session (expunge)"
+                )
+
     # -- the rows ---------------------------------------------------------------------------
 
     def _cte(self, table: Table) -> Any:
@@ -147,12 +198,15 @@ class Overlay:
             raise Unanswerable(
                 f"table {table.fullname!r} is in another schema", str(table.fullname)
             )
+        schema = self.dialect.default_schema_name
+        if schema is None:
+            raise Unanswerable("the database's default schema is not known", str(table.fullname))
         inner = sa.table(
             table.name,
             *[sa.column(c.name, c.type) for c in table.c],
-            # SQLite takes a CTE that names its own table as recursive; the schema-qualified
-            # name is the table. PostgreSQL and MariaDB look past a non-recursive CTE.
-            schema="main" if self.dialect.name == "sqlite" else None,
+            # Schema-qualified, the name is the table and never the CTE: SQLite, and any
+            # database once the statement is WITH RECURSIVE, would take it as the CTE.
+            schema=schema,
         )
         kept = sa.select(*inner.c)
         if str(table.fullname) in self.links.events:
@@ -256,6 +310,8 @@ class Overlay:
             if isinstance(value, Placeholder):
                 value = self._stand_in(value, column)
                 self.keyed.add((name, column.name))
+            elif column.primary_key and REF in state.info:
+                self.explicit.add(name)  # a new row whose key the program gave
             row[column.name] = value
         return row
 
@@ -324,7 +380,7 @@ class Overlay:
         traverse: Any = visitors.replacement_traverse
         return traverse(statement, {}, bind)  # type: ignore[no-any-return]
 
-    def _refuse_misused_keys(self, statement: Select[Any], tables: set[str]) -> None:
+    def _refuse_misused_keys(self, statement: Select[Any], tables: list[Table]) -> None:
         """Refuse a query that compares, computes with or passes a stand-in key to a function.
 
         Equality (joins, lookups, ``IN``), grouping, sorting and selecting the key as it is
@@ -334,12 +390,32 @@ class Overlay:
             return
         compiled: Any = statement.compile(dialect=self.dialect)
         core = compiled.compile_state.statement if compiled.compile_state else statement
-        misuse = _misused(core, self.keyed)
+        # Keys a direct run would not have assigned in the order the block created the
+        # rows: a table whose rows refer to each other (the flush inserts parents first),
+        # and on PostgreSQL one with keys the program gave (its sequence may be below them).
+        unordered = {
+            (name, column)
+            for name, column in self.keyed
+            if any(
+                str(t.fullname) == name
+                and (
+                    any(fk.column.table is t for fk in t.foreign_keys)
+                    or (self.dialect.name == "postgresql" and name in self.explicit)
+                )
+                for t in tables
+            )
+        }
+        misuse = _misused(core, self.keyed, unordered)
         if misuse is not None:
             table, column = misuse
+            if not isinstance(table, Table):
+                raise Unanswerable(
+                    f"it has literal SQL ({column!r}) where the keys of new rows stand in"
+                )
             raise Unanswerable(
                 f"it compares by order, computes with or passes to a function "
-                f"{table.name}.{column}, a key the database assigns at replay",
+                f"{table.name}.{column}, a key the database assigns at replay (or sorts by one "
+                "whose order only replay decides)",
                 str(table.fullname),
             )
 
@@ -409,10 +485,13 @@ def _frozen(result: Result[Any]) -> Any:
         return result.unique().freeze()
 
 
-def _misused(core: Any, keyed: set[tuple[str, str]]) -> tuple[Table, str] | None:
-    """The first keyed column ``core`` uses other than by equality or as a selected value."""
-    stack: list[tuple[Any, bool]] = [(core, False)]
-    seen: set[tuple[int, bool]] = set()
+def _misused(
+    core: Any, keyed: set[tuple[str, str]], unordered: set[tuple[str, str]]
+) -> tuple[Any, str] | None:
+    """The first keyed column ``core`` uses other than by equality, as a selected value or
+    (unless it is ``unordered``) in ORDER BY; any literal SQL column, while keys stand in."""
+    stack: list[tuple[Any, Any]] = [(core, False)]
+    seen: set[tuple[int, Any]] = set()
     while stack:
         element, allowed = stack.pop()
         marker = (id(element), allowed)
@@ -420,9 +499,11 @@ def _misused(core: Any, keyed: set[tuple[str, str]]) -> tuple[Table, str] | None
             continue
         seen.add(marker)
         if isinstance(element, ColumnClause):
-            table = _base_table(element.table)
-            if not allowed and table is not None and (str(table.fullname), element.name) in keyed:
-                return table, element.name
+            if allowed is True:
+                continue
+            found = _keyed_base(element, keyed)
+            if found is not None and (allowed is False or found[1] in unordered):
+                return found[0]
             continue
         if isinstance(element, BinaryExpression) and element.operator in _EQUALITY:
             stack.extend((child, True) for child in element.get_children())
@@ -447,10 +528,26 @@ def _misused(core: Any, keyed: set[tuple[str, str]]) -> tuple[Table, str] | None
             for clause in element._order_by_clauses:
                 # Sorting by a stand-in sorts as by the key (see _FIRST_STAND_IN).
                 stack.append(
-                    (clause.element if isinstance(clause, UnaryExpression) else clause, True)
+                    (clause.element if isinstance(clause, UnaryExpression) else clause, "order")
                 )
             continue
         stack.extend((child, False) for child in element.get_children())
+    return None
+
+
+def _keyed_base(
+    column: ColumnClause[Any], keyed: set[tuple[str, str]]
+) -> tuple[tuple[Any, str], tuple[str, str]] | None:
+    """The keyed table column ``column`` is, or stands for (through subqueries, CTEs and
+    labels); a literal SQL column counts as one, as what it names cannot be told."""
+    if column.is_literal or column.table is None:
+        if not keyed or column.name == "*" or column.name.strip().isdigit():
+            return None
+        return (column, column.name), ("", column.name)
+    for base in column.base_columns:
+        table = _base_table(getattr(base, "table", None))
+        if table is not None and (str(table.fullname), base.name) in keyed:
+            return (table, base.name), (str(table.fullname), base.name)
     return None
 
 

@@ -29,7 +29,9 @@ from sqlalchemy.engine import Dialect, Result
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Mapper, ORMExecuteState, Session, lazyload, undefer
 from sqlalchemy.orm.state import InstanceState
-from sqlalchemy.sql.schema import Table
+from sqlalchemy.sql import visitors
+from sqlalchemy.sql.elements import ColumnClause, TextClause
+from sqlalchemy.sql.schema import Column, Table
 from sqlalchemy.sql.util import find_tables
 
 from orm_ext.block_inserted import InsertedRows
@@ -271,6 +273,19 @@ class BlockReads:
                 )
         if any(str(t.fullname) in hit for entry in self.inserted for t in entry.mapper.tables):
             raise Unanswerable("an insert() statement of the block added rows to a table it reads")
+        dialect = orm_execute_state.session.get_bind(mapper=orm_execute_state.bind_mapper).dialect
+        pattern = self._table_pattern(dialect)
+        for element in visitors.iterate(statement):
+            fragment = (
+                element.text
+                if isinstance(element, TextClause)
+                else element.name
+                if isinstance(element, ColumnClause) and element.is_literal
+                else None
+            )
+            if fragment and pattern.search(fragment):
+                # SQL text is not laid over; only the check at the cursor would see it.
+                raise Unanswerable("SQL text in it names a table the block wrote")
         # One table may be found as several (annotated) copies: one CTE for each name.
         by_name = {str(t.fullname): t for t in _tables_read(statement)}
         tables = [by_name[name] for name in hit if name in by_name]
@@ -292,8 +307,7 @@ class BlockReads:
                 raise Unanswerable(f"the block wrote links and objects in {table.name!r}", name)
         rows_of.update(self.links.events)
         tables = [t for t in tables if str(t.fullname) in rows_of]
-        bind = session.get_bind(mapper=orm_execute_state.bind_mapper)
-        overlay = Overlay(session, bind.dialect, states, self.changed, self.links)
+        overlay = Overlay(session, dialect, states, self.changed, self.links)
         for state in overlay.states:
             if state.expired_attributes or state.unloaded:
                 self.restore(state)
@@ -441,6 +455,16 @@ class BlockReads:
         ).dialect.name
         query = Query.of(statement, orm_execute_state.parameters, dialect)
         mapper = query.mapper
+        own = {str(t.fullname) for t in mapper.tables}
+        for prop in mapper.column_attrs:
+            expression = prop.expression
+            if isinstance(expression, Column):
+                continue
+            read = {str(t.fullname) for t in _tables_read(expression)}
+            if (read - own) & set(self.tables):
+                raise Unanswerable(
+                    f"{mapper.class_.__name__}.{prop.key} is SQL over another table the block wrote"
+                )
         rows = self._rows_of(mapper, orm_execute_state.session)
         for obj in rows:
             state = sa_inspect(obj)
