@@ -31,6 +31,7 @@ only the database sets, tables in another schema.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, Final
@@ -61,7 +62,7 @@ from orm_ext.block_query import Unanswerable, binds_placeholder
 from orm_ext.object_history import REF
 from orm_ext.references import Placeholder
 
-__all__ = ["Overlay"]
+__all__ = ["Overlay", "without_strings"]
 
 # Stand-in keys: above the keys of the tables read (checked on each query), in the order
 # the block created the rows, inside a 32-bit INTEGER: where a database assigning keys in
@@ -541,7 +542,7 @@ def _keyed_base(
     """The keyed table column ``column`` is, or stands for (through subqueries, CTEs and
     labels); a literal SQL column counts as one, as what it names cannot be told."""
     if column.is_literal or column.table is None:
-        if not keyed or column.name == "*" or column.name.strip().isdigit():
+        if not keyed or _constant(column.name):
             return None
         return (column, column.name), ("", column.name)
     for base in column.base_columns:
@@ -549,6 +550,23 @@ def _keyed_base(
         if table is not None and (str(table.fullname), base.name) in keyed:
             return (table, base.name), (str(table.fullname), base.name)
     return None
+
+
+def _constant(sql: str) -> bool:
+    """Whether literal SQL is only ``*``, a number or a quoted string (polymorphic unions'
+    discriminators, ``exists()``), which name no column."""
+    text = sql.strip()
+    if text == "*" or text.replace(".", "", 1).lstrip("-").isdigit():
+        return True
+    return len(text) >= 2 and text[0] == text[-1] == "'" and "'" not in text[1:-1].replace("''", "")
+
+
+def without_strings(sql: str) -> str:
+    """``sql`` with its quoted string literals taken out: a name in one is no table."""
+    return _STRING.sub("''", sql)
+
+
+_STRING: Final = re.compile(r"'(?:[^']|'')*'")
 
 
 def _base_table(selectable: Any) -> Table | None:

@@ -36,7 +36,7 @@ from sqlalchemy.sql.util import find_tables
 
 from orm_ext.block_inserted import InsertedRows
 from orm_ext.block_links import LinkEvent, LinkRows
-from orm_ext.block_overlay import Overlay
+from orm_ext.block_overlay import Overlay, without_strings
 from orm_ext.block_query import Query, Unanswerable, binds_placeholder, objects_result
 from orm_ext.exc import DeferredOperationError
 from orm_ext.references import Placeholder
@@ -283,7 +283,7 @@ class BlockReads:
                 if isinstance(element, ColumnClause) and element.is_literal
                 else None
             )
-            if fragment and pattern.search(fragment):
+            if fragment and pattern.search(without_strings(fragment)):
                 # SQL text is not laid over; only the check at the cursor would see it.
                 raise Unanswerable("SQL text in it names a table the block wrote")
         # One table may be found as several (annotated) copies: one CTE for each name.
