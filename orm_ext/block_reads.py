@@ -39,6 +39,7 @@ from orm_ext.block_links import LinkEvent, LinkRows
 from orm_ext.block_overlay import Overlay, without_strings
 from orm_ext.block_query import Query, Unanswerable, binds_placeholder, objects_result
 from orm_ext.exc import DeferredOperationError
+from orm_ext.object_history import REF
 from orm_ext.references import Placeholder
 
 __all__ = ["KEPT_ROWS", "BlockReads"]
@@ -50,6 +51,9 @@ __all__ = ["KEPT_ROWS", "BlockReads"]
 KEPT_ROWS = 50_000
 
 Restore = Callable[[InstanceState[Any]], None]
+
+# Key in InstanceState.info: the journal ref an object the block created was noted with.
+_NOTED_REF: Final = "orm_journal.noted_ref"
 
 
 class BlockReads:
@@ -84,6 +88,9 @@ class BlockReads:
         self.kept = 0
         # Table -> earliest batch of a row written there whose object is gone.
         self.lost: dict[str, int] = {}
+        # Table -> first batch after which a row the block inserted there has no object
+        # (its object was made transient and became another row).
+        self.orphaned: dict[str, int] = {}
         self._weak: dict[weakref.ref[Any], tuple[int, tuple[str, ...]]] = {}
         # Database rows the block changed or deleted: identity class -> key -> batch.
         self.changed: dict[type, dict[tuple[Any, ...], int]] = {}
@@ -115,6 +122,7 @@ class BlockReads:
                 self._pattern = None
         objects = self.objects
         for state in written:
+            self._note_key(state, batch)
             obj = state.obj()
             if obj is not None and state not in objects:
                 if self.kept < self.kept_rows:
@@ -130,6 +138,26 @@ class BlockReads:
             self._note_row(state, batch)
             if state.key is not None:
                 self.deleted_classes.setdefault(state.key[0], batch)
+
+    def _note_key(self, state: InstanceState[Any], batch: int) -> None:
+        """Notice an object the block created that now stands for another row.
+
+        ``make_transient()`` turns a recorded object into a new row (the versioned-rows
+        pattern): its first row stays in the journal with no object left to show it, so
+        its tables cannot be answered from the block's objects any more.
+        """
+        # Private: InstanceState.info is memoized into the state's __dict__; reading it
+        # from there does not create an info dictionary for every changed database row.
+        # Checked on SQLAlchemy 2.1.9.
+        info = state.__dict__.get("info")
+        ref = None if info is None else info.get(REF)
+        if info is None or ref is None:
+            return  # a database row, not one the block created
+        before = info.get(_NOTED_REF)
+        if before is not None and before != ref:
+            for name in _table_names(state):
+                self.orphaned.setdefault(name, batch)
+        info[_NOTED_REF] = ref
 
     def written_states(self) -> list[InstanceState[Any]]:
         """The states of the live objects the block created or changed."""
@@ -198,6 +226,8 @@ class BlockReads:
             self._forget(state)
         for name in [n for n, b in self.lost.items() if b > batches]:
             del self.lost[name]
+        for name in [n for n, b in self.orphaned.items() if b > batches]:
+            del self.orphaned[name]
         for rows in self.link_rows.values():
             for key in [k for k, b in rows.items() if b > batches]:
                 del rows[key]
@@ -255,7 +285,8 @@ class BlockReads:
             except Unanswerable as cannot:
                 named = cannot.table or why.table
                 tables = hit if named is None else [named]
-                raise self._refusal(statement, tables, f"{why}; {cannot}") from None
+                reason = str(why) if str(why) == str(cannot) else f"{why}; {cannot}"
+                raise self._refusal(statement, tables, reason) from None
 
     def _overlaid(
         self, orm_execute_state: ORMExecuteState, statement: Any, hit: list[str]
@@ -263,6 +294,7 @@ class BlockReads:
         """Have the database answer, with the block's rows laid over its tables."""
         if not isinstance(statement, Select):
             raise Unanswerable("it is not a SELECT")
+        self._refuse_orphaned(hit)
         for name in hit:
             if name in self.lost:
                 raise Unanswerable(f"the program dropped rows the block wrote to {name!r}")
@@ -317,6 +349,15 @@ class BlockReads:
         finally:
             self.reading -= 1
 
+    def _refuse_orphaned(self, names: Iterable[str]) -> None:
+        for name in names:
+            if name in self.orphaned:
+                raise Unanswerable(
+                    f"an object the block inserted into {name!r} was made transient and "
+                    "became another row; the first row has no object to answer with",
+                    name,
+                )
+
     def _refuse_unknown(
         self,
         orm_execute_state: ORMExecuteState,
@@ -370,6 +411,7 @@ class BlockReads:
             raise Unanswerable(
                 f"the block deleted {rel.mapper.class_.__name__} rows, whose links go with them"
             )
+        self._refuse_orphaned([str(t.fullname) for t in rel.mapper.tables])
         lost = [str(t.fullname) for t in rel.mapper.tables if str(t.fullname) in self.lost]
         if lost:
             raise Unanswerable(f"the program dropped rows the block wrote to {lost[0]!r}")
@@ -437,6 +479,7 @@ class BlockReads:
     ) -> Result[Any]:
         if not isinstance(statement, Select):
             raise Unanswerable("it is not a SELECT of mapped objects")
+        self._refuse_orphaned(hit)
         lost = [n for n in hit if n in self.lost]
         if lost:
             raise Unanswerable(

@@ -30,12 +30,7 @@ pytestmark = pytest.mark.corpus
 # Cases that still crash, each with the reason. A listed case that no longer crashes
 # fails the run (take it off the list), so the list only shrinks; a replay that differs
 # from the direct run is never listed: it fails, always.
-KNOWN_CRASHES = {
-    "versioned_rows/versioned_rows:demo": (
-        "the script compares the keys of rows created in the block with the integers a "
-        "direct run gets; inside the block they are placeholders until replay"
-    ),
-}
+KNOWN_CRASHES: dict[str, str] = {}
 
 
 @pytest.fixture(scope="module")
