@@ -458,6 +458,8 @@ def test_populate_existing_over_a_new_object_is_refused(backend: Backend, tmp_pa
 # The items' keys through a subquery: a new item's key is a stand-in there too.
 SUB = select(Item.id.label("iid")).join(Item.owner).subquery()
 
+CTE_ITEM = select(Item.owner_id, Item.name).where(Item.name != "b").cte("ovl_item")
+
 REFUSED: dict[str, tuple[str | None, str, Callable[[Session], object]]] = {
     # (table named, reason given, query)
     "text naming a written table": (
@@ -480,6 +482,14 @@ REFUSED: dict[str, tuple[str | None, str, Callable[[Session], object]]] = {
         "ovl_item",
         "ovl_item.id",
         lambda s: s.scalar(select(func.sum(SUB.c.iid))),
+    ),
+    # The overlay's CTE of the table would clash with the program's of the same name.
+    "program CTE named like a written table": (
+        None,
+        "CTE of its own",
+        lambda s: sorted(
+            s.scalars(select(Owner.name).join(CTE_ITEM, CTE_ITEM.c.owner_id == Owner.id))
+        ),
     ),
     # Literal SQL naming a written table is SQL text the overlay does not rewrite.
     "literal column naming a written table": (
