@@ -341,11 +341,9 @@ OUTER: dict[str, Callable[[Session], object]] = {
 }
 
 
-@pytest.mark.parametrize("kind", list(OUTER))
-def test_outer_join_with_null_keys(backend: Backend, tmp_path: Path, kind: str) -> None:
+def test_outer_join_with_null_keys(backend: Backend, tmp_path: Path) -> None:
     """Outer joins and counts see new rows with a NULL foreign key, a new parent without
     children, a foreign key set to NULL and one moved to a new parent."""
-    query = OUTER[kind]
 
     def body(run: Run) -> list[Any]:
         session = run.session
@@ -354,11 +352,13 @@ def test_outer_join_with_null_keys(backend: Backend, tmp_path: Path, kind: str) 
         a = session.scalars(select(Item).where(Item.name == "a")).one()
         a.owner = None
         session.flush()
-        run.answered(query)
+        for query in OUTER.values():
+            run.answered(query)
         loose = session.scalars(select(Item).where(Item.name == "loose")).one()
         loose.owner = Owner(name="o4")
         session.commit()
-        run.answered(query)
+        for query in OUTER.values():
+            run.answered(query)
         return item_names(session)
 
     assert_same_as_direct(backend, tmp_path, body)
@@ -669,6 +669,73 @@ def test_expunged_new_object_is_refused(backend: Backend, tmp_path: Path) -> Non
         session.add(Item(name="d", owner=owner(session)))
         session.flush()
         run.answered(lambda s: s.scalar(select(func.count(Item.owner_id)).select_from(Item)))
+        return item_names(session)
+
+    assert_same_as_direct(backend, tmp_path, body)
+
+
+# -- still open ------------------------------------------------------------------------------
+
+# ORDER BY a key whose order only replay decides, spelled so that the overlay's check of the
+# statement does not see the key column: a label reference, or literal SQL naming no table.
+HIDDEN_KEY_ORDER: dict[str, Callable[[], Any]] = {
+    "label name": lambda: "k",
+    "literal column": lambda: literal_column("id"),
+    "text": lambda: text("id"),
+}
+HIDDEN_KEY_ORDER_REASON = (
+    "open defect: ORDER BY a stand-in key through a label name (order_by('k')), "
+    "literal_column('id') or text('id') escapes the overlay's ORDER BY check of keys whose "
+    "order only replay decides; the overlay then sorts the new rows in the order the block "
+    "created them, not the order the database assigns their keys"
+)
+
+
+def by_hidden_key(model: type[Part] | type[Item], kind: str) -> Callable[[Session], object]:
+    def query(s: Session) -> list[str]:
+        statement = select(model.name, model.id.label("k")).where(func.length(model.name) > 0)
+        return s.scalars(statement.order_by(HIDDEN_KEY_ORDER[kind]())).all()
+
+    return query
+
+
+@pytest.mark.xfail(strict=True, reason=HIDDEN_KEY_ORDER_REASON)
+def test_hidden_order_by_key_of_self_referencing_new_rows(backend: Backend, tmp_path: Path) -> None:
+    """As test_order_by_key_of_self_referencing_new_rows_is_refused, with the key in ORDER BY
+    spelled each of the ways of HIDDEN_KEY_ORDER (each fails today, on every backend): it must
+    be refused or give the direct run's order (parent first)."""
+
+    def body(run: Run) -> list[Any]:
+        session = run.session
+        root = session.scalars(select(Part).where(Part.name == "root")).one()
+        child, parent = Part(name="child"), Part(name="parent", parent=root)
+        child.parent = parent
+        session.add(child)
+        session.flush()
+        for kind in HIDDEN_KEY_ORDER:
+            run.answered_or_refused(by_hidden_key(Part, kind), "ovl_part")
+        return sorted(session.scalars(select(Part.name)))
+
+    assert_same_as_direct(backend, tmp_path, body)
+
+
+def test_hidden_order_by_key_with_a_program_given_key(
+    backend: Backend, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """As test_order_by_key_with_a_program_given_key, with the key in ORDER BY spelled each of
+    the ways of HIDDEN_KEY_ORDER: refused or the direct run's order (on PostgreSQL, the
+    database-keyed row first; each way fails there today)."""
+    if backend.name == "postgresql":
+        request.applymarker(pytest.mark.xfail(strict=True, reason=HIDDEN_KEY_ORDER_REASON))
+
+    def body(run: Run) -> list[Any]:
+        session = run.session
+        session.add(Item(id=100, name="x", owner=owner(session)))
+        session.flush()
+        session.add(Item(name="y", owner=owner(session)))
+        session.flush()
+        for kind in HIDDEN_KEY_ORDER:
+            run.answered_or_refused(by_hidden_key(Item, kind), "ovl_item")
         return item_names(session)
 
     assert_same_as_direct(backend, tmp_path, body)
