@@ -50,8 +50,11 @@ from sqlalchemy.sql.elements import (
     ColumnClause,
     Grouping,
     Label,
+    TextClause,
     Tuple,
     UnaryExpression,
+    _label_reference,
+    _textual_label_reference,
 )
 from sqlalchemy.sql.functions import FunctionElement
 from sqlalchemy.sql.schema import Table
@@ -510,14 +513,14 @@ def _misused(
             stack.extend((child, True) for child in element.get_children())
             continue
         if isinstance(element, Grouping | Tuple | ClauseList) and allowed:
-            stack.extend((child, True) for child in element.get_children())
+            stack.extend((child, allowed) for child in element.get_children())
             continue
         if isinstance(element, FunctionElement) and element.name.lower() == "count":
             # count() asks only whether a value is there, which a stand-in answers rightly.
             stack.extend((child, True) for child in element.get_children())
             continue
         if isinstance(element, Label) and allowed:
-            stack.append((element.element, True))
+            stack.append((element.element, allowed))
             continue
         if isinstance(element, Select):
             selected = {id(c) for c in element._raw_columns}
@@ -527,13 +530,36 @@ def _misused(
                 if id(child) not in ordering:
                     stack.append((child, id(child) in selected or id(child) in grouped))
             for clause in element._order_by_clauses:
-                # Sorting by a stand-in sorts as by the key (see _FIRST_STAND_IN).
-                stack.append(
-                    (clause.element if isinstance(clause, UnaryExpression) else clause, "order")
-                )
+                # Sorting by a stand-in sorts as by the key (see _FIRST_STAND_IN), unless
+                # only replay decides the order of those keys.
+                target = _sort_target(element, clause)
+                if target is None:
+                    if unordered:
+                        return clause, str(clause)
+                    continue
+                stack.append((target, "order"))
             continue
         stack.extend((child, False) for child in element.get_children())
     return None
+
+
+def _sort_target(select: Select[Any], clause: Any) -> Any:
+    """The expression an ORDER BY term sorts by, or None where it cannot be told (SQL
+    text, a literal column, a label name that matches no selected column)."""
+    while isinstance(clause, UnaryExpression):
+        clause = clause.element
+    if isinstance(clause, _label_reference):
+        clause = clause.element
+    elif isinstance(clause, _textual_label_reference):
+        name = clause.element
+        clause = next(
+            (c for c in select.selected_columns if getattr(c, "name", None) == name), None
+        )
+    if clause is None or isinstance(clause, TextClause):
+        return None
+    if isinstance(clause, ColumnClause) and (clause.is_literal or clause.table is None):
+        return None if not _constant(clause.name) else clause
+    return clause
 
 
 def _keyed_base(

@@ -683,12 +683,6 @@ HIDDEN_KEY_ORDER: dict[str, Callable[[], Any]] = {
     "literal column": lambda: literal_column("id"),
     "text": lambda: text("id"),
 }
-HIDDEN_KEY_ORDER_REASON = (
-    "open defect: ORDER BY a stand-in key through a label name (order_by('k')), "
-    "literal_column('id') or text('id') escapes the overlay's ORDER BY check of keys whose "
-    "order only replay decides; the overlay then sorts the new rows in the order the block "
-    "created them, not the order the database assigns their keys"
-)
 
 
 def by_hidden_key(model: type[Part] | type[Item], kind: str) -> Callable[[Session], object]:
@@ -699,11 +693,10 @@ def by_hidden_key(model: type[Part] | type[Item], kind: str) -> Callable[[Sessio
     return query
 
 
-@pytest.mark.xfail(strict=True, reason=HIDDEN_KEY_ORDER_REASON)
 def test_hidden_order_by_key_of_self_referencing_new_rows(backend: Backend, tmp_path: Path) -> None:
     """As test_order_by_key_of_self_referencing_new_rows_is_refused, with the key in ORDER BY
-    spelled each of the ways of HIDDEN_KEY_ORDER (each fails today, on every backend): it must
-    be refused or give the direct run's order (parent first)."""
+    spelled each of the ways of HIDDEN_KEY_ORDER: it must be refused or give the direct run's
+    order (parent first), never the order the block created the rows in."""
 
     def body(run: Run) -> list[Any]:
         session = run.session
@@ -719,14 +712,10 @@ def test_hidden_order_by_key_of_self_referencing_new_rows(backend: Backend, tmp_
     assert_same_as_direct(backend, tmp_path, body)
 
 
-def test_hidden_order_by_key_with_a_program_given_key(
-    backend: Backend, tmp_path: Path, request: pytest.FixtureRequest
-) -> None:
+def test_hidden_order_by_key_with_a_program_given_key(backend: Backend, tmp_path: Path) -> None:
     """As test_order_by_key_with_a_program_given_key, with the key in ORDER BY spelled each of
     the ways of HIDDEN_KEY_ORDER: refused or the direct run's order (on PostgreSQL, the
-    database-keyed row first; each way fails there today)."""
-    if backend.name == "postgresql":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=HIDDEN_KEY_ORDER_REASON))
+    database-keyed row first)."""
 
     def body(run: Run) -> list[Any]:
         session = run.session
