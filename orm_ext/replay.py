@@ -61,6 +61,7 @@ from orm_ext.fingerprint import describe_table, diff_schemas, read_alembic_revis
 from orm_ext.operations import OperationChecker, check_meta
 from orm_ext.recording import has_flushed_changes, plan_for
 from orm_ext.references import Placeholder
+from orm_ext.replay_keys import Identities, NewKeys, pk_attributes
 
 __all__ = ["ConflictHandler", "ConflictPolicy", "ProgressCallback", "Replay", "ReplayResult"]
 
@@ -112,8 +113,8 @@ class Replay:
         self.path = str(journal.path)
         self.conflicts = Conflicts(on_conflict)
         self.progress = progress
-        self.identities: dict[int, dict[str, Any]] = {}
-        self.ref_classes: dict[int, Mapper[Any]] = {}
+        # Every new object's key, kept to the end: later operations name it by its ref.
+        self.identities = NewKeys(journal.header.operation_count or 0)
         self.batch_objects: dict[int, object] = {}
         # New objects whose insert a conflict left out: what refers to them conflicts too.
         self.left_out: set[int] = set()
@@ -213,21 +214,29 @@ class Replay:
         return value
 
     def key_of(self, ref: int) -> dict[str, Any]:
-        key = self.identities.get(ref)
+        """``{attribute: value}`` of the key new object ``ref`` got (flushing it if need be)."""
+        key = self.identities.key(ref)
         if key is None:
             if ref in self.left_out:
                 raise _LeftOut(ref)
             obj = self.batch_objects.get(ref)
-            if obj is not None:
-                self.session.flush()
-                key = self.identities[ref] = _key_values(obj)
-            else:
+            if obj is None:
                 raise DeferredOperationError(
                     f"journal {self.path} refers to new object #{ref} before it was recorded; "
                     "the journal is inconsistent",
                     path=self.path,
                 )
+            self.session.flush()
+            self._keep_key(ref, obj)
+            key = self.identities.key(ref)
+            assert key is not None
         return key
+
+    def _keep_key(self, ref: int, obj: object) -> None:
+        state = attributes.instance_state(obj)
+        mapper = state.mapper
+        values = tuple(state.dict.get(k) for k in pk_attributes(mapper))
+        self.identities.add(ref, mapper, values)
 
     def target(self, target: Any, mapper: Mapper[Any], *, lock: bool) -> object | None:
         """Return the object a recorded target names (None if its row is gone)."""
@@ -236,9 +245,9 @@ class Replay:
             obj = self.batch_objects.get(target)
             if obj is not None:
                 return obj
-            key = self.key_of(target)
-            mapper = self.ref_classes[target]
-            pk = tuple(key[k] for k in _pk_attributes(mapper))
+            self.key_of(target)
+            mapper = self.identities.mapper(target)
+            pk = self.identities.values(target)
             exact = True
         else:
             pk = tuple(target)
@@ -363,7 +372,9 @@ class Replay:
     def _run_batch(self, batch: Batch) -> None:
         for run in bulk.plan_batch(self, batch):
             if run.bulk is not None:
-                run.bulk.execute(self)
+                # Kept group by group: a later group's rows link to an earlier group's keys.
+                for mapper, refs, keys in run.bulk.execute(self):
+                    self.identities.add_ints(refs, mapper, keys)
             else:
                 for sequence, operation in run.operations:
                     self._apply_one(sequence, operation)
@@ -372,7 +383,7 @@ class Replay:
 
     def _keep_batch_keys(self) -> None:
         for ref, obj in self.batch_objects.items():
-            self.identities[ref] = _key_values(obj)
+            self._keep_key(ref, obj)
         # Objects of earlier batches are only needed again by key: let them go.
         self.batch_objects.clear()
         self._op = {}
@@ -386,7 +397,7 @@ class Replay:
         savepoint and applied again operation by operation, each in a savepoint of its
         own, so that the operation that hits the constraint is the one decided about.
         """
-        mark, known = self.conflicts.mark(), len(self.identities)
+        mark = self.conflicts.mark()
         nested = self.session.begin_nested()
         try:
             self._apply_batch(batch)
@@ -395,23 +406,22 @@ class Replay:
                 raise
             nested.rollback()
             self.conflicts.undo(mark)
-            self._forget_batch(known)
+            self._forget_batch(batch)
             self._apply_each(batch, err)
             return
         except _LeftOut:
             nested.rollback()
             self.conflicts.undo(mark)
-            self._forget_batch(known)
+            self._forget_batch(batch)
             self._apply_each(batch, None)
             return
         nested.commit()
 
-    def _forget_batch(self, known: int) -> None:
+    def _forget_batch(self, batch: Batch) -> None:
         """Drop what a batch rolled back to its savepoint had noted of its new objects."""
-        for ref in list(self.identities)[known:]:
-            del self.identities[ref]
-        for ref in self.batch_objects:
-            self.ref_classes.pop(ref, None)
+        for op in batch.operations:
+            if op["op"] == "insert":
+                self.identities.forget(op["ref"])
         self.batch_objects.clear()
         self._pending_links.clear()
         self._op = {}
@@ -461,7 +471,7 @@ class Replay:
         else:
             # A row new in this journal is named by its placeholder: it has no key yet.
             ref = target if isinstance(target, int) else op["ref"]
-            key = [Placeholder(ref, a) for a in _pk_attributes(self.mapper(op["class"]))]
+            key = [Placeholder(ref, a) for a in pk_attributes(self.mapper(op["class"]))]
         error = conflict(self.path, sequence, op, key, kind, what)
         self.conflicts.resolve(error)  # raises unless skipped: a constraint cannot be overwritten
         if op["op"] == "insert":
@@ -482,7 +492,6 @@ class Replay:
             for key, (ref, attribute) in op.get("refs", {}).items():
                 data[key] = self.key_of(ref)[attribute]
             self.batch_objects[op["ref"]] = obj
-            self.ref_classes[op["ref"]] = mapper
             self.session.add(obj)
             self._pending_links.append((sequence, obj, mapper, op))
             return
@@ -604,9 +613,9 @@ class Replay:
 
     def _identity(self, target: Any, mapper: Mapper[Any]) -> Any:
         if isinstance(target, int):
-            key = self.key_of(target)
-            mapper = self.ref_classes[target]
-            target = [key[k] for k in _pk_attributes(mapper)]
+            self.key_of(target)
+            mapper = self.identities.mapper(target)
+            target = self.identities.values(target)
         return mapper.identity_key_from_primary_key(tuple(target))
 
     def _matches(
@@ -643,7 +652,7 @@ class Replay:
         if isinstance(target, list):
             key: list[Any] = target
         else:  # a row new in this journal: named by its placeholder, as the journal does
-            key = [Placeholder(target, a) for a in _pk_attributes(mapper)]
+            key = [Placeholder(target, a) for a in pk_attributes(mapper)]
         if missing:
             error = conflict(
                 self.path, sequence, op, key, "notfound", "the row is gone", expected=expected
@@ -689,36 +698,6 @@ class _LeftOut(Exception):  # a signal inside a replay, never raised out of it
         self.ref = ref
 
 
-class Identities(Mapping[Placeholder, Any]):
-    """``ReplayResult.identities``: each placeholder of the journal → the database's value.
-
-    A read-only view over what the replay kept anyway (one key per new object), so that a
-    journal of a million new rows does not also build a million placeholder objects.
-    """
-
-    def __init__(self, keys: dict[int, dict[str, Any]]) -> None:
-        self._keys = keys
-
-    def __getitem__(self, placeholder: Placeholder) -> Any:
-        if not isinstance(placeholder, Placeholder):
-            raise KeyError(placeholder)
-        try:
-            return self._keys[placeholder.ref][placeholder.attribute]
-        except KeyError:
-            raise KeyError(placeholder) from None
-
-    def __iter__(self) -> Iterator[Placeholder]:
-        for ref, key in self._keys.items():
-            for attribute in key:
-                yield Placeholder(ref, attribute)
-
-    def __len__(self) -> int:
-        return sum(len(key) for key in self._keys.values())
-
-    def __repr__(self) -> str:
-        return f"<Identities of {len(self._keys)} new object(s)>"
-
-
 @functools.cache
 def _keyed_attributes(mapper: Mapper[Any]) -> frozenset[str]:
     """The attributes an UPDATE's WHERE clause names: primary key and version counter."""
@@ -744,18 +723,6 @@ def _all_registries() -> set[registry]:
     mapperlib: Any = importlib.import_module("sqlalchemy.orm.mapper")
     found: set[registry] = mapperlib._all_registries()
     return found
-
-
-def _pk_attributes(mapper: Mapper[Any]) -> list[str]:
-    return [mapper.get_property_by_column(c).key for c in mapper.primary_key]
-
-
-def _key_values(obj: object) -> dict[str, Any]:
-    from sqlalchemy import inspect
-
-    state = inspect(obj)
-    mapper = state.mapper
-    return {k: state.dict.get(k) for k in _pk_attributes(mapper)}
 
 
 def _failed(path: str, where: str, err: Exception) -> Exception:
