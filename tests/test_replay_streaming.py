@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import gc
 import tracemalloc
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,12 +52,12 @@ class Watch:
 
 
 @pytest.fixture
-def db(backend: Backend) -> Iterator[tuple[Engine, Engine]]:
+def db(backend: Backend) -> tuple[Engine, Engine]:
     """Database A to record against and database B to replay into, with the test models."""
     a, b = backend.engine("a"), backend.engine("b")
     for engine in (a, b):
         Base.metadata.create_all(engine)
-    yield a, b
+    return a, b
 
 
 def record_assets(session: JournalingSession) -> None:
