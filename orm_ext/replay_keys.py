@@ -50,26 +50,49 @@ class NewKeys:
 
     def add(self, ref: int, mapper: Mapper[Any], values: tuple[Any, ...]) -> None:
         """Note that new object ``ref`` of ``mapper`` has the primary key ``values``."""
+        index = self._mapper_index(mapper)
+        self.forget(ref)
+        self._count += 1
+        if 0 < ref <= self._limit and len(values) == 1 and _is_int64(values[0]):
+            self._grow(ref)
+            self._classes[ref] = index + 1
+            self._ints[ref] = values[0]
+            return
+        self._other[ref] = (index, values)
+
+    def add_ints(self, refs: list[int], mapper: Mapper[Any], keys: list[Any]) -> None:
+        """:meth:`add` for objects of a one-column key: ``refs[i]`` got ``keys[i]``.
+
+        The bulk path's way in, once per row of a million-row replay: the common case
+        (a ref in the arrays' range, an int key) goes straight to the arrays.
+        """
+        if len(refs) != len(keys):
+            raise ValueError(f"{len(refs)} refs but {len(keys)} keys")
+        if not refs:
+            return
+        index = self._mapper_index(mapper) + 1
+        highest = max(refs)
+        if highest <= self._limit:
+            self._grow(highest)
+        classes, ints, other = self._classes, self._ints, self._other
+        size = len(classes)
+        for ref, key in zip(refs, keys, strict=True):
+            if 0 < ref < size and type(key) is int and _INT64[0] <= key <= _INT64[1]:
+                # A new ref counts; one noted before (in the arrays or the dict) is replaced.
+                if not classes[ref] and (not other or other.pop(ref, None) is None):
+                    self._count += 1
+                classes[ref] = index
+                ints[ref] = key
+            else:
+                self.add(ref, mapper, (key,))
+
+    def _mapper_index(self, mapper: Mapper[Any]) -> int:
         index = self._index.get(mapper)
         if index is None:
             index = self._index[mapper] = len(self._mappers)
             self._mappers.append(mapper)
             self._attributes.append(pk_attributes(mapper))
-        self.forget(ref)
-        self._count += 1
-        if 0 < ref <= self._limit:
-            value = values[0] if len(values) == 1 else None
-            if type(value) is int and _INT64[0] <= value <= _INT64[1]:
-                self._grow(ref)
-                self._classes[ref] = index + 1
-                self._ints[ref] = value
-                return
-        self._other[ref] = (index, values)
-
-    def add_ints(self, refs: list[int], mapper: Mapper[Any], keys: list[Any]) -> None:
-        """:meth:`add` for objects of a one-column key: ``refs[i]`` got ``keys[i]``."""
-        for ref, key in zip(refs, keys, strict=True):
-            self.add(ref, mapper, (key,))
+        return index
 
     def forget(self, ref: int) -> None:
         """Drop the key of ``ref`` (its insert was rolled back to a savepoint)."""
@@ -155,6 +178,10 @@ class Identities(Mapping[Placeholder, Any]):
 
     def __repr__(self) -> str:
         return f"<Identities of {len(self._keys)} new object(s)>"
+
+
+def _is_int64(value: Any) -> bool:
+    return type(value) is int and _INT64[0] <= value <= _INT64[1]
 
 
 @functools.cache

@@ -17,11 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import String, select
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from orm_ext import JournalingSession
+from orm_ext import JournalingSession, Placeholder
+from orm_ext.replay_keys import Identities, NewKeys
 from tests.conftest import Backend
 from tests.models import Asset, AssetVersion, Base, Node
 from tests.scenario import make_sessions
@@ -140,3 +142,60 @@ def test_identities_of_a_streamed_replay_name_every_new_row(
     placeholders = list(result.identities)
     assert [p.ref for p in placeholders] == sorted(p.ref for p in placeholders)
     assert result.identities[placeholders[-1]] == keys[f"node-{BATCHES - 1}-{BATCH - 1}"]
+
+
+class _Base(DeclarativeBase):
+    """Models of this module only: keys that are not one integer."""
+
+
+class Pair(_Base):
+    __tablename__ = "streaming_pair"
+    left: Mapped[int] = mapped_column(primary_key=True)
+    right: Mapped[str] = mapped_column(String(10), primary_key=True)
+
+
+class Named(_Base):
+    __tablename__ = "streaming_named"
+    code: Mapped[str] = mapped_column(String(10), primary_key=True)
+
+
+def test_new_keys_hold_every_kind_of_key() -> None:
+    """Integer, text and composite keys, and refs far beyond the journal, all come back."""
+    keys = NewKeys(operations=10)
+    asset, pair, named = (sa_inspect(c) for c in (Asset, Pair, Named))
+    keys.add(1, asset, (5,))
+    keys.add(2, pair, (7, "x"))
+    keys.add(3, named, ("abc",))
+    keys.add(4, asset, (2**70,))  # no 64-bit int: kept aside
+    keys.add(10**12, asset, (9,))  # a crafted ref: no array that long
+    keys.add_ints([5, 6], asset, [11, -3])
+    assert len(keys) == 7
+    assert keys.key(1) == {"id": 5}
+    assert keys.key(2) == {"left": 7, "right": "x"}
+    assert keys.key(3) == {"code": "abc"}
+    assert keys.key(4) == {"id": 2**70}
+    assert keys.key(10**12) == {"id": 9}
+    assert keys.values(6) == (-3,)
+    assert keys.mapper(2) is pair and keys.mapper(10**12) is asset
+    assert keys.key(7) is None and 7 not in keys and 0 not in keys
+    assert list(keys.refs()) == [1, 2, 3, 4, 5, 6, 10**12]
+    assert len(keys._classes) <= 2 * 10 + 4096 + 1  # the crafted ref grew nothing
+
+
+def test_new_keys_replace_and_forget() -> None:
+    """A ref noted again replaces its key; a forgotten one is gone (a savepoint rolled back)."""
+    keys = NewKeys(operations=4)
+    asset, named = sa_inspect(Asset), sa_inspect(Named)
+    keys.add(1, named, ("a",))
+    keys.add_ints([1, 2], asset, [10, 20])
+    keys.add(2, named, ("b",))
+    assert (keys.key(1), keys.key(2), len(keys)) == ({"id": 10}, {"code": "b"}, 2)
+    keys.forget(1)
+    keys.forget(2)
+    keys.forget(3)
+    assert (keys.key(1), keys.key(2), len(keys), list(keys.refs())) == (None, None, 0, [])
+    identities = Identities(keys)
+    keys.add(3, asset, (30,))
+    assert dict(identities) == {Placeholder(3, "id"): 30}
+    with pytest.raises(KeyError):
+        identities[Placeholder(3, "code")]
