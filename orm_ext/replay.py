@@ -10,20 +10,17 @@ of plain inserts go through bulk ``INSERT ... RETURNING`` instead (see
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import functools
 import importlib
 import logging
 import os
-import socket
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from alembic.util import CommandError
-from sqlalchemy import delete, insert, literal, select, text, update
+from sqlalchemy import delete, insert, literal, select, update
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
@@ -42,7 +39,7 @@ from sqlalchemy.orm.collections import collection_adapter
 from sqlalchemy.orm.exc import UnmappedClassError
 
 from journal import Batch, Journal, JournalCorruptError, JournalError, JournalSignatureError
-from orm_ext import bulk, dml, ledger, replay_events
+from orm_ext import bulk, dml, replay_claim, replay_events
 from orm_ext.conflicts import (
     ConflictHandler,
     ConflictPolicy,
@@ -855,10 +852,10 @@ def _reconnect_and_commit(
         with _without_session_listeners(session):
             locked = committing = False
             try:
-                has_ledger = _ensure_ledger(session, path, create=not dry_run)
+                has_ledger = replay_claim.ensure_ledger(session, path, create=not dry_run)
                 connection = session.connection()
                 # Already applied means nothing to do, even if the schema moved on since.
-                if has_ledger and _applied(connection, journal_id):
+                if has_ledger and replay_claim.applied(connection, journal_id):
                     session.rollback()
                     return ReplayResult(
                         journal_id,
@@ -869,15 +866,17 @@ def _reconnect_and_commit(
                     )
                 _check_schema(replay, connection, header.meta, allow_schema_drift)
                 if if_busy == "skip" and not dry_run:
-                    if not _try_lock(connection, journal_id):
+                    if not replay_claim.try_lock(connection, journal_id):
                         session.rollback()
                         return ReplayResult(
                             journal_id, False, count, duration=time.monotonic() - started, busy=True
                         )
                     locked = True
-                if not dry_run and not _claim(connection, journal_id, count, header.digest or ""):
+                if not dry_run and not replay_claim.claim(
+                    connection, journal_id, count, header.digest or ""
+                ):
                     if locked:
-                        _unlock(connection, journal_id)
+                        replay_claim.unlock(connection, journal_id)
                     session.rollback()
                     return ReplayResult(
                         journal_id, False, count, duration=time.monotonic() - started
@@ -891,7 +890,7 @@ def _reconnect_and_commit(
                 with session.no_autoflush, replay_events.held_back(connection, mappers):
                     replay.apply()
                 if locked:
-                    _unlock(connection, journal_id)
+                    replay_claim.unlock(connection, journal_id)
                 if dry_run:
                     session.rollback()
                 else:
@@ -902,12 +901,12 @@ def _reconnect_and_commit(
                     # The connection taken above: after a failed flush the session would
                     # refuse to hand it out, and MariaDB's lock outlives the transaction.
                     with contextlib.suppress(SQLAlchemyError):
-                        _unlock(connection, journal_id)
+                        replay_claim.unlock(connection, journal_id)
                 with contextlib.suppress(SQLAlchemyError):
                     session.rollback()
                 if committing and isinstance(err, DBAPIError):
                     if err.connection_invalidated:
-                        raise _commit_failed(session, path, journal_id, err) from err
+                        raise replay_claim.commit_failed(session, path, journal_id, err) from err
                     # The server answered and refused the commit (a deferred constraint, a
                     # serialization failure): it rolled back, so nothing was applied.
                     raise _failed(os.fspath(path), "the commit", err) from err
@@ -986,132 +985,6 @@ def _refuse_untrusted_pickles(journal: Journal) -> None:
             "(allow_dill=True, CLI --allow-dill) only for files nobody else can write",
             path=journal.path,
         )
-
-
-def _commit_failed(
-    session: Session, path: str | os.PathLike[str], journal_id: str, err: DBAPIError
-) -> DeferredOperationError:
-    """The error for a COMMIT whose answer never came: say what the ledger now shows.
-
-    The connection can fail after the server committed and before its answer arrived,
-    so "nothing was applied" would be a guess. A fresh connection asks the ledger; a
-    commit still completing on the server is not shown yet, which is why that answer
-    still sends the user to the safe action (replay again) rather than declaring a loss.
-    """
-    cause = f"{type(err.orig).__name__}: {str(err.orig).strip().splitlines()[0]}"
-    try:
-        with session.get_bind().engine.connect() as conn:
-            applied = _applied(conn, journal_id)
-    except SQLAlchemyError:
-        applied = None
-    if applied:
-        outcome = (
-            "the commit reached the database and the ledger shows the journal applied: "
-            "nothing more to do (replaying it again returns applied=False)"
-        )
-    elif applied is None:
-        outcome = (
-            "the database cannot be reached to tell whether the commit landed: replay the "
-            "journal again once it is back; the ledger makes that safe, it applies the "
-            "journal only if this commit did not"
-        )
-    else:
-        outcome = (
-            "the ledger does not show the journal applied: replay it again; the ledger "
-            "makes that safe even if this commit is still completing on the server"
-        )
-    return DeferredOperationError(
-        f"journal {path}: the connection failed while committing ({cause}); {outcome}. "
-        "The journal is unchanged",
-        path=path,
-    )
-
-
-def _ensure_ledger(session: Session, path: str | os.PathLike[str], *, create: bool) -> bool:
-    """Create or upgrade the ledger when ``create``; return whether the database has one."""
-    if not create:
-        return bool(sa_inspect(session.connection()).has_table(ledger.LEDGER_TABLE))
-    try:
-        ledger.ensure_ledger(session.get_bind().engine)
-    except CommandError as err:
-        # Alembic does not know the database's revision of our branch: a newer release
-        # migrated this ledger, and this one must not write to a table it does not know.
-        raise DeferredOperationError(
-            f"journal {path}: the database's orm-journal ledger is at a migration this "
-            f"orm-journal does not know ({err}); replay with the orm-journal release that "
-            "migrated it, or a newer one. Nothing was applied",
-            path=path,
-        ) from err
-    return True
-
-
-def _try_lock(connection: Any, journal_id: str) -> bool:
-    """Take a non-blocking advisory lock on the journal id; False if another holds it.
-
-    Only an optimisation for many replayers sharing a directory of journals (they skip
-    what another is applying instead of queueing behind it); the ledger's primary key is
-    what guarantees exactly-once.
-    """
-    name = connection.dialect.name
-    if name == "postgresql":
-        return bool(
-            connection.execute(
-                text("SELECT pg_try_advisory_xact_lock(hashtextextended(:id, 0))"),
-                {"id": journal_id},
-            ).scalar()
-        )
-    if name in ("mysql", "mariadb"):
-        return bool(
-            connection.execute(
-                text("SELECT GET_LOCK(:name, 0)"), {"name": f"orm_journal:{journal_id}"}
-            ).scalar()
-        )
-    return True
-
-
-def _unlock(connection: Any, journal_id: str) -> None:
-    # PostgreSQL's transaction-level lock ends with the transaction; MariaDB's belongs to
-    # the connection, which goes back to the pool. Released before COMMIT, the ledger row
-    # still stops anyone who gets the lock in between.
-    if connection.dialect.name in ("mysql", "mariadb"):
-        connection.execute(
-            text("SELECT RELEASE_LOCK(:name)"), {"name": f"orm_journal:{journal_id}"}
-        )
-
-
-def _applied(connection: Any, journal_id: str) -> bool:
-    table = ledger.ledger_table
-    found = connection.execute(
-        select(table.c.journal_id).where(table.c.journal_id == journal_id)
-    ).first()
-    return found is not None
-
-
-def _claim(connection: Any, journal_id: str, count: int, digest: str) -> bool:
-    """Insert the journal's ledger row first; False if another replay has it.
-
-    A concurrent replayer of the same journal blocks on the row's primary key until the
-    first one commits (then gets a duplicate key) or rolls back (then proceeds).
-    """
-    if _applied(connection, journal_id):
-        return False
-    table = ledger.ledger_table
-    # No SAVEPOINT around this insert: on SQLite (pysqlite) releasing the outermost
-    # savepoint commits. A duplicate key simply ends the whole replay transaction, which
-    # has done nothing else yet.
-    try:
-        connection.execute(
-            insert(table).values(
-                journal_id=journal_id,
-                applied_at=dt.datetime.now(dt.UTC),
-                operation_count=count,
-                digest=digest,
-                host=socket.gethostname()[:255],
-            )
-        )
-    except IntegrityError:
-        return False
-    return True
 
 
 def _check_schema(
