@@ -35,20 +35,25 @@ BATCH = 60  # new objects per recorded flush
 BYTES_PER_OBJECT = 80
 
 
+def count_operations() -> int:
+    """The decoded operations (dicts of an operation's shape) alive in the process."""
+    gc.collect()
+    return sum(1 for o in gc.get_objects() if type(o) is dict and "op" in o and "class" in o)
+
+
 @dataclass
 class Watch:
     """What the progress callback saw after each batch."""
 
     session: Session
+    # Decoded operations alive before the replay began (left by earlier tests).
+    before: int = field(default_factory=count_operations)
     live_operations: list[int] = field(default_factory=list)
     identity_map: list[int] = field(default_factory=list)
     traced: list[tuple[int, int]] = field(default_factory=list)  # (done, bytes)
 
     def __call__(self, done: int, total: int) -> None:
-        gc.collect()
-        self.live_operations.append(
-            sum(1 for o in gc.get_objects() if type(o) is dict and "op" in o and "class" in o)
-        )
+        self.live_operations.append(count_operations() - self.before)
         self.identity_map.append(len(self.session.identity_map))
         self.traced.append((done, tracemalloc.get_traced_memory()[0]))
 
