@@ -5,6 +5,10 @@ recorded batch is applied to ORM objects and flushed, so SQLAlchemy's unit of wo
 the rows and synchronises foreign keys exactly as it did for the recording flush; runs
 of plain inserts go through bulk ``INSERT ... RETURNING`` instead (see
 :mod:`orm_ext.bulk`). Everything happens in one transaction on one connection.
+
+Replay streams (SPEC §5.9): the whole journal is verified first, then decoded and
+applied one batch at a time; what outlives a batch is the key of each new object, kept
+compactly (:mod:`orm_ext.replay_keys`), since later operations name it by its ref.
 """
 
 from __future__ import annotations
