@@ -18,9 +18,8 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import String, select
-from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, class_mapper, mapped_column
 
 from orm_ext import JournalingSession, Placeholder
 from orm_ext.replay_keys import Identities, NewKeys
@@ -167,7 +166,7 @@ class Named(_Base):
 def test_new_keys_hold_every_kind_of_key() -> None:
     """Integer, text and composite keys, and refs far beyond the journal, all come back."""
     keys = NewKeys(operations=10)
-    asset, pair, named = (sa_inspect(c) for c in (Asset, Pair, Named))
+    asset, pair, named = (class_mapper(c) for c in (Asset, Pair, Named))
     keys.add(1, asset, (5,))
     keys.add(2, pair, (7, "x"))
     keys.add(3, named, ("abc",))
@@ -190,7 +189,7 @@ def test_new_keys_hold_every_kind_of_key() -> None:
 def test_new_keys_replace_and_forget() -> None:
     """A ref noted again replaces its key; a forgotten one is gone (a savepoint rolled back)."""
     keys = NewKeys(operations=4)
-    asset, named = sa_inspect(Asset), sa_inspect(Named)
+    asset, named = class_mapper(Asset), class_mapper(Named)
     keys.add(1, named, ("a",))
     keys.add_ints([1, 2], asset, [10, 20])
     keys.add(2, named, ("b",))
