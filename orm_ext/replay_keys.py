@@ -24,7 +24,7 @@ from orm_ext.references import Placeholder
 __all__ = ["Identities", "NewKeys"]
 
 _INT64 = (-(2**63), 2**63 - 1)
-# Array slots added at a time: growing by a fraction of the size keeps appends amortised.
+# The arrays' smallest growth, and the slack they allow beyond twice the operation count.
 _GROWTH = 4096
 
 
@@ -96,7 +96,7 @@ class NewKeys:
 
     def forget(self, ref: int) -> None:
         """Drop the key of ``ref`` (its insert was rolled back to a savepoint)."""
-        if ref < len(self._classes) and ref > 0 and self._classes[ref]:
+        if 0 < ref < len(self._classes) and self._classes[ref]:
             self._classes[ref] = 0
             self._count -= 1
         elif self._other.pop(ref, None) is not None:
