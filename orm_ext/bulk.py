@@ -53,7 +53,7 @@ class Replay(Protocol):
 
     def mapper(self, path: str) -> Mapper[Any]: ...
 
-    def key_of(self, ref: int) -> dict[str, Any]: ...
+    def key_value(self, ref: int, attribute: str) -> Any: ...
 
 
 __all__ = ["BulkInsert", "Run", "plan_batch"]
@@ -211,7 +211,7 @@ def _rows(
         refs = op.get("refs")
         if refs:
             for key, (ref, attribute) in refs.items():
-                row[key] = replay.key_of(ref)[attribute]
+                row[key] = replay.key_value(ref, attribute)
         links = op.get("links")
         if links:
             for key, target in links.items():
@@ -219,7 +219,7 @@ def _rows(
                 if target is None:
                     row[local] = None
                 elif type(target) is int:
-                    row[local] = replay.key_of(target)[remote]
+                    row[local] = replay.key_value(target, remote)
                 else:
                     row[local] = target[0]
         rows.append(row)

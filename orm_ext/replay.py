@@ -209,7 +209,7 @@ class Replay:
     def resolve_value(self, value: Any) -> Any:
         """Replace placeholders (also inside an IN list) by the keys the database assigned."""
         if isinstance(value, Placeholder):
-            return self.key_of(value.ref)[value.attribute]
+            return self.key_value(value.ref, value.attribute)
         if isinstance(value, list) and any(isinstance(v, Placeholder) for v in value):
             return [self.resolve_value(v) for v in value]
         return value
@@ -232,6 +232,13 @@ class Replay:
             key = self.identities.key(ref)
             assert key is not None
         return key
+
+    def key_value(self, ref: int, attribute: str) -> Any:
+        """``key_of(ref)[attribute]``, without building the key's dict when it is kept."""
+        try:
+            return self.identities.value(ref, attribute)
+        except KeyError:
+            return self.key_of(ref)[attribute]
 
     def _keep_key(self, ref: int, obj: object) -> None:
         state = attributes.instance_state(obj)
@@ -491,7 +498,7 @@ class Replay:
             for key, value in op["values"].items():
                 data[key] = self.resolve_value(value)
             for key, (ref, attribute) in op.get("refs", {}).items():
-                data[key] = self.key_of(ref)[attribute]
+                data[key] = self.key_value(ref, attribute)
             self.batch_objects[op["ref"]] = obj
             self.session.add(obj)
             self._pending_links.append((sequence, obj, mapper, op))

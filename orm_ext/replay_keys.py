@@ -129,6 +129,20 @@ class NewKeys:
             return (self._ints[ref],)
         return self._other[ref][1]
 
+    def value(self, ref: int, attribute: str) -> Any:
+        """``key(ref)[attribute]`` without building the dict: once per link of a bulk row.
+
+        :raises KeyError: ``ref`` has no key, or its key no such attribute.
+        """
+        if 0 < ref < len(self._classes):
+            index = self._classes[ref]
+            if index and self._attributes[index - 1][0] == attribute:
+                return self._ints[ref]
+        key = self.key(ref)
+        if key is None:
+            raise KeyError(ref)
+        return key[attribute]
+
     def key(self, ref: int) -> dict[str, Any] | None:
         """``{attribute: value}`` of the primary key of ``ref``, or None if it has none."""
         if 0 < ref < len(self._classes):
