@@ -50,14 +50,10 @@ class Replay(Protocol):
 
     session: Session
     path: str
-    # Placeholder ref -> the key values the database gave its row.
-    identities: dict[int, dict[str, Any]]
-    # Placeholder ref -> the mapper of its row.
-    ref_classes: dict[int, Mapper[Any]]
 
     def mapper(self, path: str) -> Mapper[Any]: ...
 
-    def key_of(self, ref: int) -> dict[str, Any]: ...
+    def key_value(self, ref: int, attribute: str) -> Any: ...
 
 
 __all__ = ["BulkInsert", "Run", "plan_batch"]
@@ -164,7 +160,12 @@ class BulkInsert:
     groups: list[tuple[Mapper[Any], list[tuple[int, dict[str, Any]]]]]
     existing: dict[Mapper[Any], dict[Any, tuple[int, dict[str, Any]]]]
 
-    def execute(self, replay: Replay) -> None:
+    def execute(self, replay: Replay) -> Iterator[tuple[Mapper[Any], list[int], list[Any]]]:
+        """Insert the groups in order; yield each one's mapper, refs and the keys they got.
+
+        The caller keeps each group's keys before asking for the next group, whose rows
+        may link to them (through ``replay.key_of``).
+        """
         self._check_targets(replay)
         for mapper, ops in self.groups:
             pk_attr = plan_for(mapper).primary_key[0]
@@ -173,11 +174,8 @@ class BulkInsert:
                 keys = _insert_with_rowids(replay, mapper, pk_attr, rows)
             else:
                 keys = _insert_returning(replay, mapper, pk_attr, rows)
-            identities, ref_classes = replay.identities, replay.ref_classes
-            for (_, op), key in zip(ops, keys, strict=True):
-                ref = op["ref"]
-                identities[ref] = {pk_attr: key}
-                ref_classes[ref] = mapper
+            del rows
+            yield mapper, [op["ref"] for _, op in ops], keys
 
     def _check_targets(self, replay: Replay) -> None:
         # A link to a row that existed at recording time must still find it: the unit of
@@ -206,7 +204,6 @@ def _rows(
         key: (pairs[0][0], plan_for(mapper.relationships[key].mapper).primary_key[0])
         for key, pairs in plan.many_to_one_pairs.items()
     }
-    identities = replay.identities
     rows = []
     for _, op in ops:
         # Placeholders in an insert are always under "refs", never in "values".
@@ -214,7 +211,7 @@ def _rows(
         refs = op.get("refs")
         if refs:
             for key, (ref, attribute) in refs.items():
-                row[key] = replay.key_of(ref)[attribute]
+                row[key] = replay.key_value(ref, attribute)
         links = op.get("links")
         if links:
             for key, target in links.items():
@@ -222,7 +219,7 @@ def _rows(
                 if target is None:
                     row[local] = None
                 elif type(target) is int:
-                    row[local] = (identities.get(target) or replay.key_of(target))[remote]
+                    row[local] = replay.key_value(target, remote)
                 else:
                     row[local] = target[0]
         rows.append(row)

@@ -5,25 +5,26 @@ recorded batch is applied to ORM objects and flushed, so SQLAlchemy's unit of wo
 the rows and synchronises foreign keys exactly as it did for the recording flush; runs
 of plain inserts go through bulk ``INSERT ... RETURNING`` instead (see
 :mod:`orm_ext.bulk`). Everything happens in one transaction on one connection.
+
+Replay streams (SPEC §5.9): the whole journal is verified first, then decoded and
+applied one batch at a time; what outlives a batch is the key of each new object, kept
+compactly (:mod:`orm_ext.replay_keys`), since later operations name it by its ref.
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import functools
 import importlib
 import logging
 import os
-import socket
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from alembic.util import CommandError
-from sqlalchemy import delete, insert, literal, select, text, update
+from sqlalchemy import delete, insert, literal, select, update
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
@@ -42,7 +43,7 @@ from sqlalchemy.orm.collections import collection_adapter
 from sqlalchemy.orm.exc import UnmappedClassError
 
 from journal import Batch, Journal, JournalCorruptError, JournalError, JournalSignatureError
-from orm_ext import bulk, dml, ledger, replay_events
+from orm_ext import bulk, dml, replay_claim, replay_events
 from orm_ext.conflicts import (
     ConflictHandler,
     ConflictPolicy,
@@ -62,6 +63,7 @@ from orm_ext.mapper_plan import plan_for
 from orm_ext.operations import OperationChecker, check_meta
 from orm_ext.recording import has_flushed_changes
 from orm_ext.references import Placeholder
+from orm_ext.replay_keys import Identities, NewKeys, pk_attributes
 
 __all__ = ["ConflictHandler", "ConflictPolicy", "ProgressCallback", "Replay", "ReplayResult"]
 
@@ -113,8 +115,8 @@ class Replay:
         self.path = str(journal.path)
         self.conflicts = Conflicts(on_conflict)
         self.progress = progress
-        self.identities: dict[int, dict[str, Any]] = {}
-        self.ref_classes: dict[int, Mapper[Any]] = {}
+        # Every new object's key, kept to the end: later operations name it by its ref.
+        self.identities = NewKeys(journal.header.operation_count or 0)
         self.batch_objects: dict[int, object] = {}
         # New objects whose insert a conflict left out: what refers to them conflicts too.
         self.left_out: set[int] = set()
@@ -208,27 +210,42 @@ class Replay:
     def resolve_value(self, value: Any) -> Any:
         """Replace placeholders (also inside an IN list) by the keys the database assigned."""
         if isinstance(value, Placeholder):
-            return self.key_of(value.ref)[value.attribute]
+            return self.key_value(value.ref, value.attribute)
         if isinstance(value, list) and any(isinstance(v, Placeholder) for v in value):
             return [self.resolve_value(v) for v in value]
         return value
 
     def key_of(self, ref: int) -> dict[str, Any]:
-        key = self.identities.get(ref)
+        """``{attribute: value}`` of the key new object ``ref`` got (flushing it if need be)."""
+        key = self.identities.key(ref)
         if key is None:
             if ref in self.left_out:
                 raise _LeftOut(ref)
             obj = self.batch_objects.get(ref)
-            if obj is not None:
-                self.session.flush()
-                key = self.identities[ref] = _key_values(obj)
-            else:
+            if obj is None:
                 raise DeferredOperationError(
                     f"journal {self.path} refers to new object #{ref} before it was recorded; "
                     "the journal is inconsistent",
                     path=self.path,
                 )
+            self.session.flush()
+            self._keep_key(ref, obj)
+            key = self.identities.key(ref)
+            assert key is not None
         return key
+
+    def key_value(self, ref: int, attribute: str) -> Any:
+        """``key_of(ref)[attribute]``, without building the key's dict when it is kept."""
+        try:
+            return self.identities.value(ref, attribute)
+        except KeyError:
+            return self.key_of(ref)[attribute]
+
+    def _keep_key(self, ref: int, obj: object) -> None:
+        state = attributes.instance_state(obj)
+        mapper = state.mapper
+        values = tuple(state.dict.get(k) for k in pk_attributes(mapper))
+        self.identities.add(ref, mapper, values)
 
     def target(self, target: Any, mapper: Mapper[Any], *, lock: bool) -> object | None:
         """Return the object a recorded target names (None if its row is gone)."""
@@ -237,9 +254,9 @@ class Replay:
             obj = self.batch_objects.get(target)
             if obj is not None:
                 return obj
-            key = self.key_of(target)
-            mapper = self.ref_classes[target]
-            pk = tuple(key[k] for k in _pk_attributes(mapper))
+            self.key_of(target)
+            mapper = self.identities.mapper(target)
+            pk = self.identities.values(target)
             exact = True
         else:
             pk = tuple(target)
@@ -364,7 +381,9 @@ class Replay:
     def _run_batch(self, batch: Batch) -> None:
         for run in bulk.plan_batch(self, batch):
             if run.bulk is not None:
-                run.bulk.execute(self)
+                # Kept group by group: a later group's rows link to an earlier group's keys.
+                for mapper, refs, keys in run.bulk.execute(self):
+                    self.identities.add_ints(refs, mapper, keys)
             else:
                 for sequence, operation in run.operations:
                     self._apply_one(sequence, operation)
@@ -373,7 +392,7 @@ class Replay:
 
     def _keep_batch_keys(self) -> None:
         for ref, obj in self.batch_objects.items():
-            self.identities[ref] = _key_values(obj)
+            self._keep_key(ref, obj)
         # Objects of earlier batches are only needed again by key: let them go.
         self.batch_objects.clear()
         self._op = {}
@@ -387,7 +406,7 @@ class Replay:
         savepoint and applied again operation by operation, each in a savepoint of its
         own, so that the operation that hits the constraint is the one decided about.
         """
-        mark, known = self.conflicts.mark(), len(self.identities)
+        mark = self.conflicts.mark()
         nested = self.session.begin_nested()
         try:
             self._apply_batch(batch)
@@ -396,23 +415,22 @@ class Replay:
                 raise
             nested.rollback()
             self.conflicts.undo(mark)
-            self._forget_batch(known)
+            self._forget_batch(batch)
             self._apply_each(batch, err)
             return
         except _LeftOut:
             nested.rollback()
             self.conflicts.undo(mark)
-            self._forget_batch(known)
+            self._forget_batch(batch)
             self._apply_each(batch, None)
             return
         nested.commit()
 
-    def _forget_batch(self, known: int) -> None:
+    def _forget_batch(self, batch: Batch) -> None:
         """Drop what a batch rolled back to its savepoint had noted of its new objects."""
-        for ref in list(self.identities)[known:]:
-            del self.identities[ref]
-        for ref in self.batch_objects:
-            self.ref_classes.pop(ref, None)
+        for op in batch.operations:
+            if op["op"] == "insert":
+                self.identities.forget(op["ref"])
         self.batch_objects.clear()
         self._pending_links.clear()
         self._op = {}
@@ -462,7 +480,7 @@ class Replay:
         else:
             # A row new in this journal is named by its placeholder: it has no key yet.
             ref = target if isinstance(target, int) else op["ref"]
-            key = [Placeholder(ref, a) for a in _pk_attributes(self.mapper(op["class"]))]
+            key = [Placeholder(ref, a) for a in pk_attributes(self.mapper(op["class"]))]
         error = conflict(self.path, sequence, op, key, kind, what)
         self.conflicts.resolve(error)  # raises unless skipped: a constraint cannot be overwritten
         if op["op"] == "insert":
@@ -481,9 +499,8 @@ class Replay:
             for key, value in op["values"].items():
                 data[key] = self.resolve_value(value)
             for key, (ref, attribute) in op.get("refs", {}).items():
-                data[key] = self.key_of(ref)[attribute]
+                data[key] = self.key_value(ref, attribute)
             self.batch_objects[op["ref"]] = obj
-            self.ref_classes[op["ref"]] = mapper
             self.session.add(obj)
             self._pending_links.append((sequence, obj, mapper, op))
             return
@@ -605,9 +622,9 @@ class Replay:
 
     def _identity(self, target: Any, mapper: Mapper[Any]) -> Any:
         if isinstance(target, int):
-            key = self.key_of(target)
-            mapper = self.ref_classes[target]
-            target = [key[k] for k in _pk_attributes(mapper)]
+            self.key_of(target)
+            mapper = self.identities.mapper(target)
+            target = self.identities.values(target)
         return mapper.identity_key_from_primary_key(tuple(target))
 
     def _matches(
@@ -644,7 +661,7 @@ class Replay:
         if isinstance(target, list):
             key: list[Any] = target
         else:  # a row new in this journal: named by its placeholder, as the journal does
-            key = [Placeholder(target, a) for a in _pk_attributes(mapper)]
+            key = [Placeholder(target, a) for a in pk_attributes(mapper)]
         if missing:
             error = conflict(
                 self.path, sequence, op, key, "notfound", "the row is gone", expected=expected
@@ -690,36 +707,6 @@ class _LeftOut(Exception):  # a signal inside a replay, never raised out of it
         self.ref = ref
 
 
-class Identities(Mapping[Placeholder, Any]):
-    """``ReplayResult.identities``: each placeholder of the journal → the database's value.
-
-    A read-only view over what the replay kept anyway (one key per new object), so that a
-    journal of a million new rows does not also build a million placeholder objects.
-    """
-
-    def __init__(self, keys: dict[int, dict[str, Any]]) -> None:
-        self._keys = keys
-
-    def __getitem__(self, placeholder: Placeholder) -> Any:
-        if not isinstance(placeholder, Placeholder):
-            raise KeyError(placeholder)
-        try:
-            return self._keys[placeholder.ref][placeholder.attribute]
-        except KeyError:
-            raise KeyError(placeholder) from None
-
-    def __iter__(self) -> Iterator[Placeholder]:
-        for ref, key in self._keys.items():
-            for attribute in key:
-                yield Placeholder(ref, attribute)
-
-    def __len__(self) -> int:
-        return sum(len(key) for key in self._keys.values())
-
-    def __repr__(self) -> str:
-        return f"<Identities of {len(self._keys)} new object(s)>"
-
-
 @functools.cache
 def _keyed_attributes(mapper: Mapper[Any]) -> frozenset[str]:
     """The attributes an UPDATE's WHERE clause names: primary key and version counter."""
@@ -745,18 +732,6 @@ def _all_registries() -> set[registry]:
     mapperlib: Any = importlib.import_module("sqlalchemy.orm.mapper")
     found: set[registry] = mapperlib._all_registries()
     return found
-
-
-def _pk_attributes(mapper: Mapper[Any]) -> list[str]:
-    return [mapper.get_property_by_column(c).key for c in mapper.primary_key]
-
-
-def _key_values(obj: object) -> dict[str, Any]:
-    from sqlalchemy import inspect
-
-    state = inspect(obj)
-    mapper = state.mapper
-    return {k: state.dict.get(k) for k in _pk_attributes(mapper)}
 
 
 def _failed(path: str, where: str, err: Exception) -> Exception:
@@ -889,10 +864,10 @@ def _reconnect_and_commit(
         with _without_session_listeners(session):
             locked = committing = False
             try:
-                has_ledger = _ensure_ledger(session, path, create=not dry_run)
+                has_ledger = replay_claim.ensure_ledger(session, path, create=not dry_run)
                 connection = session.connection()
                 # Already applied means nothing to do, even if the schema moved on since.
-                if has_ledger and _applied(connection, journal_id):
+                if has_ledger and replay_claim.applied(connection, journal_id):
                     session.rollback()
                     return ReplayResult(
                         journal_id,
@@ -903,15 +878,17 @@ def _reconnect_and_commit(
                     )
                 _check_schema(replay, connection, header.meta, allow_schema_drift)
                 if if_busy == "skip" and not dry_run:
-                    if not _try_lock(connection, journal_id):
+                    if not replay_claim.try_lock(connection, journal_id):
                         session.rollback()
                         return ReplayResult(
                             journal_id, False, count, duration=time.monotonic() - started, busy=True
                         )
                     locked = True
-                if not dry_run and not _claim(connection, journal_id, count, header.digest or ""):
+                if not dry_run and not replay_claim.claim(
+                    connection, journal_id, count, header.digest or ""
+                ):
                     if locked:
-                        _unlock(connection, journal_id)
+                        replay_claim.unlock(connection, journal_id)
                     session.rollback()
                     return ReplayResult(
                         journal_id, False, count, duration=time.monotonic() - started
@@ -925,7 +902,7 @@ def _reconnect_and_commit(
                 with session.no_autoflush, replay_events.held_back(connection, mappers):
                     replay.apply()
                 if locked:
-                    _unlock(connection, journal_id)
+                    replay_claim.unlock(connection, journal_id)
                 if dry_run:
                     session.rollback()
                 else:
@@ -936,12 +913,12 @@ def _reconnect_and_commit(
                     # The connection taken above: after a failed flush the session would
                     # refuse to hand it out, and MariaDB's lock outlives the transaction.
                     with contextlib.suppress(SQLAlchemyError):
-                        _unlock(connection, journal_id)
+                        replay_claim.unlock(connection, journal_id)
                 with contextlib.suppress(SQLAlchemyError):
                     session.rollback()
                 if committing and isinstance(err, DBAPIError):
                     if err.connection_invalidated:
-                        raise _commit_failed(session, path, journal_id, err) from err
+                        raise replay_claim.commit_failed(session, path, journal_id, err) from err
                     # The server answered and refused the commit (a deferred constraint, a
                     # serialization failure): it rolled back, so nothing was applied.
                     raise _failed(os.fspath(path), "the commit", err) from err
@@ -1020,132 +997,6 @@ def _refuse_untrusted_pickles(journal: Journal) -> None:
             "(allow_dill=True, CLI --allow-dill) only for files nobody else can write",
             path=journal.path,
         )
-
-
-def _commit_failed(
-    session: Session, path: str | os.PathLike[str], journal_id: str, err: DBAPIError
-) -> DeferredOperationError:
-    """The error for a COMMIT whose answer never came: say what the ledger now shows.
-
-    The connection can fail after the server committed and before its answer arrived,
-    so "nothing was applied" would be a guess. A fresh connection asks the ledger; a
-    commit still completing on the server is not shown yet, which is why that answer
-    still sends the user to the safe action (replay again) rather than declaring a loss.
-    """
-    cause = f"{type(err.orig).__name__}: {str(err.orig).strip().splitlines()[0]}"
-    try:
-        with session.get_bind().engine.connect() as conn:
-            applied = _applied(conn, journal_id)
-    except SQLAlchemyError:
-        applied = None
-    if applied:
-        outcome = (
-            "the commit reached the database and the ledger shows the journal applied: "
-            "nothing more to do (replaying it again returns applied=False)"
-        )
-    elif applied is None:
-        outcome = (
-            "the database cannot be reached to tell whether the commit landed: replay the "
-            "journal again once it is back; the ledger makes that safe, it applies the "
-            "journal only if this commit did not"
-        )
-    else:
-        outcome = (
-            "the ledger does not show the journal applied: replay it again; the ledger "
-            "makes that safe even if this commit is still completing on the server"
-        )
-    return DeferredOperationError(
-        f"journal {path}: the connection failed while committing ({cause}); {outcome}. "
-        "The journal is unchanged",
-        path=path,
-    )
-
-
-def _ensure_ledger(session: Session, path: str | os.PathLike[str], *, create: bool) -> bool:
-    """Create or upgrade the ledger when ``create``; return whether the database has one."""
-    if not create:
-        return bool(sa_inspect(session.connection()).has_table(ledger.LEDGER_TABLE))
-    try:
-        ledger.ensure_ledger(session.get_bind().engine)
-    except CommandError as err:
-        # Alembic does not know the database's revision of our branch: a newer release
-        # migrated this ledger, and this one must not write to a table it does not know.
-        raise DeferredOperationError(
-            f"journal {path}: the database's orm-journal ledger is at a migration this "
-            f"orm-journal does not know ({err}); replay with the orm-journal release that "
-            "migrated it, or a newer one. Nothing was applied",
-            path=path,
-        ) from err
-    return True
-
-
-def _try_lock(connection: Any, journal_id: str) -> bool:
-    """Take a non-blocking advisory lock on the journal id; False if another holds it.
-
-    Only an optimisation for many replayers sharing a directory of journals (they skip
-    what another is applying instead of queueing behind it); the ledger's primary key is
-    what guarantees exactly-once.
-    """
-    name = connection.dialect.name
-    if name == "postgresql":
-        return bool(
-            connection.execute(
-                text("SELECT pg_try_advisory_xact_lock(hashtextextended(:id, 0))"),
-                {"id": journal_id},
-            ).scalar()
-        )
-    if name in ("mysql", "mariadb"):
-        return bool(
-            connection.execute(
-                text("SELECT GET_LOCK(:name, 0)"), {"name": f"orm_journal:{journal_id}"}
-            ).scalar()
-        )
-    return True
-
-
-def _unlock(connection: Any, journal_id: str) -> None:
-    # PostgreSQL's transaction-level lock ends with the transaction; MariaDB's belongs to
-    # the connection, which goes back to the pool. Released before COMMIT, the ledger row
-    # still stops anyone who gets the lock in between.
-    if connection.dialect.name in ("mysql", "mariadb"):
-        connection.execute(
-            text("SELECT RELEASE_LOCK(:name)"), {"name": f"orm_journal:{journal_id}"}
-        )
-
-
-def _applied(connection: Any, journal_id: str) -> bool:
-    table = ledger.ledger_table
-    found = connection.execute(
-        select(table.c.journal_id).where(table.c.journal_id == journal_id)
-    ).first()
-    return found is not None
-
-
-def _claim(connection: Any, journal_id: str, count: int, digest: str) -> bool:
-    """Insert the journal's ledger row first; False if another replay has it.
-
-    A concurrent replayer of the same journal blocks on the row's primary key until the
-    first one commits (then gets a duplicate key) or rolls back (then proceeds).
-    """
-    if _applied(connection, journal_id):
-        return False
-    table = ledger.ledger_table
-    # No SAVEPOINT around this insert: on SQLite (pysqlite) releasing the outermost
-    # savepoint commits. A duplicate key simply ends the whole replay transaction, which
-    # has done nothing else yet.
-    try:
-        connection.execute(
-            insert(table).values(
-                journal_id=journal_id,
-                applied_at=dt.datetime.now(dt.UTC),
-                operation_count=count,
-                digest=digest,
-                host=socket.gethostname()[:255],
-            )
-        )
-    except IntegrityError:
-        return False
-    return True
 
 
 def _check_schema(
