@@ -25,8 +25,22 @@ SELECT runs, the session's identity map also knows each by its stand-in key; a s
 selected as a bare value comes back as the placeholder.
 
 What cannot be laid over is refused: rows of ORM statements (their rows are only known at
-replay), rows whose objects are gone, link tables whose links the block changed, values
-only the database sets, tables in another schema.
+replay), rows whose objects are gone, values only the database sets, tables in another
+schema, and what the checks of :meth:`Overlay._refuse_unsupported` and
+:func:`_misused` name.
+
+Private SQLAlchemy API used here, each checked on SQLAlchemy 2.1.9 (there is no public
+way to do what each does):
+
+- ``session.identity_map._dict``: the stand-in aliases of new objects' states, added and
+  removed around one SELECT (the public ``add()`` would re-key the state);
+- ``ORMExecuteState.load_options._populate_existing``: whether the load overwrites;
+- ``Select._raw_columns``, ``_group_by_clauses``, ``_order_by_clauses``,
+  ``_for_update_arg`` and ``compiled.compile_state.statement``: the parts of a statement
+  the key checks walk, and the Core form the ORM compiles it to;
+- ``Mapper._columntoproperty``: the attribute that holds a table column's value;
+- ``FrozenResult._source_supports_scalars`` and ``BindParameter._with_value``: a result's
+  rows rebuilt with placeholders, a bound value replaced by its stand-in.
 """
 
 from __future__ import annotations
