@@ -48,7 +48,7 @@ __all__ = ["KEPT_ROWS", "BlockReads"]
 # program has dropped them. Beyond it, objects are held weakly, as by a plain session,
 # and a query over a table one of them belonged to is refused rather than answered
 # without it: recording workers that stream millions of rows keep bounded memory.
-KEPT_ROWS = 50_000
+KEPT_ROWS = 20_000
 
 Restore = Callable[[InstanceState[Any]], None]
 
@@ -91,7 +91,11 @@ class BlockReads:
         # Table -> first batch after which a row the block inserted there has no object
         # (its object was made transient and became another row).
         self.orphaned: dict[str, int] = {}
-        self._weak: dict[weakref.ref[Any], tuple[int, tuple[str, ...]]] = {}
+        self._weak: dict[weakref.ref[Any], tuple[int, tuple[str, ...], InstanceState[Any]]] = {}
+        # States of weakly held objects that are gone, to leave ``objects`` at the next
+        # flush (not from the weak reference's callback, which may run while a read
+        # iterates ``objects``): a state outlives its object while a dict holds it.
+        self._dead: list[InstanceState[Any]] = []
         # Database rows the block changed or deleted: identity class -> key -> batch.
         self.changed: dict[type, dict[tuple[Any, ...], int]] = {}
         # Link table -> identity (class, key) of each row whose links the block changed
@@ -120,6 +124,7 @@ class BlockReads:
             if name not in self.tables:
                 self.tables[name] = batch
                 self._pattern = None
+        self._bury()
         objects = self.objects
         for state in written:
             self._note_key(state, batch)
@@ -130,7 +135,7 @@ class BlockReads:
                     self.kept += 1
                 else:
                     held = weakref.ref(obj, self._lose)
-                    self._weak[held] = (batch, _table_names(state))
+                    self._weak[held] = (batch, _table_names(state), state)
                     objects[state] = (batch, held)
                 self._note_row(state, batch)
         for state in deleted:
@@ -138,6 +143,16 @@ class BlockReads:
             self._note_row(state, batch)
             if state.key is not None:
                 self.deleted_classes.setdefault(state.key[0], batch)
+
+    def _bury(self) -> None:
+        """Let go of the states of weakly held objects that are gone."""
+        if self._dead:
+            objects = self.objects
+            for state in self._dead:
+                entry = objects.get(state)
+                if entry is not None and isinstance(entry[1], weakref.ref):
+                    del objects[state]
+            self._dead.clear()
 
     def _note_key(self, state: InstanceState[Any], batch: int) -> None:
         """Notice an object the block created that now stands for another row.
@@ -176,9 +191,10 @@ class BlockReads:
         """A weakly held row's object is gone: its tables cannot be answered any more."""
         entry = self._weak.pop(held, None)
         if entry is not None:
-            batch, tables = entry
+            batch, tables, state = entry
             for name in tables:
                 self.lost[name] = min(batch, self.lost.get(name, batch))
+            self._dead.append(state)
 
     def note_links(self, batch: int, table: str, identities: Iterable[Any]) -> None:
         """Remember rows whose links in ``table`` the block changed (identity keys)."""
@@ -248,6 +264,7 @@ class BlockReads:
             self.autoflush()
         if not self.tables:
             return None
+        self._bury()
         refresh_state = orm_execute_state.load_options._refresh_state
         if refresh_state is not None and refresh_state in self.objects:
             # A refresh, or the load of an expired attribute, of an object the block
@@ -600,7 +617,7 @@ class BlockReads:
             entry = self._weak.pop(held, None)
             new_held: Any = weakref.ref(merged, self._lose)
             if entry is not None:
-                self._weak[new_held] = entry
+                self._weak[new_held] = (entry[0], entry[1], merged_state)
         else:
             new_held = merged
         self.objects[merged_state] = (batch, new_held)
