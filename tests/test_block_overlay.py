@@ -34,8 +34,8 @@ from sqlalchemy.orm import (
 from orm_ext import DeferredOperationError
 from orm_ext.references import Placeholder
 from tests.conftest import Backend
-from tests.scenario import make_sessions, replay, watch
-from tests.test_block_reads import Run, shape
+from tests.test_block_reads import Run
+from tests.test_block_reads import assert_same_as_direct as same_as_direct
 
 # -- models: one small set per concern --------------------------------------------------------
 
@@ -192,25 +192,8 @@ Body = Callable[[Run], Any]
 
 
 def assert_same_as_direct(backend: Backend, tmp_path: Path, body: Body) -> Any:
-    """Run ``body`` directly on A and recorded-then-replayed on B; both must agree."""
-    a, b = backend.engine("a"), backend.engine("b")
-    seed(a)
-    seed(b)
-    direct: list[Any] = []
-    with Session(a) as session:
-        seen_directly = body(Run(session, watch(a), recording=False, direct=direct))
-        session.commit()
-    path = tmp_path / "block.dbm"
-    log = watch(b)
-    with make_sessions(b)() as session, session.deferred_operations(path):
-        seen_recording = body(Run(session, log, recording=True, direct=direct))
-    assert log.writes() == []
-    assert direct == []  # every answered() of the direct run was compared
-    assert replay(b, path).applied
-    assert seen_recording == seen_directly
-    assert shape(seen_recording) == shape(seen_directly)
-    assert contents(b) == contents(a)
-    return seen_recording
+    """test_block_reads' harness, on this module's tables and rows."""
+    return same_as_direct(backend, tmp_path, body, seed=seed, rows=contents)
 
 
 def refused(run: Run, query: Callable[[Session], object], table: str | None, why: str) -> None:

@@ -101,11 +101,19 @@ def shape(value: Any) -> Any:
     return type(value)
 
 
-def assert_same_as_direct(backend: Backend, tmp_path: Path, body: Body) -> Any:
-    """Run ``body`` directly on A and recorded-then-replayed on B; both must agree."""
+def assert_same_as_direct(
+    backend: Backend,
+    tmp_path: Path,
+    body: Body,
+    *,
+    seed: Callable[[Any], None] = reset,
+    rows: Callable[[Any], Any] = contents,
+) -> Any:
+    """Run ``body`` directly on A and recorded-then-replayed on B, each seeded by ``seed``;
+    what they read and the rows they leave (``rows``) must agree."""
     a, b = backend.engine("a"), backend.engine("b")
-    reset(a)
-    reset(b)
+    seed(a)
+    seed(b)
     direct: list[Any] = []
     with Session(a) as session:
         seen_directly = body(Run(session, watch(a), recording=False, direct=direct))
@@ -115,10 +123,11 @@ def assert_same_as_direct(backend: Backend, tmp_path: Path, body: Body) -> Any:
     with make_sessions(b)() as session, session.deferred_operations(path):
         seen_recording = body(Run(session, log, recording=True, direct=direct))
     assert log.writes() == []
+    assert direct == []  # every answered() of the direct run was compared
     assert replay(b, path).applied
     assert seen_recording == seen_directly
     assert shape(seen_recording) == shape(seen_directly)
-    assert contents(b) == contents(a)
+    assert rows(b) == rows(a)
     return seen_recording
 
 
