@@ -425,6 +425,22 @@ def _write_text(
         write(f"  ... {summary.total - shown} more operation(s) not shown (--limit {limit})\n")
 
 
+def _header_json(header: Any, *, operations: bool) -> Any:
+    """A journal's or snapshot's header as ``inspect --json`` prints it (a snapshot has
+    no operation count)."""
+    fields = {
+        "format_version": header.format_version,
+        "created_at": header.created_at,
+        "sealed_at": header.sealed_at,
+        "host": header.host,
+        "versions": header.versions,
+    }
+    if operations:
+        fields["operation_count"] = header.operation_count
+    fields["meta"] = header.meta
+    return _json_value(fields)
+
+
 def _json_value(value: Any, depth: int = 0) -> Any:
     """``value`` as JSON data: long str and bytes cut, with their length; see the CLI docs."""
     kind = type(value)
@@ -482,17 +498,7 @@ def _write_json(
         "signed": header.signed,
         "verified": verified,
         "status": status,
-        "header": _json_value(
-            {
-                "format_version": header.format_version,
-                "created_at": header.created_at,
-                "sealed_at": header.sealed_at,
-                "host": header.host,
-                "versions": header.versions,
-                "operation_count": header.operation_count,
-                "meta": header.meta,
-            }
-        ),
+        "header": _header_json(header, operations=True),
         "summary": [],
     }
     if summary is not None:
@@ -591,16 +597,7 @@ def _inspect_snapshot(
                 "signed": header.signed,
                 "verified": verified,
                 "status": status,
-                "header": _json_value(
-                    {
-                        "format_version": header.format_version,
-                        "created_at": header.created_at,
-                        "sealed_at": header.sealed_at,
-                        "host": header.host,
-                        "versions": header.versions,
-                        "meta": header.meta,
-                    }
-                ),
+                "header": _header_json(header, operations=False),
                 "statements": [
                     {
                         "key": e.key,
