@@ -133,21 +133,25 @@ class Workload:
         )
 
 
-def write_plain(engine: sa.Engine, chunks: Iterable[list[Parent]]) -> None:
+def write_plain(
+    engine: sa.Engine, chunks: Iterable[list[Parent]], *, expire_on_commit: bool = True
+) -> None:
     """The baseline: a plain ``Session`` doing ``add_all`` + ``commit()`` per chunk."""
-    with Session(engine) as session:
+    with Session(engine, expire_on_commit=expire_on_commit) as session:
         for chunk in chunks:
             session.add_all(chunk)
             session.commit()
             del chunk  # with a generator of chunks, nothing here keeps one past its commit
 
 
-def record(engine: sa.Engine, path: Path, chunks: Iterable[list[Parent]]) -> int:
+def record(
+    engine: sa.Engine, path: Path, chunks: Iterable[list[Parent]], *, expire_on_commit: bool = True
+) -> int:
     """Record ``chunks`` (``add_all`` + ``commit()`` each) into a new journal at ``path``.
 
     Returns the number of operations recorded.
     """
-    with JournalingSession(engine) as session:
+    with JournalingSession(engine, expire_on_commit=expire_on_commit) as session:
         with session.deferred_operations(path, overwrite=True) as ops:
             for chunk in chunks:
                 session.add_all(chunk)

@@ -12,7 +12,8 @@ that builds each chunk just before adding it and keeps no reference to it after 
 checkpoint, and reports that process's peak RSS (a plain session doing the same runs in
 another process, as the baseline).
 
-Run: ``python bench/record_bench.py [--n 100000] [--repeat 1]`` or ``--rss``
+Run: ``python bench/record_bench.py [--n 100000] [--repeat 1] [--no-expire-on-commit]`` or
+``--rss``
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ TARGET_RATIO = 0.5
 TARGET_RSS_MB = 300.0
 
 
-def timed(workload: Workload, repeat: int, tmp: Path) -> None:
+def timed(workload: Workload, repeat: int, tmp: Path, *, expire_on_commit: bool) -> None:
     plain_engine = sa.create_engine(sqlite_url(tmp / "plain.sqlite"))
     record_engine = sa.create_engine(sqlite_url(tmp / "record.sqlite"))
     Base.metadata.create_all(record_engine)
@@ -58,21 +59,24 @@ def timed(workload: Workload, repeat: int, tmp: Path) -> None:
             chunks = list(workload.object_chunks())
         settle()
         with stopwatch(plain_times):
-            write_plain(plain_engine, chunks)
+            write_plain(plain_engine, chunks, expire_on_commit=expire_on_commit)
         del chunks
         check_rows(plain_engine, workload, "the plain session")
 
         chunks = list(workload.object_chunks())
         settle()
         with stopwatch(record_times):
-            operations = record(record_engine, tmp / "bench.journal", chunks)
+            operations = record(
+                record_engine, tmp / "bench.journal", chunks, expire_on_commit=expire_on_commit
+            )
         del chunks
         if operations != workload.objects:
             raise SystemExit(f"recorded {operations} operations, expected {workload.objects}")
         if sum(count_rows_any(record_engine)) != 0:
             raise SystemExit("the recording session wrote to its database")
     ratio = best(record_times) / best(plain_times)
-    print(f"record_bench: {workload.describe()}, SQLite file, best of {repeat}")
+    sessions = "" if expire_on_commit else ", both sessions with expire_on_commit=False"
+    print(f"record_bench: {workload.describe()}, SQLite file, best of {repeat}{sessions}")
     report(
         [
             ("building the objects", f"{best(build_times):7.3f} s  (not in either figure)"),
@@ -140,6 +144,11 @@ def main() -> None:
     )
     parser.add_argument("--repeat", type=int, default=1, help="runs per side; the best counts")
     parser.add_argument("--rss", action="store_true", help="report peak RSS instead of time")
+    parser.add_argument(
+        "--no-expire-on-commit",
+        action="store_true",
+        help="both sessions with expire_on_commit=False: commits expire nothing",
+    )
     parser.add_argument("--dir", type=Path, default=None, help="where to write (default: tmp)")
     parser.add_argument("--rss-worker", choices=["idle", "plain", "record"], help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -155,7 +164,7 @@ def main() -> None:
         if args.rss:
             rss(workload, Path(tmp))
         else:
-            timed(workload, args.repeat, Path(tmp))
+            timed(workload, args.repeat, Path(tmp), expire_on_commit=not args.no_expire_on_commit)
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ way to do what each does):
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, Final
 
@@ -78,6 +78,7 @@ from orm_ext.block_links import LinkRows
 from orm_ext.block_query import Unanswerable, binds_placeholder
 from orm_ext.object_history import REF
 from orm_ext.references import Placeholder
+from orm_ext.server_values import FROM_DATABASE
 
 __all__ = ["Overlay", "without_strings"]
 
@@ -116,9 +117,13 @@ class Overlay:
         states: Iterable[InstanceState[Any]],
         changed: Mapping[type, Iterable[tuple[Any, ...]]],
         links: LinkRows,
+        flushed: Callable[[InstanceState[Any]], Mapping[str, Any]],
     ) -> None:
         self.session = session
         self.links = links
+        # The column values an object's row had at its last flush (the journal's): what
+        # a column assigned while expired, and not flushed since, holds in the row.
+        self.flushed = flushed
         self.dialect = dialect
         self.states = [s for s in states if not (s.deleted or s.was_deleted)]
         self.changed = changed
@@ -317,7 +322,9 @@ class Overlay:
             key = prop.key
             # As last flushed: a change not yet flushed is not in the database either.
             value = state.committed_state.get(key, state.dict.get(key, _MISSING))
-            if value is _MISSING or value is NO_VALUE:
+            if value is NO_VALUE:  # assigned while expired: the journal has the row's value
+                value = self.flushed(state).get(key, _MISSING)
+            if value is _MISSING or value is NO_VALUE or value is FROM_DATABASE:
                 raise Unanswerable(
                     f"{mapper.class_.__name__}.{key} of a row the block wrote is not loaded "
                     "(a value the database sets at replay, or a deferred column)",

@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import re
 import weakref
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final
 
 from sqlalchemy import Select, not_, text, tuple_
@@ -38,9 +38,11 @@ from orm_ext.block_inserted import InsertedRows
 from orm_ext.block_links import LinkEvent, LinkRows
 from orm_ext.block_overlay import Overlay, without_strings
 from orm_ext.block_query import Query, Unanswerable, binds_placeholder, objects_result
+from orm_ext.dml import RowEffect
 from orm_ext.exc import DeferredOperationError
 from orm_ext.object_history import REF
 from orm_ext.references import Placeholder
+from orm_ext.sa_private import mark_loaded
 
 __all__ = ["KEPT_ROWS", "BlockReads"]
 
@@ -50,7 +52,9 @@ __all__ = ["KEPT_ROWS", "BlockReads"]
 # without it: recording workers that stream millions of rows keep bounded memory.
 KEPT_ROWS = 20_000
 
-Restore = Callable[[InstanceState[Any]], None]
+# Shows an object's expired attributes as the journal has them; returns the batch its
+# values are as of (0: the database's row).
+Restore = Callable[[InstanceState[Any]], int]
 
 # Key in InstanceState.info: the journal ref an object the block created was noted with.
 _NOTED_REF: Final = "orm_journal.noted_ref"
@@ -63,6 +67,7 @@ class BlockReads:
         self,
         path: str | os.PathLike[str],
         restore: Restore,
+        flushed: Callable[[InstanceState[Any]], Mapping[str, Any]],
         autoflush: Callable[[], None],
         adopt: Callable[[InstanceState[Any], InstanceState[Any]], None],
     ) -> None:
@@ -73,11 +78,16 @@ class BlockReads:
         # Shows an object's expired attributes as the journal has them (the recorder's
         # snapshots): reloading them from the database would bring back the old row.
         self.restore = restore
+        # An object's column values as of its last recorded flush (see Overlay).
+        self.flushed = flushed
         # table name -> batch that first wrote it (by a flush).
         self.tables: dict[str, int] = {}
         # table name -> batch of the first ORM update()/delete()/insert() statement on it:
         # which rows such a statement changes is only known at replay.
         self.statement_tables: dict[str, int] = {}
+        # The update()/delete() statements, in order: (batch, tables, what each does to
+        # a row), applied to an object reloaded after them.
+        self.statements: list[tuple[int, frozenset[str], RowEffect]] = []
         # Rows ORM insert() statements added, in the order recorded.
         self.inserted: list[InsertedRows] = []
         # Objects the block created or changed -> (batch that first recorded them, the
@@ -207,8 +217,17 @@ class BlockReads:
         """Remember the link rows one recorded flush added and removed."""
         self.links.note(batch, events)
 
-    def note_statement(self, batch: int, tables: Iterable[str]) -> None:
-        """Remember an ORM DML statement recorded against ``tables``."""
+    def note_statement(
+        self, batch: int, tables: Iterable[str], effect: RowEffect | None = None
+    ) -> None:
+        """Remember an ORM DML statement recorded against ``tables``.
+
+        ``effect`` (an update() or delete()) is applied to the rows of ``tables`` loaded
+        after it, as the database would have them once it ran.
+        """
+        tables = list(tables)
+        if effect is not None:
+            self.statements.append((batch, frozenset(tables), effect))
         for name in tables:
             self.statement_tables.setdefault(name, batch)
             if name not in self.tables:
@@ -238,6 +257,7 @@ class BlockReads:
                 del table[name]
         self._pattern = None
         self.inserted = [entry for entry in self.inserted if entry.batch <= batches]
+        self.statements = [entry for entry in self.statements if entry[0] <= batches]
         for state in [s for s, e in self.objects.items() if e[0] > batches]:
             self._forget(state)
         for name in [n for n, b in self.lost.items() if b > batches]:
@@ -266,13 +286,10 @@ class BlockReads:
             return None
         self._bury()
         refresh_state = orm_execute_state.load_options._refresh_state
-        if refresh_state is not None and refresh_state in self.objects:
-            # A refresh, or the load of an expired attribute, of an object the block
-            # created or changed: the journal has its row.
-            before = set(refresh_state.dict)
-            self.restore(refresh_state)
-            self._refuse_unknown(orm_execute_state, refresh_state, before)
-            return objects_result([refresh_state.obj()])
+        if refresh_state is not None:
+            answered = self._reload(orm_execute_state, refresh_state)
+            if answered is not None:
+                return answered
         statement: Any = orm_execute_state.statement
         if orm_execute_state.is_relationship_load:
             link = _link_relationship(orm_execute_state)
@@ -356,7 +373,7 @@ class BlockReads:
                 raise Unanswerable(f"the block wrote links and objects in {table.name!r}", name)
         rows_of.update(self.links.events)
         tables = [t for t in tables if str(t.fullname) in rows_of]
-        overlay = Overlay(session, dialect, states, self.changed, self.links)
+        overlay = Overlay(session, dialect, states, self.changed, self.links, self.flushed)
         for state in overlay.states:
             if state.expired_attributes or state.unloaded:
                 self.restore(state)
@@ -374,6 +391,54 @@ class BlockReads:
                     "became another row; the first row has no object to answer with",
                     name,
                 )
+
+    def _reload(
+        self, orm_execute_state: ORMExecuteState, state: InstanceState[Any]
+    ) -> Result[Any] | None:
+        """A refresh, or the load of expired attributes, of one object; None: the
+        database's row is the answer.
+
+        An object the block created or changed shows the journal's row; any other, the
+        database's. Either then takes the update()/delete() statements recorded since.
+        """
+        if state in self.objects:
+            before = set(state.dict)
+            as_of = self.restore(state)
+            # As the ORM's loader marks what it loaded: statements synchronize it now.
+            mark_loaded(state, set(state.dict).difference(before))
+            self._refuse_unknown(orm_execute_state, state, before)
+        elif self._statements_since(state, 0):
+            as_of = 0
+            self.reading += 1  # this module's own read, which the SQL check lets through
+            try:
+                found = orm_execute_state.invoke_statement().all()
+            finally:
+                self.reading -= 1
+            if not found:
+                return objects_result([])  # no such row in the database
+        else:
+            return None
+        for _, _, effect in self._statements_since(state, as_of):
+            kept = effect(state)
+            if kept is None:
+                raise self._refusal(
+                    orm_execute_state.statement,
+                    sorted(_table_names(state)),
+                    "an update()/delete() statement recorded on it changes rows only "
+                    "known at replay",
+                )
+            if not kept:
+                return objects_result([])  # the statement deleted the row
+        return objects_result([state.obj()])
+
+    def _statements_since(
+        self, state: InstanceState[Any], batch: int
+    ) -> list[tuple[int, frozenset[str], RowEffect]]:
+        """The recorded update()/delete() statements after ``batch`` on ``state``'s tables."""
+        if not self.statements:
+            return []
+        tables = _table_names(state)
+        return [e for e in self.statements if e[0] > batch and not e[1].isdisjoint(tables)]
 
     def _refuse_unknown(
         self,
@@ -428,6 +493,12 @@ class BlockReads:
             raise Unanswerable(
                 f"the block deleted {rel.mapper.class_.__name__} rows, whose links go with them"
             )
+        if self.changed.get(target[0]) or any(
+            str(t.fullname) in self.statement_tables for t in rel.mapper.tables
+        ):
+            # The database has them as they were: loading them would overwrite what an
+            # expired object of the block shows.
+            raise Unanswerable(f"the block changed {rel.mapper.class_.__name__} rows")
         self._refuse_orphaned([str(t.fullname) for t in rel.mapper.tables])
         lost = [str(t.fullname) for t in rel.mapper.tables if str(t.fullname) in self.lost]
         if lost:

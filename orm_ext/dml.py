@@ -21,7 +21,10 @@ from typing import Any, Final, NoReturn
 from sqlalchemy import and_, not_, or_
 from sqlalchemy.engine import IteratorResult
 from sqlalchemy.engine.result import SimpleResultMetaData
+from sqlalchemy.exc import InvalidRequestError
 from sqlalchemy.orm import Mapper, ORMExecuteState
+from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.orm.state import InstanceState
 from sqlalchemy.sql import operators, visitors
 from sqlalchemy.sql.elements import (
     BinaryExpression,
@@ -338,6 +341,78 @@ def synchronize(state: ORMExecuteState) -> None:
         [],
         later,
     )
+
+
+RowEffect = Callable[[InstanceState[Any]], "bool | None"]
+"""What a recorded statement does to one loaded object's row: True if the row stays (its
+new values, if any, now shown on the object), False if the statement deletes it, None if
+that cannot be told in Python."""
+
+
+def row_effect(state: ORMExecuteState) -> RowEffect:
+    """What the recorded update() or delete() ``state`` does to a row loaded after it ran.
+
+    SQLAlchemy's synchronization (see :func:`synchronize`) brings in line the objects
+    loaded when the statement runs; an object expired then (by a commit or ``expire()``)
+    shows, once reloaded, the row as the statement left it: this applies the statement
+    to it, with the same evaluation, so a reload inside the block shows that too.
+    """
+    options: Any = state.update_delete_options
+    compile_state: Any = state._compile_state_cls  # see synchronize
+    statement: Any = state.statement
+    mapper = state.bind_mapper
+    assert mapper is not None  # describe() refused the statement otherwise
+    if options._dml_strategy == "bulk":
+        return _by_primary_key(mapper, state.parameters, deletes=state.is_delete)
+    try:
+        options = compile_state._do_pre_synchronize_evaluate(
+            state.session, statement, state.parameters, state.execution_options, {}, options
+        )
+    except InvalidRequestError:
+        return lambda _: None  # criteria SQLAlchemy cannot evaluate in Python
+    subject = options._subject_mapper
+    set_keys = set(_statement_values(statement, subject, _never))
+    if isinstance(state.parameters, Mapping):
+        set_keys.update(_row(state.parameters, subject, _never))
+    session = state.session
+    deletes = state.is_delete
+
+    def effect(loaded: InstanceState[Any]) -> bool | None:
+        matched = compile_state._get_matched_objects_on_criteria(options, [loaded])
+        if not matched:
+            return True
+        obj, _, dict_, partly_expired = matched[0]
+        if partly_expired:
+            return None  # the criteria read an attribute the reload did not give
+        if deletes:
+            return False
+        compile_state._apply_update_set_values_to_objects(
+            session, options, statement, {}, [(obj, loaded, dict_)], [], []
+        )
+        return None if any(key not in dict_ for key in set_keys) else True
+
+    return effect
+
+
+def _by_primary_key(mapper: Mapper[Any], parameters: Any, *, deletes: bool) -> RowEffect:
+    """The row effect of an executemany update()/delete() by primary key."""
+    keys = [mapper.get_property_by_column(column).key for column in mapper.primary_key]
+    rows = {tuple(row[k] for k in keys): row for row in parameters}
+
+    def effect(loaded: InstanceState[Any]) -> bool | None:
+        identity = loaded.key
+        row = None if identity is None else rows.get(tuple(identity[1]))
+        if row is None:
+            return True
+        if deletes:
+            return False
+        obj = loaded.obj()
+        for key, value in row.items():
+            if key not in keys:
+                set_committed_value(obj, key, value)
+        return True
+
+    return effect
 
 
 def _never(reason: str) -> NoReturn:

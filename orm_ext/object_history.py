@@ -26,6 +26,7 @@ __all__ = [
     "REF",
     "SHADOW",
     "Snapshot",
+    "carried_over",
     "kept_history",
     "related_values",
     "show_members",
@@ -70,6 +71,27 @@ def snapshot_history(shadow: list[Snapshot] | tuple[Any, ...], plan: MapperPlan)
     return [(shadow[0], values, links, members)]
 
 
+def carried_over(
+    values: dict[str, Any] | tuple[Any, ...], before: Snapshot, plan: MapperPlan
+) -> dict[str, Any] | tuple[Any, ...]:
+    """A new snapshot's column values, with those it lacks (expired, not loaded again
+    since) taken from the snapshot ``before`` it: the row still has them."""
+    old = before[1]
+    if isinstance(values, dict):
+        if len(values) == len(plan.columns):
+            return values
+        previous = old if isinstance(old, dict) else dict(zip(plan.columns, old, strict=True))
+        return {**previous, **values}
+    if not any(v is FROM_DATABASE for v in values):
+        return values
+    previous_values = (
+        tuple(old.get(k, FROM_DATABASE) for k in plan.columns) if isinstance(old, dict) else old
+    )
+    return tuple(
+        p if v is FROM_DATABASE else v for v, p in zip(values, previous_values, strict=True)
+    )
+
+
 def show_values(
     obj: object,
     state: InstanceState[Any],
@@ -106,12 +128,12 @@ def show_members(
         if key in state.dict:
             continue  # not expired: the session shows it as it is, as it would
         members_now = [ref() for ref in refs]
-        if None in members_now and key not in plan.link_collections:
+        if None in members_now:
             # A member the program dropped since: left unloaded, the collection loads
-            # through the block's reads, which find it by its foreign key.
+            # through the block's reads, which find it by its foreign key or link rows.
             continue
-        # A dropped member of a link-table collection cannot be shown again; one that a
-        # flush deleted and the rollback keeps deleted is not shown, as a reload would not.
+        # A member that a flush deleted and the rollback keeps deleted is not shown, as a
+        # reload would not.
         alive = [
             member
             for member in members_now

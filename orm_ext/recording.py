@@ -54,6 +54,7 @@ from orm_ext.mapper_plan import MapperPlan, new_row_values, plan_for
 from orm_ext.object_history import (
     REF,
     SHADOW,
+    carried_over,
     kept_history,
     related_values,
     show_members,
@@ -62,6 +63,7 @@ from orm_ext.object_history import (
     weak_members,
 )
 from orm_ext.references import Placeholder
+from orm_ext.sa_private import expire_states, loaded_states, mark_loaded
 from orm_ext.server_values import FROM_DATABASE
 from orm_ext.snapshot_rows import FROM_SNAPSHOT
 from orm_ext.write_guard import guard_connection, release
@@ -74,6 +76,11 @@ RECORDED: Final = "orm_journal.recorded"
 # Key in InstanceState.info: what a deleted object relates to, kept alive for a rollback
 # that brings the object back (see Recorder.pin_related).
 PINNED: Final = "orm_journal.pinned"
+# Key in an object's own __dict__ (not its state's info, which the identity map holds
+# strongly): what it related to when a checkpoint expired it, kept alive as long as the
+# object is. Those rows may be only in the journal, and loading the relationship again
+# must find them, as a plain session finds them in the database.
+LINKED: Final = "_orm_journal_linked"
 
 _PLAIN_TYPES: Final = frozenset(
     {
@@ -151,7 +158,10 @@ class Recorder:
         # the block releases them.
         self.pinned: list[Any] = []
         self.io: JournalIO = _call
-        self.reads = BlockReads(writer.path, self._restore, self._autoflush, _adopt)
+        self.expire_on_checkpoint = True
+        self.reads = BlockReads(
+            writer.path, self._restore, _flushed_values, self._autoflush, _adopt
+        )
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -165,10 +175,13 @@ class Recorder:
         key: bytes | str | None,
         stopped: Callable[[], None],
         allow_dill: bool = True,
+        expire_on_checkpoint: bool = True,
     ) -> Recorder:
         """Check the session can start recording, then create the journal.
 
         ``stopped`` is called when the recorder lets go of the session (the block ended).
+        ``expire_on_checkpoint`` is the session's own ``expire_on_commit``: a commit in
+        the block expires the objects as a plain commit would (see checkpointed).
         """
         if session.new or session.deleted or any(session.is_modified(o) for o in session.dirty):
             raise DeferredOperationError(
@@ -194,6 +207,7 @@ class Recorder:
         )
         recorder = cls(session, writer, _alembic_revision(session), stopped)
         recorder.io = io
+        recorder.expire_on_checkpoint = expire_on_checkpoint
         for transaction in (session.get_transaction(), session.get_nested_transaction()):
             if transaction is not None:
                 recorder.marks[transaction] = recorder.origin
@@ -234,7 +248,7 @@ class Recorder:
             event.remove(session, "do_orm_execute", _do_orm_execute)
         release(self)
         self.pinned = []
-        self.reads = BlockReads(self.path, self._restore, self._autoflush, _adopt)
+        self.reads = BlockReads(self.path, self._restore, _flushed_values, self._autoflush, _adopt)
         self.io(self.writer.close)
         states = session.identity_map.all_states()
         recorded = []
@@ -242,6 +256,7 @@ class Recorder:
             info = state.info
             info.pop(SHADOW, None)
             info.pop(PINNED, None)
+            state.dict.pop(LINKED, None)
             if REF in info:
                 recorded.append(state)
         if len(recorded) == len(states) and not session.new and not session.deleted:
@@ -312,43 +327,80 @@ class Recorder:
                 continue
             plan = plan_for(state.mapper)
             show_values(obj, state, plan, kept[-1], only_missing=False)
+            # As a reload marks what it loaded: statements synchronize the object now.
+            mark_loaded(state, state.dict)
             collections.append((obj, state, plan, kept[-1][3]))
         # Only once every object has its values again: filling a collection can read its
         # members (a dict collection reads their key attribute).
         for obj, state, plan, members in collections:
             show_members(obj, state, plan, members)
 
-    def _restore(self, state: InstanceState[Any]) -> None:
+    def _restore(self, state: InstanceState[Any]) -> int:
         """Show the expired attributes of an object the block wrote as the journal has them.
 
         What a reload would show were the journal applied; the database itself still has
-        the row as it was before the block (or no row at all).
+        the row as it was before the block (or no row at all). Returns the batch the
+        values are as of (0: the database's).
         """
         obj = state.obj()
         if obj is None:
-            return
+            return 0
+        as_of = 0
         history = state.info.get(SHADOW)
         if history:
             plan = plan_for(state.mapper)
             snapshot = snapshot_history(history, plan)[-1]
+            as_of = snapshot[0]
+            # Collections stay unloaded: they load through the block's reads, which find
+            # rows linked since the snapshot by foreign key or link row.
             show_values(obj, state, plan, snapshot, only_missing=True)
-            # Link-table collections from the snapshot, which the block's reads cannot
-            # query; one-to-many ones load through the block's reads, by foreign key,
-            # which also finds rows linked since the snapshot.
-            links = set(plan.link_collections)
-            show_members(obj, state, plan, {k: v for k, v in snapshot[3].items() if k in links})
         missing = [p.key for p in state.mapper.column_attrs if p.key not in state.dict]
         if missing and state.key is not None and REF not in state.info:
             # Never loaded while the block changed the row, so never changed by it: the
             # database has the value.
             for key, value in self._database_values(state, missing).items():
                 set_committed_value(obj, key, value)
+        return as_of
 
     def checkpointed(self) -> None:
+        """A commit in the block: expire the objects as a plain commit would.
+
+        The session commits with ``expire_on_commit`` off (SQLAlchemy's expiry would also
+        detach deleted objects and forget new ones, which the block keeps); this expires
+        them here instead. Loading an expired attribute of an object the block wrote
+        shows the journal's value (BlockReads.answer), so what the program reads is
+        what a plain session reloads, and assigning an attribute before reading it is a
+        change, as it is after a plain commit: the value it replaces is unknown.
+        """
+        if self.expire_on_checkpoint:
+            with paused_gc():  # a container per object, none cyclic: see gc_pause
+                self._expire_checkpointed()
+            self.stale_collections = False
+            return
         if not self.stale_collections:
             return
         self.stale_collections = False
         self._refresh_collections()
+
+    def _expire_checkpointed(self) -> None:
+        """Expire what a plain commit would, keeping alive what the objects related to.
+
+        Only objects with something loaded since they were last expired: the others
+        are as a commit would leave them.
+        """
+        states = loaded_states(self.session)
+        related_keys: dict[Any, tuple[str, ...]] = {}
+        for state in states:
+            mapper = state.mapper
+            keys = related_keys.get(mapper)
+            if keys is None:
+                keys = related_keys[mapper] = plan_for(mapper).related
+            if keys:
+                data = state.dict
+                related = [data[k] for k in keys if k in data]
+                if related:
+                    data[LINKED] = related
+        expire_states(self.session, states)
 
     def _refresh_collections(self) -> None:
         """What a commit's expiry would change in what loaded collections show.
@@ -367,7 +419,7 @@ class Recorder:
             data = state.dict
             expire = [k for k in plan.one_to_many_pairs if k in data and k in plan.collections]
             if expire:
-                # The base class's method: this is no expiry the memo or show_expired need.
+                # The base class's method: this is no expiry the memo needs to know of.
                 Session.expire(self.session, obj, expire)
             for key in plan.link_collections:
                 members = data.get(key)
@@ -376,16 +428,6 @@ class Recorder:
                 kept = [m for m in collection_adapter(members) if not _gone(m)]
                 if len(kept) != len(list(collection_adapter(members))):
                     set_committed_value(obj, key, kept)
-
-    def show_expired(self) -> None:
-        """Show the journal's values in the objects of the block that were just expired.
-
-        What reloading them would give were the journal applied; done at once, as the
-        ORM reads an expired key without a query when it loads a relationship.
-        """
-        for state in self.reads.written_states():
-            if state.expired_attributes:
-                self._restore(state)
 
     def _forget_discarded(self, batches: int) -> None:
         """Objects whose insert a rollback discarded become new objects again.
@@ -613,6 +655,11 @@ class Recorder:
                     if REF in state.info
                     else {k: data[k] for k in plan.columns if k in data}
                 )
+                history = state.info.get(SHADOW)
+                if history:
+                    # Attributes still expired since a checkpoint keep the values of the
+                    # snapshot before.
+                    values = carried_over(values, snapshot_history(history, plan)[-1], plan)
                 self._snapshot(state, mark, values, data, plan)
 
     def _snapshot(
@@ -1104,7 +1151,9 @@ class Recorder:
             )
         elif mapper is not None:
             self.reads.note_statement(
-                self.writer.batches, [str(t.fullname) for t in plan_for(mapper).written_tables]
+                self.writer.batches,
+                [str(t.fullname) for t in plan_for(mapper).written_tables],
+                dml.row_effect(orm_execute_state),
             )
         return dml.empty_result()
 
@@ -1239,6 +1288,16 @@ def _remote_value(target: object, key: str) -> Any:
 def _gone(obj: object) -> bool:
     state = attributes.instance_state(obj)
     return bool(state.was_deleted or state.deleted)
+
+
+def _flushed_values(state: InstanceState[Any]) -> dict[str, Any]:
+    """An object's column values as of its last recorded flush (its last snapshot)."""
+    history = state.info.get(SHADOW)
+    if not history:
+        return {}
+    plan = plan_for(state.mapper)
+    values = snapshot_history(history, plan)[-1][1]
+    return values if isinstance(values, dict) else dict(zip(plan.columns, values, strict=True))
 
 
 def _adopt(old: InstanceState[Any], new: InstanceState[Any]) -> None:

@@ -105,10 +105,11 @@ class JournalingSession(Session):
             key=self.journal_key,
             stopped=stopped,
             allow_dill=allow_dill,
+            expire_on_checkpoint=expire_on_commit,
         )
         self._recorder = recorder
         # A commit inside the block is a checkpoint: nothing reached the database, so
-        # reloading objects from it would show stale values instead of the recorded ones.
+        # SQLAlchemy's expiry on commit is the recorder's own (Recorder.checkpointed).
         self.expire_on_commit = False
         started = time.monotonic()
         try:
@@ -202,14 +203,10 @@ class JournalingSession(Session):
     def expire_all(self) -> None:
         super().expire_all()
         memo.invalidate(self)
-        if self._recorder is not None:
-            self._recorder.show_expired()  # the journal's values, not the database's
 
     def expire(self, instance: object, attribute_names: Iterable[str] | None = None) -> None:
         super().expire(instance, attribute_names)
         memo.invalidate(self)
-        if self._recorder is not None:
-            self._recorder.show_expired()
 
     def close(self) -> None:
         # Inside a deferred block, closing discards what was recorded since the last
