@@ -42,7 +42,7 @@ from orm_ext.dml import RowEffect
 from orm_ext.exc import DeferredOperationError
 from orm_ext.object_history import REF
 from orm_ext.references import Placeholder
-from orm_ext.sa_private import mark_loaded
+from orm_ext.sa_private import existing_info, mark_loaded
 
 __all__ = ["KEPT_ROWS", "BlockReads"]
 
@@ -171,10 +171,7 @@ class BlockReads:
         pattern): its first row stays in the journal with no object left to show it, so
         its tables cannot be answered from the block's objects any more.
         """
-        # Private: InstanceState.info is memoized into the state's __dict__; reading it
-        # from there does not create an info dictionary for every changed database row.
-        # Checked on SQLAlchemy 2.1.9.
-        info = state.__dict__.get("info")
+        info = existing_info(state)  # no info dictionary for every changed database row
         ref = None if info is None else info.get(REF)
         if info is None or ref is None:
             return  # a database row, not one the block created

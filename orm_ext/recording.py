@@ -63,7 +63,18 @@ from orm_ext.object_history import (
     weak_members,
 )
 from orm_ext.references import Placeholder
-from orm_ext.sa_private import expire_states, loaded_states, mark_loaded
+from orm_ext.sa_private import (
+    existing_info,
+    expire_states,
+    expunge_states,
+    is_orphan,
+    loaded_states,
+    mark_loaded,
+    open_connections,
+    orphaned_outside_of_session,
+    session_is_clean,
+    session_is_flushing,
+)
 from orm_ext.server_values import FROM_DATABASE
 from orm_ext.snapshot_rows import FROM_SNAPSHOT
 from orm_ext.write_guard import guard_connection, release
@@ -211,7 +222,7 @@ class Recorder:
         for transaction in (session.get_transaction(), session.get_nested_transaction()):
             if transaction is not None:
                 recorder.marks[transaction] = recorder.origin
-        for connection in _open_connections(session):
+        for connection in open_connections(session):
             guard_connection(recorder, connection)
         # Attached only while recording: any do_orm_execute listener makes SQLAlchemy
         # prepare each statement twice, a cost a session outside a block should not pay.
@@ -265,7 +276,7 @@ class Recorder:
             # base class's method: leaving the block is not an expiry the memo must see.
             Session.expunge_all(session)
         elif recorded:
-            _expunge(session, recorded)
+            expunge_states(session, recorded)
         session.rollback()
         # Deletions of objects created in the block are reverted by the rollback above,
         # which puts them back into the identity map; they are recorded, not persistent.
@@ -480,7 +491,7 @@ class Recorder:
         deleted = list(map(attributes.instance_state, session.deleted))
         dirty = list(map(attributes.instance_state, session.dirty))
         for state in dirty:
-            if _is_orphan(state):
+            if is_orphan(state):
                 deleted.append(state)
         # Members removed from a delete-orphan collection that nothing else holds: a
         # flush deletes them although nothing changed on them (they need not be dirty).
@@ -495,9 +506,9 @@ class Recorder:
         # As Session.flush() treats new orphans: one removed from its parent's collection
         # before any flush is expunged; any other is inserted (the database's foreign key
         # decides, at replay, as it would at a plain flush).
-        outside = [s for s in new if _is_orphan(s) and _orphaned_outside_of_session(s)]
+        outside = [s for s in new if is_orphan(s) and orphaned_outside_of_session(s)]
         if outside:
-            _expunge(session, outside)
+            expunge_states(session, outside)
             new = [s for s in new if s not in set(outside)]
         # Nothing about the objects changes until the batch is on disk: a construct that
         # cannot be recorded raises with the session as it was, ready for another try.
@@ -1124,7 +1135,7 @@ class Recorder:
         # As the ORM autoflushes before executing a statement (not under no_autoflush,
         # nor from a before_flush listener, while the session is already flushing).
         session = self.session
-        if session.autoflush and not _is_flushing(session) and not _is_clean(session):
+        if session.autoflush and not session_is_flushing(session) and not session_is_clean(session):
             session.flush()
 
     def record_statement(self, orm_execute_state: ORMExecuteState) -> Any:
@@ -1247,12 +1258,6 @@ def _forget_insert(state: InstanceState[Any]) -> None:
                 del data[key]
 
 
-def _is_orphan(state: InstanceState[Any]) -> bool:
-    # Private: Mapper._is_orphan is what Session.flush() uses to find delete-orphan
-    # candidates; there is no public equivalent. Checked on SQLAlchemy 2.0.x and 2.1.9.
-    return bool(state.mapper._is_orphan(state))
-
-
 def _pending_objects(session: Session) -> list[Any]:
     """The objects a flush would write now: new, deleted and changed ones."""
     return [*session.new, *session.deleted, *(o for o in session.dirty if session.is_modified(o))]
@@ -1314,29 +1319,8 @@ def _removed_orphans(state: InstanceState[Any]) -> Iterator[InstanceState[Any]]:
             continue
         for member in state.attrs[rel.key].history.deleted:
             member_state = attributes.instance_state(member)
-            if member_state.key is not None and _is_orphan(member_state):
+            if member_state.key is not None and is_orphan(member_state):
                 yield member_state
-
-
-def _orphaned_outside_of_session(state: InstanceState[Any]) -> bool:
-    # Private: InstanceState._orphaned_outside_of_session is what Session._flush() checks
-    # to expunge a new orphan instead of inserting it; no public equivalent. Checked on
-    # SQLAlchemy 2.1.9.
-    return bool(state._orphaned_outside_of_session)
-
-
-def _is_clean(session: Session) -> bool:
-    # Private: Session._is_clean() is the constant-time test Session.flush() starts with;
-    # the public session.dirty walks the identity map, once per query here. Checked on
-    # SQLAlchemy 2.1.9.
-    return bool(session._is_clean())
-
-
-def _is_flushing(session: Session) -> bool:
-    # Private: Session._flushing is what Session._autoflush() checks to skip autoflush
-    # inside a flush (e.g. a statement run from a before_flush listener); there is no
-    # public equivalent. Checked on SQLAlchemy 2.1.9.
-    return bool(session._flushing)
 
 
 def _link_changes(
@@ -1455,34 +1439,11 @@ def _mark_flushed(
         session._remove_newly_deleted(deleted)
 
 
-def _open_connections(session: Session) -> list[sqlalchemy.Connection]:
-    """The connections the session's current transaction already holds.
-
-    Private: SessionTransaction._connections; there is no public listing, and asking
-    for session.connection() would connect an offline recording session. Checked on
-    SQLAlchemy 2.0.x and 2.1.9.
-    """
-    transaction = session.get_transaction()
-    if transaction is None:
-        return []
-    return [entry[0] for entry in transaction._connections.values()]
-
-
 def _forget_recorded_objects(session: Session) -> None:
     """Take every object created in the block out of the session, keeping its values."""
     states = [s for s in session.identity_map.all_states() if REF in s.info]
     if states:
-        _expunge(session, states)
-
-
-def _expunge(session: Session, states: list[InstanceState[Any]]) -> None:
-    """Detach ``states`` from ``session``, keeping their values.
-
-    Private API: Session._expunge_states detaches without the "expunge" cascade that
-    Session.expunge() follows, which would also detach objects loaded from the database.
-    Checked on SQLAlchemy 2.0.x and 2.1.9.
-    """
-    session._expunge_states(states)
+        expunge_states(session, states)
 
 
 def refuse_if_recorded(session: Session, instance: object) -> None:
@@ -1494,10 +1455,7 @@ def refuse_if_recorded(session: Session, instance: object) -> None:
     # sqlalchemy.ext.instrumentation replaces it once a class uses custom instrumentation
     # (its state is not in _sa_instance_state), so a name bound at import would miss it.
     state = attributes.instance_state(instance)  # before_attach only sees mapped instances
-    # Private: InstanceState.info is memoized into the state's __dict__; reading it from
-    # there does not create an info dictionary for every object any session attaches.
-    # Checked on SQLAlchemy 2.0.x and 2.1.9.
-    info = state.__dict__.get("info")
+    info = existing_info(state)  # no info dictionary for every object attached
     path = None if info is None else info.get(RECORDED)
     if path is None:
         return
@@ -1526,7 +1484,7 @@ def install(session: Session) -> None:
 
 def listen_last(session: Session) -> None:
     """Move the recorder's before_flush listener behind any added since it was."""
-    if _is_clean(session):
+    if session_is_clean(session):
         return  # nothing to flush: no listener runs (every autoflush comes through here)
     event.remove(session, "before_flush", _before_flush)
     event.listen(session, "before_flush", _before_flush)

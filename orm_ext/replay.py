@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import importlib
 import logging
 import os
 import sys
@@ -64,6 +63,7 @@ from orm_ext.operations import OperationChecker, check_meta
 from orm_ext.recording import has_flushed_changes
 from orm_ext.references import Placeholder
 from orm_ext.replay_keys import Identities, NewKeys, pk_attributes
+from orm_ext.sa_private import all_registries
 
 __all__ = ["ConflictHandler", "ConflictPolicy", "ProgressCallback", "Replay", "ReplayResult"]
 
@@ -192,7 +192,7 @@ class Replay:
         if not matches:
             # Made by a helper module (``type()`` in a mixin's hook), whose own namespace
             # holds no registry: any registry of this process.
-            matches = _named_mappers(_all_registries(), module_name, qualname)
+            matches = _named_mappers(all_registries(), module_name, qualname)
         if not matches:
             raise UnmappedClassError(type(None))
         if len(matches) > 1:
@@ -725,15 +725,6 @@ def _named_mappers(
     }
 
 
-def _all_registries() -> set[registry]:
-    # Private: sqlalchemy.orm.mapper._all_registries() is what configure_mappers() walks;
-    # there is no public list of a process's registries. Checked on SQLAlchemy 2.1.9.
-    # The module, not the ``mapper`` name that sqlalchemy.orm exports.
-    mapperlib: Any = importlib.import_module("sqlalchemy.orm.mapper")
-    found: set[registry] = mapperlib._all_registries()
-    return found
-
-
 def _failed(path: str, where: str, err: Exception) -> Exception:
     detail = getattr(err, "orig", None) or err
     first_line = str(detail).strip().splitlines()[0] if str(detail).strip() else ""
@@ -898,7 +889,7 @@ def _reconnect_and_commit(
                 # Links are set while objects of the batch are still incomplete; an autoflush
                 # in between (a lookup of a target) would insert them half-built. Mapper
                 # listeners ran while recording: the journal holds what they did.
-                mappers = [m for r in _all_registries() for m in r.mappers]
+                mappers = [m for r in all_registries() for m in r.mappers]
                 with session.no_autoflush, replay_events.held_back(connection, mappers):
                     replay.apply()
                 if locked:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as dt
 import errno
-import importlib
 import logging
 import os
 from collections.abc import Iterable, Mapping
@@ -20,12 +19,12 @@ from typing import Any
 
 import sqlalchemy
 from sqlalchemy import Table
-from sqlalchemy.orm import registry
 
 from journal.exc import JournalCorruptError, JournalError
 from journal.snapshot import Snapshot, SnapshotEntry, write_snapshot
 from orm_ext.exc import SchemaMismatchError
 from orm_ext.fingerprint import describe_table, diff_schemas
+from orm_ext.sa_private import all_registries
 
 __all__ = ["QuerySnapshot", "mapped_tables"]
 
@@ -295,14 +294,8 @@ def _schema_differences(recorded: Mapping[str, Any]) -> list[str]:
 
 
 def mapped_tables() -> list[Table]:
-    """Return every table of this process's mapped registries.
-
-    Private: ``sqlalchemy.orm.mapper._all_registries()`` is what ``configure_mappers()``
-    walks; nothing public lists a process's registries. Checked on SQLAlchemy 2.1.9.
-    """
-    mapperlib: Any = importlib.import_module("sqlalchemy.orm.mapper")
-    found: set[registry] = mapperlib._all_registries()
-    return [table for reg in found for table in reg.metadata.tables.values()]
+    """Return every table of this process's mapped registries."""
+    return [table for reg in all_registries() for table in reg.metadata.tables.values()]
 
 
 def _corrupt(path: Path, why: str) -> JournalError:
