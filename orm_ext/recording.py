@@ -579,10 +579,12 @@ class Recorder:
                 ) from err
             self.handle.operations = self.writer.operations
         self.next_ref += len(new)
+        self._assign_keys(new)
+        # Before new objects are snapshot: their foreign keys as members of collections.
+        moved = _sync_members(new, changed, deleted)
         self._settle_new(new, mark)
         for state, links in relinked:
             self._sync_foreign_keys(state, plan_for(state.mapper), links)
-        moved = _sync_members(new, changed, deleted)
         for table, keys in _link_changes(new, changed, deleted):
             self.reads.note_links(mark, table, keys)
         self.reads.note_link_rows(mark, link_events(new, dirty, deleted))
@@ -600,7 +602,9 @@ class Recorder:
             obj = state.obj()
             if obj is not None:
                 set_committed_value(obj, key, value)
-        self._remember(dirty)
+        # Members a collection moved without a change of their own: their rows change too.
+        written = {*new, *dirty}
+        self._remember([*dirty, *(s for s in moved if s not in written)])
 
     def _fire(self, name: str, states: Sequence[InstanceState[Any]]) -> None:
         """Run the mapper listeners ``name`` for ``states`` with the flush's connection.
@@ -780,6 +784,20 @@ class Recorder:
             operation["added"] = added
         return operation
 
+    def _assign_keys(self, new: Sequence[InstanceState[Any]]) -> None:
+        """Give recorded new objects their journal ref and, where the database assigns
+        it, a placeholder key, once their batch is on disk."""
+        pending = self.pending
+        path = str(self.path)
+        for state in new:
+            info = state.info
+            ref = info[REF] = pending[state]
+            info[RECORDED] = path
+            data = state.dict
+            for key in plan_for(state.mapper).primary_key:
+                if data.get(key) is None:
+                    data[key] = Placeholder(ref, key)
+
     def _settle_new(self, new: Sequence[InstanceState[Any]], mark: int) -> None:
         """Leave recorded new objects as a flush would, once their batch is on disk.
 
@@ -790,20 +808,11 @@ class Recorder:
         if not new:
             return
         self.created.append((mark, list(map(weakref.ref, new))))
-        pending = self.pending
-        path = str(self.path)
         # Parallel lists rather than a tuple per object: anything kept alive through
         # the loops adds to the garbage collector's work.
         plans = [plan_for(state.mapper) for state in new]
         datas = [state.dict for state in new]
-        for state, plan, data in zip(new, plans, datas, strict=True):
-            info = state.info
-            ref = info[REF] = pending[state]
-            info[RECORDED] = path
-            for key in plan.primary_key:
-                if data.get(key) is None:
-                    data[key] = Placeholder(ref, key)
-        # Only now that every new object has its key can foreign keys be synchronised.
+        # Every new object has its key (_assign_keys): foreign keys can be synchronised.
         for state, plan, data in zip(new, plans, datas, strict=True):
             computed = self.computed.get(state)
             if computed:
