@@ -67,6 +67,7 @@ class BlockReads:
         self,
         path: str | os.PathLike[str],
         restore: Restore,
+        snapshot_batch: Callable[[InstanceState[Any]], int],
         flushed: Callable[[InstanceState[Any]], Mapping[str, Any]],
         autoflush: Callable[[], None],
         adopt: Callable[[InstanceState[Any], InstanceState[Any]], None],
@@ -78,8 +79,10 @@ class BlockReads:
         # Shows an object's expired attributes as the journal has them (the recorder's
         # snapshots): reloading them from the database would bring back the old row.
         self.restore = restore
-        # An object's column values as of its last recorded flush (see Overlay).
+        # An object's column values as of its last recorded flush (see Overlay), and
+        # that flush's batch (0: none).
         self.flushed = flushed
+        self.snapshot_batch = snapshot_batch
         # table name -> batch that first wrote it (by a flush).
         self.tables: dict[str, int] = {}
         # table name -> batch of the first ORM update()/delete()/insert() statement on it:
@@ -398,13 +401,25 @@ class BlockReads:
         An object the block created or changed shows the journal's row; any other, the
         database's. Either then takes the update()/delete() statements recorded since.
         """
-        if state in self.objects:
+        written = state in self.objects
+        statements = self._statements_since(state, self.snapshot_batch(state) if written else 0)
+        if statements and any(c.key in state.dict for c in state.mapper.column_attrs):
+            # Its loaded values may already show a statement (SQLAlchemy synchronized
+            # them) or not (synchronize_session=False), and its criteria would be
+            # evaluated on them, not on the row the statement saw.
+            raise self._refusal(
+                orm_execute_state.statement,
+                sorted(_table_names(state)),
+                "an update()/delete() statement recorded on it ran while the object was "
+                "partly loaded; expire the whole object (session.expire(obj)) to reload it",
+            )
+        if written:
             before = set(state.dict)
             as_of = self.restore(state)
             # As the ORM's loader marks what it loaded: statements synchronize it now.
             mark_loaded(state, set(state.dict).difference(before))
             self._refuse_unknown(orm_execute_state, state, before)
-        elif self._statements_since(state, 0):
+        elif statements:
             as_of = 0
             self.reading += 1  # this module's own read, which the SQL check lets through
             try:

@@ -171,7 +171,7 @@ class Recorder:
         self.io: JournalIO = _call
         self.expire_on_checkpoint = True
         self.reads = BlockReads(
-            writer.path, self._restore, _flushed_values, self._autoflush, _adopt
+            writer.path, self._restore, _snapshot_batch, _flushed_values, self._autoflush, _adopt
         )
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -259,7 +259,9 @@ class Recorder:
             event.remove(session, "do_orm_execute", _do_orm_execute)
         release(self)
         self.pinned = []
-        self.reads = BlockReads(self.path, self._restore, _flushed_values, self._autoflush, _adopt)
+        self.reads = BlockReads(
+            self.path, self._restore, _snapshot_batch, _flushed_values, self._autoflush, _adopt
+        )
         self.io(self.writer.close)
         states = session.identity_map.all_states()
         recorded = []
@@ -1302,6 +1304,14 @@ def _remote_value(target: object, key: str) -> Any:
 def _gone(obj: object) -> bool:
     state = attributes.instance_state(obj)
     return bool(state.was_deleted or state.deleted)
+
+
+def _snapshot_batch(state: InstanceState[Any]) -> int:
+    """The batch of an object's last recorded snapshot (0: none)."""
+    history = state.info.get(SHADOW)
+    if not history:
+        return 0
+    return int(snapshot_history(history, plan_for(state.mapper))[-1][0])
 
 
 def _flushed_values(state: InstanceState[Any]) -> dict[str, Any]:
