@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Row, func, inspect, select, text
+from sqlalchemy import Row, func, inspect, select, text, update
 from sqlalchemy.orm import Session, joinedload, selectinload
 
 from orm_ext import DeferredOperationError
@@ -786,6 +786,71 @@ def test_refusal_after_rollback_of_the_only_write_is_lifted(
         run.refused(lambda s: s.scalar(select(func.max(Task.id))), "task")
         session.rollback()
         return [session.scalar(select(func.max(Task.id))), names(session, Task.name)]
+
+    assert_same_as_direct(backend, tmp_path, body)
+
+
+def test_statement_over_a_partly_loaded_object_then_its_reload_is_refused(
+    backend: Backend, tmp_path: Path
+) -> None:
+    """An update() whose criteria test a column it also sets, then the load of a deferred
+    column it set: the object's loaded values already show the statement, so its criteria
+    cannot be evaluated again on them (it would no longer match)."""
+
+    def body(run: Run) -> list[Any]:
+        session = run.session
+        account = one(session, Account, code="A-1")  # its deferred note is not loaded
+        session.execute(
+            update(Account)
+            .where(Account.balance == account.balance)
+            .values(balance=decimal.Decimal("99.00"), note="changed")
+        )
+        run.refused(lambda _: account.note, "account")
+        return [account.balance]
+
+    assert_same_as_direct(backend, tmp_path, body)
+
+
+def test_unsynchronized_statement_then_reload_of_an_expired_attribute_is_refused(
+    backend: Backend, tmp_path: Path
+) -> None:
+    """With synchronize_session=False the loaded values keep what the statement changed:
+    reloading one expired attribute cannot apply the statement to them alone."""
+
+    def body(run: Run) -> None:
+        session = run.session
+        account = one(session, Account, code="A-1")
+        session.expire(account, ["balance"])
+        session.execute(
+            update(Account)
+            .where(Account.code == "A-1")
+            .values(balance=decimal.Decimal("6.00"), opened=None),
+            execution_options={"synchronize_session": False},
+        )
+        run.refused(lambda _: account.balance, "account")
+
+    assert_same_as_direct(backend, tmp_path, body)
+
+
+def test_statement_on_an_object_expired_by_a_checkpoint_shows_on_reload(
+    backend: Backend, tmp_path: Path
+) -> None:
+    """An object commit() expired is passed over by a statement's synchronization; loading
+    it again shows what the statement did, as a plain session's reload does."""
+
+    def body(run: Run) -> list[Any]:
+        session = run.session
+        account = one(session, Account, code="A-1")
+        other = one(session, Account, code="A-2")
+        session.commit()
+        session.execute(
+            update(Account).where(Account.code == "A-1").values(balance=decimal.Decimal("7.00"))
+        )
+        session.execute(
+            update(Account).where(Account.code == "A-2").values(balance=decimal.Decimal("8.00")),
+            execution_options={"synchronize_session": False},
+        )
+        return [account.balance, account.code, other.balance, other.code]
 
     assert_same_as_direct(backend, tmp_path, body)
 
