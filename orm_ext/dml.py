@@ -323,9 +323,7 @@ def synchronize(state: ORMExecuteState) -> None:
         options, session.identity_map.all_states()
     )
     mapper = options._subject_mapper
-    set_keys = set(_statement_values(statement, mapper, _never))
-    if isinstance(state.parameters, Mapping):
-        set_keys.update(_row(state.parameters, mapper, _never))
+    set_keys = _set_keys(state, mapper)
     set_columns = {c for key in set_keys for c in getattr(mapper.attrs[key], "columns", ())}
     later = [
         c
@@ -371,9 +369,7 @@ def row_effect(state: ORMExecuteState) -> RowEffect:
     except InvalidRequestError:
         return lambda _: None  # criteria SQLAlchemy cannot evaluate in Python
     subject = options._subject_mapper
-    set_keys = set(_statement_values(statement, subject, _never))
-    if isinstance(state.parameters, Mapping):
-        set_keys.update(_row(state.parameters, subject, _never))
+    set_keys = _set_keys(state, subject)
     session = state.session
     deletes = state.is_delete
 
@@ -413,6 +409,14 @@ def _by_primary_key(mapper: Mapper[Any], parameters: Any, *, deletes: bool) -> R
         return True
 
     return effect
+
+
+def _set_keys(state: ORMExecuteState, mapper: Mapper[Any]) -> set[str]:
+    """The attributes a recorded update() sets: its values() and its parameters."""
+    keys = set(_statement_values(state.statement, mapper, _never))
+    if isinstance(state.parameters, Mapping):
+        keys.update(_row(state.parameters, mapper, _never))
+    return keys
 
 
 def _never(reason: str) -> NoReturn:

@@ -605,8 +605,11 @@ class Recorder:
             if obj is not None:
                 set_committed_value(obj, key, value)
         # Members a collection moved without a change of their own: their rows change too.
-        written = {*new, *dirty}
-        self._remember([*dirty, *(s for s in moved if s not in written)])
+        remembered: Sequence[InstanceState[Any]] = dirty
+        if moved:
+            written = {*new, *dirty}
+            remembered = [*dirty, *(s for s in moved if s not in written)]
+        self._remember(remembered)
 
     def _fire(self, name: str, states: Sequence[InstanceState[Any]]) -> None:
         """Run the mapper listeners ``name`` for ``states`` with the flush's connection.
