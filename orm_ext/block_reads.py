@@ -138,24 +138,39 @@ class BlockReads:
                 self.tables[name] = batch
                 self._pattern = None
         self._bury()
-        objects = self.objects
+        # Once per object of every flush: names bound outside the loop.
+        objects, weak, lose, note_key = self.objects, self._weak, self._lose, self._note_key
         for state in written:
-            self._note_key(state, batch)
+            note_key(state, batch)
+            if state in objects:
+                continue
             obj = state.obj()
-            if obj is not None and state not in objects:
-                if self.kept < self.kept_rows:
-                    objects[state] = (batch, obj)
-                    self.kept += 1
-                else:
-                    held = weakref.ref(obj, self._lose)
-                    self._weak[held] = (batch, _table_names(state), state)
-                    objects[state] = (batch, held)
-                self._note_row(state, batch)
+            if obj is None:
+                continue
+            if self.kept < self.kept_rows:
+                objects[state] = (batch, obj)
+                self.kept += 1
+            else:
+                held = weakref.ref(obj, lose)
+                weak[held] = (batch, _table_names(state), state)
+                objects[state] = (batch, held)
+            self._note_row(state, batch)
         for state in deleted:
             self._forget(state)
             self._note_row(state, batch)
             if state.key is not None:
                 self.deleted_classes.setdefault(state.key[0], batch)
+
+    def close(self) -> None:
+        """Let go of every object: the block is over.
+
+        The weak references' callbacks hold this object (a cycle the garbage collector
+        would have to find); dropping the references here means none of them fires for
+        the objects that leaving the block frees.
+        """
+        self._weak.clear()
+        self.objects.clear()
+        self._dead.clear()
 
     def _bury(self) -> None:
         """Let go of the states of weakly held objects that are gone."""
@@ -246,8 +261,11 @@ class BlockReads:
 
     def _note_row(self, state: InstanceState[Any], batch: int) -> None:
         key = state.key
-        if key is None or any(isinstance(v, Placeholder) for v in key[1]):
-            return  # created in the block: never a database row
+        if key is None:
+            return
+        for value in key[1]:
+            if isinstance(value, Placeholder):
+                return  # created in the block: never a database row
         self.changed.setdefault(key[0], {}).setdefault(key[1], batch)
 
     def rewind(self, batches: int) -> None:
@@ -848,7 +866,18 @@ def _link_relationship(orm_execute_state: ORMExecuteState) -> Any:
 
 
 def _table_names(state: InstanceState[Any]) -> tuple[str, ...]:
-    return tuple(str(t.fullname) for t in state.mapper.tables if isinstance(t, Table))
+    mapper = state.mapper
+    names = _TABLE_NAMES.get(mapper)
+    if names is None:
+        names = _TABLE_NAMES[mapper] = tuple(
+            str(t.fullname) for t in mapper.tables if isinstance(t, Table)
+        )
+    return names
+
+
+# Mapper -> the names of its tables: asked for every object a flush writes. Weak, as
+# mappers come and go with their registries.
+_TABLE_NAMES: weakref.WeakKeyDictionary[Mapper[Any], tuple[str, ...]] = weakref.WeakKeyDictionary()
 
 
 def _tables_read(statement: Any) -> set[Any]:

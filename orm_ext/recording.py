@@ -28,7 +28,7 @@ import decimal
 import os
 import uuid
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -36,7 +36,7 @@ from typing import Any, Final
 import sqlalchemy
 from sqlalchemy import event, select
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction, attributes
+from sqlalchemy.orm import Mapper, ORMExecuteState, Session, SessionTransaction, attributes
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.orm.collections import collection_adapter
 from sqlalchemy.orm.state import InstanceState
@@ -70,8 +70,9 @@ from orm_ext.sa_private import (
     is_orphan,
     loaded_states,
     mark_loaded,
+    new_orphans_outside_of_session,
     open_connections,
-    orphaned_outside_of_session,
+    pending_states,
     session_is_clean,
     session_is_flushing,
 )
@@ -259,19 +260,26 @@ class Recorder:
             event.remove(session, "do_orm_execute", _do_orm_execute)
         release(self)
         self.pinned = []
+        self.reads.close()
         self.reads = BlockReads(
             self.path, self._restore, _snapshot_batch, _flushed_values, self._autoflush, _adopt
         )
         self.io(self.writer.close)
         states = session.identity_map.all_states()
         recorded = []
+        # Let go of the pins only once the objects are out of the session: what only a
+        # pin held is freed then, with no identity map left to take it out of.
+        pins = []
         for state in states:
-            info = state.info
-            info.pop(SHADOW, None)
-            info.pop(PINNED, None)
-            state.dict.pop(LINKED, None)
-            if REF in info:
-                recorded.append(state)
+            info = existing_info(state)
+            if info:
+                info.pop(SHADOW, None)
+                info.pop(PINNED, None)
+                if REF in info:
+                    recorded.append(state)
+            pinned = state.dict.pop(LINKED, None)
+            if pinned is not None:
+                pins.append(pinned)
         if len(recorded) == len(states) and not session.new and not session.deleted:
             # Everything the session holds was created in the block (the usual case):
             # detaching it all at once is what expunging each object amounts to. The
@@ -279,6 +287,7 @@ class Recorder:
             Session.expunge_all(session)
         elif recorded:
             expunge_states(session, recorded)
+        del pins
         session.rollback()
         # Deletions of objects created in the block are reverted by the rollback above,
         # which puts them back into the identity map; they are recorded, not persistent.
@@ -403,13 +412,12 @@ class Recorder:
         """
         states = loaded_states(self.session)
         related_keys: dict[Any, tuple[str, ...]] = {}
-        for state in states:
+        for state, data in states:
             mapper = state.mapper
             keys = related_keys.get(mapper)
             if keys is None:
                 keys = related_keys[mapper] = plan_for(mapper).related
             if keys:
-                data = state.dict
                 related = [data[k] for k in keys if k in data]
                 if related:
                     data[LINKED] = related
@@ -489,7 +497,7 @@ class Recorder:
             # The transaction records which objects this flush made persistent, so that
             # a later rollback() discards them exactly as it would after a real flush.
             session.begin()
-        new = list(map(attributes.instance_state, session.new))
+        new = pending_states(session)
         deleted = list(map(attributes.instance_state, session.deleted))
         dirty = list(map(attributes.instance_state, session.dirty))
         for state in dirty:
@@ -508,10 +516,11 @@ class Recorder:
         # As Session.flush() treats new orphans: one removed from its parent's collection
         # before any flush is expunged; any other is inserted (the database's foreign key
         # decides, at replay, as it would at a plain flush).
-        outside = [s for s in new if is_orphan(s) and orphaned_outside_of_session(s)]
+        outside = new_orphans_outside_of_session(new)
         if outside:
             expunge_states(session, outside)
-            new = [s for s in new if s not in set(outside)]
+            expunged = set(outside)
+            new = [s for s in new if s not in expunged]
         # Nothing about the objects changes until the batch is on disk: a construct that
         # cannot be recorded raises with the session as it was, ready for another try.
         first_ref = self.next_ref
@@ -535,7 +544,11 @@ class Recorder:
         dirty: list[InstanceState[Any]],
         deleted: list[InstanceState[Any]],
     ) -> None:
-        for mapper in {state.mapper for state in (*new, *deleted)}:
+        # The mappers of each kind of state, for the listeners each kind fires.
+        of_new = {state.mapper for state in new}
+        of_dirty = {state.mapper for state in dirty}
+        of_deleted = {state.mapper for state in deleted}
+        for mapper in of_new | of_deleted:
             self._note_tables(plan_for(mapper))
         mark = self.writer.batches + 1
         first_ref = self.next_ref
@@ -543,13 +556,22 @@ class Recorder:
         # its statements (SPEC §3.10): what they change is what gets recorded. A flush
         # runs them between its own statements, so what they read of the tables this
         # flush writes would be the pre-flush rows here: such reads are refused.
-        mappers = {state.mapper for state in (*new, *dirty, *deleted)}
-        tables = {str(t.fullname) for m in mappers for t in plan_for(m).written_tables}
+        tables = {
+            str(t.fullname)
+            for m in of_new | of_dirty | of_deleted
+            for t in plan_for(m).written_tables
+        }
         self.reads.note_batch(mark, tables, (), ())
-        self._fire("before_insert", new)
-        self._fire("before_update", dirty)
-        self._fire("before_delete", deleted)
-        operations = [self._insert(state, first_ref + n) for n, state in enumerate(new)]
+        self._fire("before_insert", new, of_new)
+        self._fire("before_update", dirty, of_dirty)
+        self._fire("before_delete", deleted, of_deleted)
+        # Each new object's plan and dictionary, looked up once for the steps below.
+        plans = [plan_for(state.mapper) for state in new]
+        datas = [state.dict for state in new]
+        operations = [
+            self._insert(state, first_ref + n, plan, data)
+            for n, (state, plan, data) in enumerate(zip(new, plans, datas, strict=True))
+        ]
         versions: list[tuple[InstanceState[Any], str, Any]] = []
         relinked: list[tuple[InstanceState[Any], dict[str, Any]]] = []
         changed: list[InstanceState[Any]] = []
@@ -581,18 +603,18 @@ class Recorder:
                 ) from err
             self.handle.operations = self.writer.operations
         self.next_ref += len(new)
-        self._assign_keys(new)
+        self._assign_keys(new, plans, datas)
         # Before new objects are snapshot: their foreign keys as members of collections.
-        moved = _sync_members(new, changed, deleted)
-        self._settle_new(new, mark)
+        moved = _sync_members(new, plans, datas, changed, deleted, self.pending)
+        self._settle_new(new, plans, datas, mark)
         for state, links in relinked:
             self._sync_foreign_keys(state, plan_for(state.mapper), links)
         for table, keys in _link_changes(new, changed, deleted):
             self.reads.note_links(mark, table, keys)
         self.reads.note_link_rows(mark, link_events(new, dirty, deleted))
-        self._fire("after_insert", new)
-        self._fire("after_update", dirty)
-        self._fire("after_delete", deleted)
+        self._fire("after_insert", new, of_new)
+        self._fire("after_update", dirty, of_dirty)
+        self._fire("after_delete", deleted, of_deleted)
         if operations:
             # Before _mark_flushed: once no change is pending, the identity map holds
             # the objects weakly, and those the program no longer refers to are gone.
@@ -606,21 +628,21 @@ class Recorder:
                 set_committed_value(obj, key, value)
         # Members a collection moved without a change of their own: their rows change too.
         remembered: Sequence[InstanceState[Any]] = dirty
-        if moved:
-            written = {*new, *dirty}
+        if moved:  # none of them new (see _sync_members)
+            written = set(dirty)
             remembered = [*dirty, *(s for s in moved if s not in written)]
         self._remember(remembered)
 
-    def _fire(self, name: str, states: Sequence[InstanceState[Any]]) -> None:
+    def _fire(
+        self, name: str, states: Sequence[InstanceState[Any]], mappers: Iterable[Mapper[Any]]
+    ) -> None:
         """Run the mapper listeners ``name`` for ``states`` with the flush's connection.
 
         SQL they run goes through the recording connection: reads reach the database,
         writes are refused (see orm_ext.write_guard), as in the rest of the block.
         """
         listening = {
-            mapper: listeners
-            for mapper in {state.mapper for state in states}
-            if (listeners := getattr(mapper.dispatch, name))
+            mapper: listeners for mapper in mappers if (listeners := getattr(mapper.dispatch, name))
         }
         if not listening:
             return
@@ -723,10 +745,10 @@ class Recorder:
         for tbl in (*plan.tables, *plan.secondary):
             self.tables.setdefault(str(tbl.fullname), tbl)
 
-    def _insert(self, state: InstanceState[Any], ref: int) -> dict[str, Any]:
+    def _insert(
+        self, state: InstanceState[Any], ref: int, plan: MapperPlan, data: dict[str, Any]
+    ) -> dict[str, Any]:
         """The insert operation of a new object (reads it, changes nothing)."""
-        plan = plan_for(state.mapper)
-        data = state.dict
         values, refs = self._column_values(state, data, plan.columns)
         for key, value in plan.scalar_defaults:
             if key not in data:
@@ -789,21 +811,31 @@ class Recorder:
             operation["added"] = added
         return operation
 
-    def _assign_keys(self, new: Sequence[InstanceState[Any]]) -> None:
+    def _assign_keys(
+        self,
+        new: Sequence[InstanceState[Any]],
+        plans: Sequence[MapperPlan],
+        datas: Sequence[dict[str, Any]],
+    ) -> None:
         """Give recorded new objects their journal ref and, where the database assigns
         it, a placeholder key, once their batch is on disk."""
         pending = self.pending
         path = str(self.path)
-        for state in new:
+        for state, plan, data in zip(new, plans, datas, strict=True):
             info = state.info
             ref = info[REF] = pending[state]
             info[RECORDED] = path
-            data = state.dict
-            for key in plan_for(state.mapper).primary_key:
+            for key in plan.primary_key:
                 if data.get(key) is None:
                     data[key] = Placeholder(ref, key)
 
-    def _settle_new(self, new: Sequence[InstanceState[Any]], mark: int) -> None:
+    def _settle_new(
+        self,
+        new: Sequence[InstanceState[Any]],
+        plans: Sequence[MapperPlan],
+        datas: Sequence[dict[str, Any]],
+        mark: int,
+    ) -> None:
         """Leave recorded new objects as a flush would, once their batch is on disk.
 
         Keys (placeholders until replay), scalar defaults, the first version, foreign keys
@@ -813,10 +845,6 @@ class Recorder:
         if not new:
             return
         self.created.append((mark, list(map(weakref.ref, new))))
-        # Parallel lists rather than a tuple per object: anything kept alive through
-        # the loops adds to the garbage collector's work.
-        plans = [plan_for(state.mapper) for state in new]
-        datas = [state.dict for state in new]
         # Every new object has its key (_assign_keys): foreign keys can be synchronised.
         for state, plan, data in zip(new, plans, datas, strict=True):
             computed = self.computed.get(state)
@@ -1385,10 +1413,14 @@ def _joining(
 
 def _sync_members(
     new: Sequence[InstanceState[Any]],
+    plans: Sequence[MapperPlan],
+    datas: Sequence[dict[str, Any]],
     changed: Sequence[InstanceState[Any]],
     deleted: Sequence[InstanceState[Any]],
+    created: Container[InstanceState[Any]],
 ) -> list[InstanceState[Any]]:
-    """Set the foreign keys of one-to-many members as a flush does; return the members.
+    """Set the foreign keys of one-to-many members as a flush does; return the members
+    not ``created`` in this flush (their rows change without a change of their own).
 
     The members' own rows are written at replay from the parent's recorded collection;
     this makes the program see the keys a direct flush would have set on them.
@@ -1396,9 +1428,7 @@ def _sync_members(
     gone = set(deleted)
     removals: list[tuple[InstanceState[Any], tuple[tuple[str, str], ...]]] = []
     additions: list[tuple[InstanceState[Any], InstanceState[Any], tuple[tuple[str, str], ...]]] = []
-    for state in new:
-        plan = plan_for(state.mapper)
-        data = state.dict
+    for state, plan, data in zip(new, plans, datas, strict=True):
         for key, pairs in plan.one_to_many_pairs.items():
             value = data.get(key)
             if key in plan.collections and value is not None:
@@ -1435,7 +1465,8 @@ def _sync_members(
         if member not in gone:
             for local, remote in pairs:
                 member.dict[remote] = parent.dict.get(local)
-            moved.append(member)
+            if member not in created:
+                moved.append(member)
     return moved
 
 

@@ -18,30 +18,38 @@ from sqlalchemy.orm.state import InstanceState
 CHECKED_ON = "2.1.9"
 
 
-def loaded_states(session: Session) -> list[InstanceState[Any]]:
-    """The states of ``session``'s objects that have anything loaded since last expired.
+def loaded_states(session: Session) -> list[tuple[InstanceState[Any], dict[str, Any]]]:
+    """The states of ``session``'s objects that have anything loaded since last expired,
+    each with its object's dictionary.
 
-    ``InstanceState.expired`` is set by an expiry and cleared by any load or flush of the
-    object; an expired state's dictionary then holds no mapped attribute unless one was
-    assigned or shown since. Checked on SQLAlchemy 2.1.9.
+    ``InstanceState.expired`` is set by a full expiry and cleared by any load or flush of
+    the object (``_commit``, ``_commit_all_states``); ``modified`` is set by any
+    assignment since. An expired, unmodified state therefore holds nothing to expire, and
+    is passed over without looking at its dictionary (most of a long block's objects are
+    such, at each checkpoint). Checked on SQLAlchemy 2.1.9.
     """
     found = []
     for state in session.identity_map.all_states():
-        if state.expired and state.manager._all_key_set.isdisjoint(state.dict):
+        if state.expired and not state.modified:
             continue
-        found.append(state)
+        obj = state.obj()
+        if obj is not None:  # else it is being freed: nothing to expire
+            found.append((state, obj.__dict__))
     return found
 
 
-def expire_states(session: Session, states: Iterable[InstanceState[Any]]) -> None:
-    """Expire ``states`` as a commit does with ``expire_on_commit``.
+def expire_states(
+    session: Session, states: Iterable[tuple[InstanceState[Any], dict[str, Any]]]
+) -> None:
+    """Expire ``states`` (with their objects' dictionaries) as a commit does with
+    ``expire_on_commit``.
 
     What ``SessionTransaction._remove_snapshot`` does to each state of the identity map:
     ``InstanceState._expire``. Checked on SQLAlchemy 2.1.9.
     """
     modified = session.identity_map._modified
-    for state in states:
-        state._expire(state.dict, modified)
+    for state, data in states:
+        state._expire(data, modified)
 
 
 def mark_loaded(state: InstanceState[Any], keys: Iterable[str]) -> None:
@@ -71,10 +79,23 @@ def is_orphan(state: InstanceState[Any]) -> bool:
     return bool(state.mapper._is_orphan(state))
 
 
-def orphaned_outside_of_session(state: InstanceState[Any]) -> bool:
-    """``InstanceState._orphaned_outside_of_session``: what ``Session._flush()`` checks to
-    expunge a new orphan instead of inserting it. Checked on SQLAlchemy 2.1.9."""
-    return bool(state._orphaned_outside_of_session)
+def new_orphans_outside_of_session(
+    states: Iterable[InstanceState[Any]],
+) -> list[InstanceState[Any]]:
+    """The new ``states`` that ``Session._flush()`` expunges instead of inserting: orphans
+    (``Mapper._is_orphan``) removed from their parent before any flush
+    (``InstanceState._orphaned_outside_of_session``, tested first: it is rarely set).
+    Checked on SQLAlchemy 2.1.9."""
+    return [s for s in states if s._orphaned_outside_of_session and s.mapper._is_orphan(s)]
+
+
+def pending_states(session: Session) -> list[InstanceState[Any]]:
+    """The states of ``session.new``, in the order they were added.
+
+    ``Session._new`` maps them to their objects; ``session.new`` builds a set of the
+    objects, whose states a flush then looks up again. Checked on SQLAlchemy 2.1.9.
+    """
+    return list(session._new)
 
 
 def session_is_clean(session: Session) -> bool:
