@@ -24,8 +24,9 @@ from sqlalchemy.orm import ColumnProperty, Mapper, ORMExecuteState
 from sqlalchemy.orm.evaluator import _EXPIRED_OBJECT, UnevaluatableError
 from sqlalchemy.orm.util import LoaderCriteriaOption
 from sqlalchemy.sql import operators, visitors
-from sqlalchemy.sql.elements import BinaryExpression, BindParameter, UnaryExpression
+from sqlalchemy.sql.elements import BinaryExpression, BindParameter, Label, UnaryExpression
 from sqlalchemy.sql.schema import Column
+from sqlalchemy.types import Concatenable, Integer, Numeric
 
 from orm_ext.references import Placeholder
 
@@ -406,6 +407,24 @@ def _evaluator_compiler(mapper: Mapper[Any], loaded: set[Mapper[Any]], dialect: 
             cls = parent.class_
             return lambda obj: value(obj) if isinstance(obj, cls) else None
 
+        # SQL flattens ``a + b + c`` (a full name, a total) into one list of operands, of
+        # which the ORM's evaluator only takes the two-operand form.
+        def visit_concat_op_clauselist_op(
+            self, operator: Any, evaluators: list[Any], clause: Any
+        ) -> Any:
+            _operands_of(clause, lambda t: issubclass(t, Concatenable), "concatenate")
+            return self._fold(evaluators, clause)
+
+        def visit_add_clauselist_op(self, operator: Any, evaluators: list[Any], clause: Any) -> Any:
+            _operands_of(clause, lambda t: t in (Integer, Numeric), "add")
+            return self._fold(evaluators, clause)
+
+        def _fold(self, evaluators: list[Any], clause: Any) -> Any:
+            evaluate = evaluators[0]
+            for right in evaluators[1:]:
+                evaluate = self._straight_evaluate(lambda a, b: a + b, evaluate, right, clause)
+            return evaluate
+
         def _like(self, clause: Any, left: Any, right: Any, *, fold: bool, negate: bool) -> Any:
             escape = clause.modifiers.get("escape")
 
@@ -440,6 +459,12 @@ def _evaluator_compiler(mapper: Mapper[Any], loaded: set[Mapper[Any]], dialect: 
     return Compiler(mapper.class_)
 
 
+def _operands_of(clause: Any, accepted: Callable[[type], bool], what: str) -> None:
+    for item in clause.clauses:
+        if not accepted(item.type._type_affinity):
+            raise UnevaluatableError(f"Cannot {what} {item.type}")
+
+
 def _attribute(clause: Any, parent: Mapper[Any] | None) -> Evaluator | None:
     """The value of the attribute an aliased entity's column stands for (with_polymorphic
     and aliased() select from anonymous aliases of the tables, which the mapper does not
@@ -470,3 +495,24 @@ def _like_regex(pattern: str, escape: str | None, fold: bool) -> re.Pattern[str]
         else:
             parts.append(re.escape(char))
     return re.compile("".join(parts), re.DOTALL | (re.IGNORECASE if fold else 0))
+
+
+def expression_evaluator(mapper: Mapper[Any], expression: Any, dialect: str) -> Evaluator:
+    """Evaluate a mapped SQL expression (a ``column_property()``) on ``mapper``'s objects.
+
+    Raises :class:`Unanswerable` for an expression the ORM's evaluator cannot compute in
+    Python (a subquery, most SQL functions); the evaluator it returns raises it for an
+    object without a value the expression reads.
+    """
+    while isinstance(expression, Label):  # column_property() labels its expression
+        expression = expression.element
+    compiler = _evaluator_compiler(mapper, set(), dialect)
+    try:
+        evaluate: Evaluator = compiler.process(_mapped_columns(expression, mapper))
+    except (UnevaluatableError, AttributeError) as err:
+        raise Unanswerable(f"the ORM cannot evaluate it in Python ({err})") from None
+
+    def value(obj: object) -> Any:
+        return _known(evaluate(obj))
+
+    return value

@@ -28,6 +28,7 @@ from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.engine import Dialect, Result
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Mapper, ORMExecuteState, Session, lazyload, undefer
+from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.orm.state import InstanceState
 from sqlalchemy.sql import visitors
 from sqlalchemy.sql.elements import ColumnClause, TextClause
@@ -37,9 +38,17 @@ from sqlalchemy.sql.util import find_tables
 from orm_ext.block_inserted import InsertedRows
 from orm_ext.block_links import LinkEvent, LinkRows
 from orm_ext.block_overlay import Overlay, without_strings
-from orm_ext.block_query import Query, Unanswerable, binds_placeholder, objects_result
+from orm_ext.block_query import (
+    Evaluator,
+    Query,
+    Unanswerable,
+    binds_placeholder,
+    expression_evaluator,
+    objects_result,
+)
 from orm_ext.dml import RowEffect
 from orm_ext.exc import DeferredOperationError
+from orm_ext.mapper_plan import plan_for
 from orm_ext.object_history import REF
 from orm_ext.references import Placeholder
 from orm_ext.sa_private import existing_info, mark_loaded
@@ -120,6 +129,8 @@ class BlockReads:
         self._pattern: re.Pattern[str] | None = None
         self._collation: str | None = None  # the PostgreSQL database's, once asked
         self._read_cache: dict[Any, frozenset[str]] = {}
+        # (mapper, column_property key, dialect) -> its evaluator (see _compute_expressions).
+        self._expressions: dict[tuple[Mapper[Any], str, str], Evaluator] = {}
         # Depth of this module's own database reads, which the SQL check lets through.
         self.reading = 0
 
@@ -431,12 +442,11 @@ class BlockReads:
                 "an update()/delete() statement recorded on it ran while the object was "
                 "partly loaded; expire the whole object (session.expire(obj)) to reload it",
             )
+        before = set(state.dict)
         if written:
-            before = set(state.dict)
             as_of = self.restore(state)
             # As the ORM's loader marks what it loaded: statements synchronize it now.
             mark_loaded(state, set(state.dict).difference(before))
-            self._refuse_unknown(orm_execute_state, state, before)
         elif statements:
             as_of = 0
             self.reading += 1  # this module's own read, which the SQL check lets through
@@ -459,7 +469,57 @@ class BlockReads:
                 )
             if not kept:
                 return objects_result([])  # the statement deleted the row
+        # The database computes column_property() expressions from its row; here the
+        # row is the journal's (or was changed by statements): computed from it.
+        self._compute_expressions(orm_execute_state, state, again=bool(statements))
+        if written:
+            self._refuse_unknown(orm_execute_state, state, before)
         return objects_result([state.obj()])
+
+    def _compute_expressions(
+        self, orm_execute_state: ORMExecuteState, state: InstanceState[Any], *, again: bool
+    ) -> None:
+        """Give a reloaded object its column_property() values, as a reload would.
+
+        Those not loaded and not deferred (or asked for), and with ``again`` (statements
+        changed the row after the database computed them) the loaded ones too.
+        """
+        plan = plan_for(state.mapper)
+        if not plan.expressions:
+            return
+        statement: Any = orm_execute_state.statement
+        wanted = statement._compile_options._only_load_props or ()
+        data = state.dict
+        props = [
+            p
+            for p in plan.expressions
+            if (again and p.key in data)
+            or (p.key not in data and (not p.deferred or p.key in wanted))
+        ]
+        if not props:
+            return
+        dialect = orm_execute_state.session.get_bind(mapper=state.mapper).dialect.name
+        obj = state.obj()
+        for prop in props:
+            try:
+                value = self._expression(state.mapper, prop, dialect)(obj)
+            except Unanswerable as why:
+                raise self._refusal(
+                    statement,
+                    sorted(_table_names(state)),
+                    f"{state.class_.__name__}.{prop.key} is a column_property() the "
+                    f"database computes from the row the block changed, and {why}",
+                ) from None
+            set_committed_value(obj, prop.key, value)
+
+    def _expression(self, mapper: Mapper[Any], prop: Any, dialect: str) -> Evaluator:
+        key = (mapper, prop.key, dialect)
+        evaluate = self._expressions.get(key)
+        if evaluate is None:
+            evaluate = self._expressions[key] = expression_evaluator(
+                mapper, prop.expression, dialect
+            )
+        return evaluate
 
     def _statements_since(
         self, state: InstanceState[Any], batch: int

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 import sqlalchemy
-from sqlalchemy.orm import Mapper
+from sqlalchemy.orm import ColumnProperty, Mapper
 from sqlalchemy.orm.interfaces import MANYTOONE, ONETOMANY
 
 from orm_ext.references import class_path
@@ -58,6 +58,11 @@ class MapperPlan:
     # Columns whose insert value only the database knows (see orm_ext.server_values).
     from_database: frozenset[str] = field(default=frozenset())
     callable_keys: frozenset[str] = field(default=frozenset())
+    # column_property() SQL expressions: read-only attributes the database computes.
+    expressions: tuple[ColumnProperty[Any], ...] = field(default=())
+    # Those a flush expires on the objects it writes, as SQLAlchemy's flush does
+    # (persistence._finalize_insert_update_commands): (key, expire_on_flush, deferred).
+    expiring: tuple[tuple[str, bool, bool], ...] = field(default=())
 
 
 _plans: dict[Mapper[Any], MapperPlan] = {}
@@ -79,9 +84,11 @@ def _make_plan(mapper: Mapper[Any]) -> MapperPlan:
     defaults: list[tuple[str, Any]] = []
     computed: list[tuple[str, Any]] = []
     on_update: list[tuple[str, Any]] = []
+    expressions: list[ColumnProperty[Any]] = []
     for prop in mapper.column_attrs:
         if not all(isinstance(c, sqlalchemy.Column) for c in prop.columns):
-            continue  # column_property() expressions are read-only: nothing to record
+            expressions.append(prop)  # read-only: nothing to record
+            continue
         # Several columns: one attribute written to each (a joined-inheritance key that
         # the subclass table repeats), as a flush writes it.
         columns.append(str(prop.key))
@@ -172,6 +179,8 @@ def _make_plan(mapper: Mapper[Any]) -> MapperPlan:
         secondary=secondary,
         one_to_many_pairs=members,
         written_tables=tuple(dict.fromkeys((*tables, *secondary, *member_tables))),
+        expressions=tuple(expressions),
+        expiring=tuple((p.key, p.expire_on_flush, p.deferred) for p in expressions),
     )
 
 

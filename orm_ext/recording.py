@@ -65,6 +65,7 @@ from orm_ext.object_history import (
 from orm_ext.references import Placeholder
 from orm_ext.sa_private import (
     existing_info,
+    expire_attributes,
     expire_states,
     expunge_states,
     is_orphan,
@@ -376,7 +377,9 @@ class Recorder:
             # Collections stay unloaded: they load through the block's reads, which find
             # rows linked since the snapshot by foreign key or link row.
             show_values(obj, state, plan, snapshot, only_missing=True)
-        missing = [p.key for p in state.mapper.column_attrs if p.key not in state.dict]
+        # Table columns only: column_property() expressions are computed from the values
+        # shown (BlockReads), where the database would compute them from its row.
+        missing = [k for k in plan_for(state.mapper).columns if k not in state.dict]
         if missing and state.key is not None and REF not in state.info:
             # Never loaded while the block changed the row, so never changed by it: the
             # database has the value.
@@ -622,6 +625,7 @@ class Recorder:
         else:
             self.reads.rewind(self.writer.batches)  # a flush with nothing to write
         _mark_flushed(session, new, dirty, deleted)
+        _expire_expressions(new, dirty, of_new | of_dirty)
         for state, key, value in versions:
             obj = state.obj()
             if obj is not None:
@@ -898,7 +902,7 @@ class Recorder:
             if unknown:
                 # As a plain flush expires what the database generated (persistence's
                 # _postfetch); a load of them is refused by the block's reads.
-                state._expire_attributes(data, unknown)
+                expire_attributes(state, unknown)
 
     def _update(
         self, state: InstanceState[Any], versions: list[tuple[InstanceState[Any], str, Any]]
@@ -1490,6 +1494,32 @@ def _mark_flushed(
         session._register_persistent(persistent)
     if deleted:
         session._remove_newly_deleted(deleted)
+
+
+def _expire_expressions(
+    new: Sequence[InstanceState[Any]],
+    dirty: Sequence[InstanceState[Any]],
+    mappers: Iterable[Mapper[Any]],
+) -> None:
+    """Expire the column_property() expressions of the objects a flush wrote, as
+    SQLAlchemy's flush does (persistence._finalize_insert_update_commands, with its rule
+    for expire_on_flush and deferred ones): loading one computes it again from what the
+    journal holds (BlockReads.answer)."""
+    if not any(plan_for(m).expiring for m in mappers):
+        return
+    for state in (*new, *dirty):
+        expiring = plan_for(state.mapper).expiring
+        if not expiring or state.obj() is None:
+            continue
+        data = state.dict
+        keys = state.unmodified_intersection(
+            key
+            for key, on_flush, deferred in expiring
+            if (on_flush and (not deferred or key in data))
+            or (not on_flush and not deferred and key not in data)
+        )
+        if keys:
+            expire_attributes(state, keys)
 
 
 def _forget_recorded_objects(session: Session) -> None:

@@ -144,3 +144,13 @@ def all_registries() -> set[registry]:
     mapperlib: Any = importlib.import_module("sqlalchemy.orm.mapper")
     found: set[registry] = mapperlib._all_registries()
     return found
+
+
+def expire_attributes(state: InstanceState[Any], keys: Iterable[str]) -> None:
+    """Expire ``keys`` of one object, as a flush expires what the database computed.
+
+    ``InstanceState._expire_attributes``, what ``persistence._postfetch`` and
+    ``_finalize_insert_update_commands`` call; ``Session.expire()`` would also tell the
+    memo and cascade nothing else here. Checked on SQLAlchemy 2.1.9.
+    """
+    state._expire_attributes(state.dict, keys)
