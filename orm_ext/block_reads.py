@@ -550,10 +550,10 @@ class BlockReads:
         if left and not any(k in state.dict for k in wanted if k not in before):
             names = ", ".join(f"{state.class_.__name__}.{k}" for k in left)
             raise DeferredOperationError(
-                f"{names} of an object created in this deferred block is set by the "
-                "database when replay inserts the row (a server default, a sequence or a "
-                "SQL expression); it has no value while recording. Give it a value in the "
-                "program, or read it after replay",
+                f"{names} of an object this deferred block wrote is set by the database "
+                "when replay writes the row (a server default or onupdate, a sequence, a "
+                "trigger or a SQL expression); it has no value while recording. Give it a "
+                "value in the program, or read it after replay",
                 path=self.path,
             )
 

@@ -58,6 +58,11 @@ class MapperPlan:
     # Columns whose insert value only the database knows (see orm_ext.server_values).
     from_database: frozenset[str] = field(default=frozenset())
     callable_keys: frozenset[str] = field(default=frozenset())
+    # Columns the database sets when it updates a row (server_onupdate, or an onupdate
+    # SQL expression), unless the update gives them a value.
+    updated_by_database: frozenset[str] = field(default=frozenset())
+    # Whether any column of such an object can be known only at replay (one of the above).
+    unknowable: bool = False
     # column_property() SQL expressions: read-only attributes the database computes.
     expressions: tuple[ColumnProperty[Any], ...] = field(default=())
     # Those a flush expires on the objects it writes, as SQLAlchemy's flush does
@@ -85,6 +90,7 @@ def _make_plan(mapper: Mapper[Any]) -> MapperPlan:
     computed: list[tuple[str, Any]] = []
     on_update: list[tuple[str, Any]] = []
     expressions: list[ColumnProperty[Any]] = []
+    updated_by_database: list[str] = []
     for prop in mapper.column_attrs:
         if not all(isinstance(c, sqlalchemy.Column) for c in prop.columns):
             expressions.append(prop)  # read-only: nothing to record
@@ -100,6 +106,10 @@ def _make_plan(mapper: Mapper[Any]) -> MapperPlan:
         update = prop.columns[0].onupdate
         if update is not None and (update.is_scalar or update.is_callable):
             on_update.append((prop.key, update))
+        elif prop.columns[0].server_onupdate is not None or (
+            update is not None and update.is_clause_element
+        ):
+            updated_by_database.append(prop.key)
     relationships = []
     pairs: dict[str, tuple[tuple[str, str], ...]] = {}
     for rel in mapper.relationships:
@@ -180,6 +190,8 @@ def _make_plan(mapper: Mapper[Any]) -> MapperPlan:
         one_to_many_pairs=members,
         written_tables=tuple(dict.fromkeys((*tables, *secondary, *member_tables))),
         expressions=tuple(expressions),
+        updated_by_database=frozenset(updated_by_database),
+        unknowable=bool(database.from_database or computed or updated_by_database),
         expiring=tuple((p.key, p.expire_on_flush, p.deferred) for p in expressions),
     )
 

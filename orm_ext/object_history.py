@@ -10,7 +10,7 @@ collections, held weakly. This module reads and shows those snapshots.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any, Final
 
 from sqlalchemy.orm import attributes
@@ -29,9 +29,11 @@ __all__ = [
     "carried_over",
     "kept_history",
     "related_values",
+    "set_unknown",
     "show_members",
     "show_values",
     "snapshot_history",
+    "unknown_keys",
     "weak_members",
 ]
 
@@ -90,6 +92,25 @@ def carried_over(
     return tuple(
         p if v is FROM_DATABASE else v for v, p in zip(values, previous_values, strict=True)
     )
+
+
+def set_unknown(
+    values: dict[str, Any] | tuple[Any, ...], keys: Iterable[str], plan: MapperPlan
+) -> dict[str, Any] | tuple[Any, ...]:
+    """A snapshot's column values with ``keys`` marked as known only at replay."""
+    if isinstance(values, dict):
+        return {**values, **dict.fromkeys(keys, FROM_DATABASE)}
+    unknown = set(keys)
+    return tuple(
+        FROM_DATABASE if k in unknown else v for k, v in zip(plan.columns, values, strict=True)
+    )
+
+
+def unknown_keys(snapshot: Snapshot, plan: MapperPlan) -> frozenset[str]:
+    """The columns a snapshot marks as known only at replay."""
+    values = snapshot[1]
+    pairs = values.items() if isinstance(values, dict) else zip(plan.columns, values, strict=True)
+    return frozenset(k for k, v in pairs if v is FROM_DATABASE)
 
 
 def show_values(

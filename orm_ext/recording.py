@@ -28,7 +28,7 @@ import decimal
 import os
 import uuid
 import weakref
-from collections.abc import Callable, Container, Iterable, Iterator, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -57,9 +57,11 @@ from orm_ext.object_history import (
     carried_over,
     kept_history,
     related_values,
+    set_unknown,
     show_members,
     show_values,
     snapshot_history,
+    unknown_keys,
     weak_members,
 )
 from orm_ext.references import Placeholder
@@ -68,6 +70,7 @@ from orm_ext.sa_private import (
     expire_attributes,
     expire_states,
     expunge_states,
+    hold_unloaded,
     is_orphan,
     loaded_states,
     mark_loaded,
@@ -77,7 +80,7 @@ from orm_ext.sa_private import (
     session_is_clean,
     session_is_flushing,
 )
-from orm_ext.server_values import FROM_DATABASE
+from orm_ext.server_values import FROM_DATABASE, UnknownUntilReplay
 from orm_ext.snapshot_rows import FROM_SNAPSHOT
 from orm_ext.write_guard import guard_connection, release
 
@@ -160,6 +163,8 @@ class Recorder:
         self.joining: dict[InstanceState[Any], set[str]] | None = None
         # Python-side defaults computed for new objects of the flush being recorded.
         self.computed: dict[InstanceState[Any], dict[str, Any]] = {}
+        # Attribute key -> the loader that refuses reading it where only replay knows it.
+        self.unknown_loaders: dict[str, UnknownUntilReplay] = {}
         # Since the last checkpoint, a row was deleted or linked by a foreign key set
         # without its relationship: loaded collections may show what a reload would not.
         self.stale_collections = False
@@ -352,6 +357,8 @@ class Recorder:
             show_values(obj, state, plan, kept[-1], only_missing=False)
             # As a reload marks what it loaded: statements synchronize the object now.
             mark_loaded(state, state.dict)
+            if plan.unknowable:
+                self._hold(state, unknown_keys(kept[-1], plan))
             collections.append((obj, state, plan, kept[-1][3]))
         # Only once every object has its values again: filling a collection can read its
         # members (a dict collection reads their key attribute).
@@ -369,17 +376,22 @@ class Recorder:
         if obj is None:
             return 0
         as_of = 0
+        unknown: frozenset[str] = frozenset()
         history = state.info.get(SHADOW)
         if history:
             plan = plan_for(state.mapper)
             snapshot = snapshot_history(history, plan)[-1]
             as_of = snapshot[0]
+            unknown = unknown_keys(snapshot, plan)
             # Collections stay unloaded: they load through the block's reads, which find
             # rows linked since the snapshot by foreign key or link row.
             show_values(obj, state, plan, snapshot, only_missing=True)
         # Table columns only: column_property() expressions are computed from the values
-        # shown (BlockReads), where the database would compute them from its row.
-        missing = [k for k in plan_for(state.mapper).columns if k not in state.dict]
+        # shown (BlockReads), where the database would compute them from its row. Nor
+        # those only replay knows: the database's value is the one before the block.
+        missing = [
+            k for k in plan_for(state.mapper).columns if k not in state.dict and k not in unknown
+        ]
         if missing and state.key is not None and REF not in state.info:
             # Never loaded while the block changed the row, so never changed by it: the
             # database has the value.
@@ -414,17 +426,51 @@ class Recorder:
         are as a commit would leave them.
         """
         states = loaded_states(self.session)
-        related_keys: dict[Any, tuple[str, ...]] = {}
+        plans: dict[Any, MapperPlan] = {}
+        unknowable = []
         for state, data in states:
             mapper = state.mapper
-            keys = related_keys.get(mapper)
-            if keys is None:
-                keys = related_keys[mapper] = plan_for(mapper).related
+            plan = plans.get(mapper)
+            if plan is None:
+                plan = plans[mapper] = plan_for(mapper)
+            keys = plan.related
             if keys:
                 related = [data[k] for k in keys if k in data]
                 if related:
                     data[LINKED] = related
+            if plan.unknowable:
+                unknowable.append(state)
         expire_states(self.session, states)
+        self.hold_unknown(unknowable)
+
+    def hold_unknown(self, states: Iterable[InstanceState[Any]]) -> None:
+        """Give the columns of these objects that only replay knows their refusing loader
+        again, after an expiry dropped it (see _hold)."""
+        for state in states:
+            plan = plan_for(state.mapper)
+            info = existing_info(state)
+            history = None if info is None else info.get(SHADOW)
+            if plan.unknowable and history:
+                keys = unknown_keys(snapshot_history(history, plan)[-1], plan)
+                if keys:
+                    self._hold(state, keys)
+
+    def _hold(self, state: InstanceState[Any], keys: Iterable[str]) -> None:
+        """Leave ``keys`` unloaded with a loader that refuses reading them.
+
+        Expired instead, a read of any other attribute would load them with the rest,
+        where the block has no value to give: SQLAlchemy then fails ("failed to populate")
+        or a later read answers None.
+        """
+        loaders = self.unknown_loaders
+        held = []
+        for key in keys:
+            if key not in state.dict:
+                loader = loaders.get(key)
+                if loader is None:
+                    loader = loaders[key] = UnknownUntilReplay(str(self.path), key)
+                held.append((key, loader))
+        hold_unloaded(state, held)
 
     def _refresh_collections(self) -> None:
         """What a commit's expiry would change in what loaded collections show.
@@ -578,12 +624,20 @@ class Recorder:
         versions: list[tuple[InstanceState[Any], str, Any]] = []
         relinked: list[tuple[InstanceState[Any], dict[str, Any]]] = []
         changed: list[InstanceState[Any]] = []
+        # Updated objects -> their columns the database sets as it updates the row.
+        by_database: dict[InstanceState[Any], list[str]] = {}
         self.flushing, self.joining = (new, dirty), None
         for state in dirty:
             operation = self._update(state, versions)
             if operation is not None:
                 operations.append(operation)
                 changed.append(state)
+                updated = plan_for(state.mapper).updated_by_database
+                if updated:
+                    given = {*operation["values"], *operation.get("refs", ())}
+                    keys = [k for k in updated if k not in given]
+                    if keys:
+                        by_database[state] = keys
                 if "links" in operation:
                     relinked.append((state, operation["links"]))
         self.flushing, self.joining = ((), ()), None  # not to keep the objects alive
@@ -626,6 +680,10 @@ class Recorder:
             self.reads.rewind(self.writer.batches)  # a flush with nothing to write
         _mark_flushed(session, new, dirty, deleted)
         _expire_expressions(new, dirty, of_new | of_dirty)
+        for state, keys in by_database.items():
+            # As a flush expires them (persistence._postfetch): only replay knows them.
+            expire_attributes(state, keys)
+            self._hold(state, keys)
         for state, key, value in versions:
             obj = state.obj()
             if obj is not None:
@@ -635,7 +693,7 @@ class Recorder:
         if moved:  # none of them new (see _sync_members)
             written = set(dirty)
             remembered = [*dirty, *(s for s in moved if s not in written)]
-        self._remember(remembered)
+        self._remember(remembered, by_database)
 
     def _fire(
         self, name: str, states: Sequence[InstanceState[Any]], mappers: Iterable[Mapper[Any]]
@@ -689,8 +747,16 @@ class Recorder:
                 path=self.path,
             )
 
-    def _remember(self, dirty: Sequence[InstanceState[Any]]) -> None:
-        """Snapshot changed objects for a later rollback (new ones: see :meth:`_snapshot`)."""
+    def _remember(
+        self,
+        dirty: Sequence[InstanceState[Any]],
+        by_database: Mapping[InstanceState[Any], Sequence[str]],
+    ) -> None:
+        """Snapshot changed objects for a later rollback (new ones: see :meth:`_snapshot`).
+
+        ``by_database``: columns of these objects the database set as it updated the row;
+        the snapshot marks them as known only at replay.
+        """
         mark = self.writer.batches
         for state in dirty:
             if state.obj() is not None:  # else the program dropped it: nothing to show
@@ -706,6 +772,9 @@ class Recorder:
                     # Attributes still expired since a checkpoint keep the values of the
                     # snapshot before.
                     values = carried_over(values, snapshot_history(history, plan)[-1], plan)
+                unknown = by_database.get(state)
+                if unknown:
+                    values = set_unknown(values, unknown, plan)
                 self._snapshot(state, mark, values, data, plan)
 
     def _snapshot(
@@ -901,8 +970,9 @@ class Recorder:
             )
             if unknown:
                 # As a plain flush expires what the database generated (persistence's
-                # _postfetch); a load of them is refused by the block's reads.
+                # _postfetch); reading them is refused (see _hold).
                 expire_attributes(state, unknown)
+                self._hold(state, unknown)
 
     def _update(
         self, state: InstanceState[Any], versions: list[tuple[InstanceState[Any], str, Any]]
@@ -1137,7 +1207,9 @@ class Recorder:
                 values = snapshot_history(history, plan_for(state.mapper))[-1][1]
                 if isinstance(values, dict):
                     for key in [k for k in missing if k in values]:
-                        operation["old"][key] = values[key]
+                        if values[key] is not FROM_DATABASE:
+                            operation["old"][key] = values[key]
+                        # else only replay's earlier write knows it: nothing to compare
                         missing.remove(key)
             if not missing:
                 continue
@@ -1273,6 +1345,14 @@ def _plain(value: Any, state: InstanceState[Any], key: str, recorder: Recorder) 
             f"{_describe(state)}.{key} is set to a SQL expression ({value}); a deferred block "
             "records values, and the expression's result is only known to the database. "
             "Assign a Python value instead",
+            path=recorder.path,
+        )
+    if value is FROM_DATABASE or isinstance(value, UnknownUntilReplay):
+        # Never into the journal: the marker of a value only replay knows would be stored
+        # as a pickle, and compared or written as if it were the value.
+        raise DeferredOperationError(
+            f"{_describe(state)}.{key}: its value is set by the database when replay writes "
+            "the row, and cannot be recorded; give it a value in the program",
             path=recorder.path,
         )
     return value

@@ -8,7 +8,7 @@ module against its source (and by the test suite, which covers every use).
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from sqlalchemy import Connection
@@ -154,3 +154,21 @@ def expire_attributes(state: InstanceState[Any], keys: Iterable[str]) -> None:
     memo and cascade nothing else here. Checked on SQLAlchemy 2.1.9.
     """
     state._expire_attributes(state.dict, keys)
+
+
+def hold_unloaded(
+    state: InstanceState[Any], loaders: Iterable[tuple[str, Callable[..., Any]]]
+) -> None:
+    """Give attributes of one object loaders of their own instead of being expired.
+
+    ``InstanceState.callables``: the per-object loaders SQLAlchemy itself installs for
+    deferred columns (``LoadDeferredColumns``); an attribute reads through its loader
+    only when not in ``expired_attributes``, whose loader loads every expired attribute
+    at once (and cannot refuse one of them). ``InstanceState._expire`` drops the loaders
+    of what it expires. Checked on SQLAlchemy 2.1.9.
+    """
+    if "callables" not in state.__dict__:
+        state.callables = {}
+    for key, loader in loaders:
+        state.expired_attributes.discard(key)
+        state.callables[key] = loader

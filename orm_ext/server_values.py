@@ -16,10 +16,14 @@ from typing import Any, Final
 
 import sqlalchemy
 from sqlalchemy.orm import Mapper
+from sqlalchemy.orm.base import LoaderCallableStatus, PassiveFlag
+from sqlalchemy.orm.state import InstanceState
 from sqlalchemy.schema import Computed, DefaultClause, Identity
 from sqlalchemy.sql.elements import TextClause
 
-__all__ = ["FROM_DATABASE", "ServerDefaults", "server_defaults"]
+from orm_ext.exc import DeferredOperationError
+
+__all__ = ["FROM_DATABASE", "ServerDefaults", "UnknownUntilReplay", "server_defaults"]
 
 
 class _FromDatabase:
@@ -32,6 +36,39 @@ class _FromDatabase:
 
 
 FROM_DATABASE: Final = _FromDatabase()
+
+
+class UnknownUntilReplay:
+    """The loader of a column only the database can set, on an object a block wrote.
+
+    A plain session reloads such a column (a server default, a server ``onupdate``, a
+    trigger's value) from the row its flush wrote. Inside a deferred block that row exists
+    only once the journal is replayed: reading the column raises, naming it, instead of
+    answering with the value before the block or with ``None``. One instance per journal
+    and attribute key, not a closure: objects holding it stay picklable, as a deferred
+    column's loader leaves them.
+    """
+
+    __slots__ = ("key", "path")
+
+    def __init__(self, path: str, key: str) -> None:
+        self.path = path
+        self.key = key
+
+    def __call__(self, state: InstanceState[Any], passive: PassiveFlag) -> Any:
+        if not passive & PassiveFlag.SQL_OK:
+            return LoaderCallableStatus.PASSIVE_NO_RESULT  # a peek, not a read: no value
+        raise DeferredOperationError(
+            f"{state.class_.__name__}.{self.key} of an object this deferred block wrote is "
+            "set by the database when replay writes the row (a server default or onupdate, "
+            "a sequence, a trigger or a SQL expression); it has no value while recording. "
+            "Give it a value in the program, or read it after replay",
+            path=self.path,
+        )
+
+    def __reduce__(self) -> tuple[type[UnknownUntilReplay], tuple[str, str]]:
+        return (UnknownUntilReplay, (self.path, self.key))
+
 
 _INTEGER: Final = re.compile(r"[+-]?\d+")
 _QUOTED: Final = re.compile(r"'((?:[^']|'')*)'")

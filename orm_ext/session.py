@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Literal
 
-from sqlalchemy import event
+from sqlalchemy import event, inspect
 from sqlalchemy.orm import Session
 
 from orm_ext import logs, memo, recording, replay
@@ -203,10 +203,14 @@ class JournalingSession(Session):
     def expire_all(self) -> None:
         super().expire_all()
         memo.invalidate(self)
+        if self._recorder is not None:
+            self._recorder.hold_unknown(self.identity_map.all_states())
 
     def expire(self, instance: object, attribute_names: Iterable[str] | None = None) -> None:
         super().expire(instance, attribute_names)
         memo.invalidate(self)
+        if self._recorder is not None:
+            self._recorder.hold_unknown([inspect(instance)])
 
     def close(self) -> None:
         # Inside a deferred block, closing discards what was recorded since the last

@@ -10,6 +10,7 @@ second database, then replays the journal and compares the rows.
 from __future__ import annotations
 
 import datetime as dt
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,15 @@ class Ticket(Base):
     notes: Mapped[list[Note]] = relationship(back_populates="ticket")
 
 
+class Stamp(Base):
+    """Columns the database sets when it updates the row: an onupdate SQL expression."""
+
+    __tablename__ = "stamp"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(50))
+    touched: Mapped[str] = mapped_column(String(20), default="new", onupdate=func.lower("TOUCHED"))
+
+
 class Note(Base):
     __tablename__ = "note"
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -50,6 +60,7 @@ def fresh(engine: Engine) -> None:
     Base.metadata.create_all(engine)
     with Session(engine) as session:
         session.add(Ticket(title="existing", status="closed", priority=1))
+        session.add(Stamp(id=1, name="s"))
         session.commit()
 
 
@@ -204,3 +215,64 @@ def test_rows_an_insert_statement_added(backend: Backend, tmp_path: Path) -> Non
         ):
             with pytest.raises(DeferredOperationError, match="cannot be answered"):
                 session.scalars(query).all()
+
+
+def test_value_the_database_sets_on_update_is_refused_when_read(
+    backend: Backend, tmp_path: Path
+) -> None:
+    """After a recorded UPDATE, a column the database sets as it updates the row is refused
+    when read, after the flush and after commit() (it read the value before the block)."""
+    a, b = backend.engine("a"), backend.engine("b")
+    fresh(a)
+    fresh(b)
+    with Session(a) as session:
+        stamp = session.get(Stamp, 1)
+        assert stamp is not None
+        stamp.name = "renamed"
+        session.flush()
+        assert stamp.touched == "touched"  # a plain session reloads the database's value
+    path = tmp_path / "block.dbm"
+    with make_sessions(b)() as session, session.deferred_operations(path):
+        stamp = session.get(Stamp, 1)
+        assert stamp is not None
+        assert stamp.touched == "new"
+        stamp.name = "renamed"
+        session.flush()
+        with pytest.raises(DeferredOperationError, match=r"Stamp\.touched .* set by the database"):
+            _ = stamp.touched
+        session.commit()
+        with pytest.raises(DeferredOperationError, match=r"Stamp\.touched .* set by the database"):
+            _ = stamp.touched
+        assert stamp.name == "renamed"
+        session.expire(stamp)
+        with pytest.raises(DeferredOperationError, match=r"Stamp\.touched .* set by the database"):
+            _ = stamp.touched
+        stamp.touched = "given"  # a value the program gives is known again
+        session.commit()
+        assert stamp.touched == "given"
+    assert replay(b, path).applied
+    with Session(b) as session:
+        assert session.execute(select(Stamp.name, Stamp.touched)).one() == ("renamed", "given")
+
+
+def test_database_value_read_first_after_commit_is_refused(
+    backend: Backend, tmp_path: Path
+) -> None:
+    """Read first after commit(), a value only the database computes is refused each time,
+    never a failed load followed by None; the object still pickles."""
+    b = backend.engine("b")
+    fresh(b)
+    path = tmp_path / "block.dbm"
+    with make_sessions(b)() as session, session.deferred_operations(path):
+        ticket = Ticket(title="new")
+        session.add(ticket)
+        session.commit()
+        for _ in range(2):
+            with pytest.raises(
+                DeferredOperationError, match=r"Ticket\.opened .* set by the database"
+            ):
+                _ = ticket.opened
+        assert (ticket.title, ticket.status) == ("new", "open")
+        copy = pickle.loads(pickle.dumps(ticket))
+        assert copy.title == "new"
+    assert replay(b, path).applied
