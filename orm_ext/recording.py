@@ -1266,9 +1266,25 @@ class Recorder:
             # As for a flush: the transaction is what a later rollback() rewinds to.
             self.session.begin()
         self._autoflush()
+        before = self.writer.position()
         self.io(self.writer.append, [operation])
         self.handle.operations = self.writer.operations
-        dml.synchronize(orm_execute_state)
+        try:
+            dml.synchronize(orm_execute_state)
+        except TypeError as err:
+            # Its criteria compare a key the database assigns at replay by order (the
+            # ORM's evaluation of them on the session's objects): which of the block's
+            # new rows it changes is only known at replay. Not recorded after all.
+            self._rewind_journal(before)
+            raise DeferredOperationError(
+                f"cannot record {'update' if orm_execute_state.is_update else 'delete'}() "
+                f"of {mapper.class_.__name__ if mapper else 'rows'}: its criteria "
+                f"cannot be evaluated on the objects the block created ({err}), so the "
+                "session could not show its effect. Execute it with "
+                "execution_options(synchronize_session=False) and expire the objects, or "
+                "before adding them",
+                path=self.path,
+            ) from None
         if mapper is not None and operation["op"] == "bulk_insert":
             # Its rows are known: queries none of them can match are still answered.
             plan = plan_for(mapper)
