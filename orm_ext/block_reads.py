@@ -49,7 +49,7 @@ from orm_ext.block_query import (
 from orm_ext.dml import RowEffect
 from orm_ext.exc import DeferredOperationError
 from orm_ext.mapper_plan import plan_for
-from orm_ext.object_history import REF
+from orm_ext.object_history import REF, STALE
 from orm_ext.references import Placeholder
 from orm_ext.sa_private import existing_info, mark_loaded
 
@@ -432,6 +432,9 @@ class BlockReads:
         """
         written = state in self.objects
         statements = self._statements_since(state, self.snapshot_batch(state) if written else 0)
+        info = existing_info(state)
+        if info is not None:
+            info.pop(STALE, None)  # reloaded: it shows the journal's values again
         if statements and any(c.key in state.dict for c in state.mapper.column_attrs):
             # Its loaded values may already show a statement (SQLAlchemy synchronized
             # them) or not (synchronize_session=False), and its criteria would be
@@ -692,6 +695,10 @@ class BlockReads:
         rows = self._rows_of(mapper, orm_execute_state.session)
         for obj in rows:
             state = sa_inspect(obj)
+            if state.modified:
+                # Changed since its last flush (under no_autoflush): the database would
+                # match its flushed row, which the overlay lays over the table.
+                raise Unanswerable("an object it reads has changes not flushed yet")
             if state.expired_attributes or state.unloaded:
                 self.restore(state)
         try:

@@ -25,6 +25,7 @@ from orm_ext.server_values import FROM_DATABASE
 __all__ = [
     "REF",
     "SHADOW",
+    "STALE",
     "Snapshot",
     "carried_over",
     "kept_history",
@@ -43,6 +44,11 @@ REF: Final = "orm_journal.ref"
 # Recorder._remember (orm_ext.recording);
 # a new object's first entry is kept in a compact form until needed, see snapshot_history.
 SHADOW: Final = "orm_journal.shadow"
+# Key in InstanceState.info: attributes an update() recorded with
+# synchronize_session=False may have changed in the journal while the object still shows
+# the values from before it, as a plain session leaves them until a reload. A snapshot
+# taken before such a reload cannot know them (see Recorder._remember).
+STALE: Final = "orm_journal.stale"
 
 
 Snapshot = tuple[

@@ -54,6 +54,7 @@ from orm_ext.mapper_plan import MapperPlan, new_row_values, plan_for
 from orm_ext.object_history import (
     REF,
     SHADOW,
+    STALE,
     carried_over,
     kept_history,
     related_values,
@@ -165,6 +166,10 @@ class Recorder:
         self.computed: dict[InstanceState[Any], dict[str, Any]] = {}
         # Attribute key -> the loader that refuses reading it where only replay knows it.
         self.unknown_loaders: dict[str, UnknownUntilReplay] = {}
+        # Whether a snapshot marks a column unknown after an unsynchronized update()
+        # (see STALE): then objects of any class can hold such columns, not only those
+        # whose plan is ``unknowable``.
+        self.stale_unknowns = False
         # Since the last checkpoint, a row was deleted or linked by a foreign key set
         # without its relationship: loaded collections may show what a reload would not.
         self.stale_collections = False
@@ -357,7 +362,7 @@ class Recorder:
             show_values(obj, state, plan, kept[-1], only_missing=False)
             # As a reload marks what it loaded: statements synchronize the object now.
             mark_loaded(state, state.dict)
-            if plan.unknowable:
+            if plan.unknowable or self.stale_unknowns:
                 self._hold(state, unknown_keys(kept[-1], plan))
             collections.append((obj, state, plan, kept[-1][3]))
         # Only once every object has its values again: filling a collection can read its
@@ -438,7 +443,7 @@ class Recorder:
                 related = [data[k] for k in keys if k in data]
                 if related:
                     data[LINKED] = related
-            if plan.unknowable:
+            if plan.unknowable or self.stale_unknowns:
                 unknowable.append(state)
         expire_states(self.session, states)
         self.hold_unknown(unknowable)
@@ -450,7 +455,7 @@ class Recorder:
             plan = plan_for(state.mapper)
             info = existing_info(state)
             history = None if info is None else info.get(SHADOW)
-            if plan.unknowable and history:
+            if history and (plan.unknowable or self.stale_unknowns):
                 keys = unknown_keys(snapshot_history(history, plan)[-1], plan)
                 if keys:
                     self._hold(state, keys)
@@ -626,9 +631,14 @@ class Recorder:
         changed: list[InstanceState[Any]] = []
         # Updated objects -> their columns the database sets as it updates the row.
         by_database: dict[InstanceState[Any], list[str]] = {}
+        # Objects an unsynchronized statement may have changed -> what this flush writes.
+        over_stale: dict[InstanceState[Any], set[str]] = {}
         self.flushing, self.joining = (new, dirty), None
         for state in dirty:
             operation = self._update(state, versions)
+            info = existing_info(state)
+            if info is not None and STALE in info:
+                over_stale[state] = set() if operation is None else set(operation["values"])
             if operation is not None:
                 operations.append(operation)
                 changed.append(state)
@@ -691,9 +701,9 @@ class Recorder:
         # Members a collection moved without a change of their own: their rows change too.
         remembered: Sequence[InstanceState[Any]] = dirty
         if moved:  # none of them new (see _sync_members)
-            written = set(dirty)
-            remembered = [*dirty, *(s for s in moved if s not in written)]
-        self._remember(remembered, by_database)
+            changing = set(dirty)
+            remembered = [*dirty, *(s for s in moved if s not in changing)]
+        self._remember(remembered, by_database, over_stale)
 
     def _fire(
         self, name: str, states: Sequence[InstanceState[Any]], mappers: Iterable[Mapper[Any]]
@@ -751,11 +761,14 @@ class Recorder:
         self,
         dirty: Sequence[InstanceState[Any]],
         by_database: Mapping[InstanceState[Any], Sequence[str]],
+        written: Mapping[InstanceState[Any], set[str]],
     ) -> None:
         """Snapshot changed objects for a later rollback (new ones: see :meth:`_snapshot`).
 
         ``by_database``: columns of these objects the database set as it updated the row;
-        the snapshot marks them as known only at replay.
+        ``written``: what this flush wrote of those an unsynchronized update() statement
+        may have changed (see STALE). The snapshot marks the columns of either kind that
+        this flush did not write as known only at replay.
         """
         mark = self.writer.batches
         for state in dirty:
@@ -772,7 +785,11 @@ class Recorder:
                     # Attributes still expired since a checkpoint keep the values of the
                     # snapshot before.
                     values = carried_over(values, snapshot_history(history, plan)[-1], plan)
-                unknown = by_database.get(state)
+                unknown = list(by_database.get(state, ()))
+                if state in written:
+                    stale = state.info.pop(STALE)
+                    unknown += [k for k in stale if k not in written[state]]
+                    self.stale_unknowns = self.stale_unknowns or bool(unknown)
                 if unknown:
                     values = set_unknown(values, unknown, plan)
                 self._snapshot(state, mark, values, data, plan)
@@ -1269,6 +1286,9 @@ class Recorder:
         before = self.writer.position()
         self.io(self.writer.append, [operation])
         self.handle.operations = self.writer.operations
+        unsynchronized = orm_execute_state.execution_options.get("synchronize_session") is False
+        if orm_execute_state.is_update and mapper is not None and unsynchronized:
+            _mark_stale(self.session, mapper, operation)
         try:
             dml.synchronize(orm_execute_state)
         except TypeError as err:
@@ -1590,6 +1610,20 @@ def _mark_flushed(
         session._register_persistent(persistent)
     if deleted:
         session._remove_newly_deleted(deleted)
+
+
+def _mark_stale(session: Session, mapper: Mapper[Any], operation: dict[str, Any]) -> None:
+    """Note, on the loaded objects of ``mapper``, the attributes an unsynchronized
+    update() statement may have changed (see STALE)."""
+    keys = set(operation.get("values", ()))
+    for row in operation.get("rows", ()):
+        keys.update(row)
+    for state in session.identity_map.all_states():
+        if state.mapper.isa(mapper):
+            loaded = keys.intersection(state.dict)
+            if loaded:
+                info = state.info
+                info[STALE] = loaded.union(info.get(STALE, ()))
 
 
 def _expire_expressions(

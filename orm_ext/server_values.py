@@ -44,7 +44,9 @@ class UnknownUntilReplay:
     A plain session reloads such a column (a server default, a server ``onupdate``, a
     trigger's value) from the row its flush wrote. Inside a deferred block that row exists
     only once the journal is replayed: reading the column raises, naming it, instead of
-    answering with the value before the block or with ``None``. One instance per journal
+    answering with the value before the block or with ``None``. The same for a column an
+    ``update()`` recorded with ``synchronize_session=False`` may have changed, once the
+    object was flushed before a reload. One instance per journal
     and attribute key, not a closure: objects holding it stay picklable, as a deferred
     column's loader leaves them.
     """
@@ -61,8 +63,9 @@ class UnknownUntilReplay:
         raise DeferredOperationError(
             f"{state.class_.__name__}.{self.key} of an object this deferred block wrote is "
             "set by the database when replay writes the row (a server default or onupdate, "
-            "a sequence, a trigger or a SQL expression); it has no value while recording. "
-            "Give it a value in the program, or read it after replay",
+            "a sequence, a trigger or a SQL expression), or may have been changed by an "
+            "update() recorded with synchronize_session=False; it has no value while "
+            "recording. Give it a value in the program, or read it after replay",
             path=self.path,
         )
 
