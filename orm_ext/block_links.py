@@ -18,6 +18,8 @@ from sqlalchemy.orm import Mapper, attributes
 from sqlalchemy.orm.state import InstanceState
 from sqlalchemy.sql.schema import Table
 
+from orm_ext.sa_private import column_properties
+
 __all__ = ["LinkEvent", "LinkRows", "link_events"]
 
 
@@ -126,12 +128,11 @@ def _split(pairs: list[tuple[str, Any]]) -> tuple[tuple[str, ...], tuple[Any, ..
 def _value(state: InstanceState[Any], column: Any) -> Any:
     """The value of ``column`` on ``state``: its key where the column is a key column."""
     mapper = state.mapper
+    properties = column_properties(mapper)
     key = state.key
     if key is not None:
         for position, pk in enumerate(mapper.primary_key):
-            if pk is column or mapper._columntoproperty.get(pk) is mapper._columntoproperty.get(
-                column
-            ):
+            if pk is column or properties.get(pk) is properties.get(column):
                 return key[1][position]
-    prop = mapper._columntoproperty[column]
+    prop = properties[column]
     return state.dict.get(prop.key)

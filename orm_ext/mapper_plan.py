@@ -17,6 +17,7 @@ from sqlalchemy.orm import ColumnProperty, Mapper
 from sqlalchemy.orm.interfaces import MANYTOONE, ONETOMANY
 
 from orm_ext.references import class_path
+from orm_ext.sa_private import reverse_properties
 from orm_ext.server_values import FROM_DATABASE, server_defaults
 
 __all__ = ["QUERY_LOADED", "MapperPlan", "new_row_values", "plan_for"]
@@ -218,10 +219,9 @@ def _recorded_from_other_side(rel: Any) -> bool:
     """Whether the change of ``rel`` is recorded through its reverse relationship instead.
 
     SQLAlchemy sets the many-to-one side of a one-to-many pair whenever the collection
-    changes, so that side alone is recorded. Private: RelationshipProperty._reverse_property
-    is how the ORM itself pairs them; checked on SQLAlchemy 2.0.x and 2.1.9.
+    changes, so that side alone is recorded.
     """
-    reverses = [r for r in rel._reverse_property if not r.viewonly]
+    reverses = [r for r in reverse_properties(rel) if not r.viewonly]
     if not reverses:
         return False
     # Many-to-many sides are both recorded: a change made through one side shows up in

@@ -63,7 +63,11 @@ from orm_ext.operations import OperationChecker, check_meta
 from orm_ext.recording import has_flushed_changes
 from orm_ext.references import Placeholder
 from orm_ext.replay_keys import Identities, NewKeys, pk_attributes
-from orm_ext.sa_private import all_registries
+from orm_ext.sa_private import (
+    all_registries,
+    sqlite_driver_connection,
+    without_session_listeners,
+)
 
 __all__ = ["ConflictHandler", "ConflictPolicy", "ProgressCallback", "Replay", "ReplayResult"]
 
@@ -852,7 +856,7 @@ def _reconnect_and_commit(
         replay = Replay(session, journal, on_conflict, progress)
         # SPEC §3.10: the recording process ran the program's session listeners; replay
         # applies what they produced and runs none of them again.
-        with _without_session_listeners(session):
+        with without_session_listeners(session):
             locked = committing = False
             try:
                 has_ledger = replay_claim.ensure_ledger(session, path, create=not dry_run)
@@ -943,36 +947,8 @@ def _begin(connection: Any) -> None:
     if connection.dialect.name != "sqlite":
         return
     raw = connection.connection.dbapi_connection
-    # SQLAlchemy's aiosqlite adapter keeps the aiosqlite connection, which answers for
-    # the sqlite3 one, as ``_connection``: checked on SQLAlchemy 2.1.9, aiosqlite 0.20.
-    answering = raw if hasattr(raw, "in_transaction") else getattr(raw, "_connection", raw)
-    if not answering.in_transaction:
+    if not sqlite_driver_connection(raw).in_transaction:
         connection.exec_driver_sql("BEGIN")
-
-
-class _Silent:
-    """A class no session listener is registered for (see _without_session_listeners)."""
-
-
-@contextlib.contextmanager
-def _without_session_listeners(session: Session) -> Iterator[None]:
-    """Run ``session`` with no session event listeners, its class's nor its own.
-
-    Private: a session's events are dispatched through the ``dispatch`` attribute SQLAlchemy
-    memoizes in the instance's ``__dict__``; one made for a class that no listener targets
-    has none, and only this session is affected, for this block. There is no public way
-    to run one session without the listeners of its class. Checked on SQLAlchemy 2.1.9.
-    """
-    saved = session.__dict__.get("dispatch")
-    events: Any = Session.dispatch
-    session.__dict__["dispatch"] = events._for_class(_Silent)
-    try:
-        yield
-    finally:
-        if saved is None:
-            session.__dict__.pop("dispatch", None)
-        else:
-            session.__dict__["dispatch"] = saved
 
 
 def _refuse_untrusted_pickles(journal: Journal) -> None:

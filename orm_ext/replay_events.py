@@ -19,6 +19,8 @@ from typing import Any, Final
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Mapper
 
+from orm_ext.sa_private import listener_lists
+
 __all__ = ["FLUSH_EVENTS", "held_back"]
 
 FLUSH_EVENTS: Final = (
@@ -76,17 +78,9 @@ def _on(connection: Connection) -> Iterator[None]:
 
 
 def _wrap(collection: Any) -> None:
-    # Private: an event collection keeps the mapper's own listeners in ``listeners`` and
-    # those registered for every mapper (on the Mapper class) in ``parent_listeners``;
-    # an _EmptyListener has only the latter. Replaced in place: item assignment does
-    # not disturb a dispatch iterating the deque or list in another thread. Checked on
-    # SQLAlchemy 2.0.x and 2.1.9.
-    for listeners in (
-        getattr(collection, "listeners", None),
-        getattr(collection, "parent_listeners", None),
-    ):
-        if not listeners:
-            continue
+    # Replaced in place: item assignment does not disturb a dispatch iterating the deque
+    # or list in another thread.
+    for listeners in listener_lists(collection):
         for index, fn in enumerate(list(listeners)):
             if not isinstance(fn, _HeldBack):
                 listeners[index] = _HeldBack(fn)

@@ -7,12 +7,13 @@ module against its source (and by the test suite, which covers every use).
 
 from __future__ import annotations
 
+import contextlib
 import importlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from sqlalchemy import Connection
-from sqlalchemy.orm import Session, registry
+from sqlalchemy.orm import Mapper, MapperProperty, ORMExecuteState, Session, registry
 from sqlalchemy.orm.state import InstanceState
 
 CHECKED_ON = "2.1.9"
@@ -172,3 +173,104 @@ def hold_unloaded(
     for key, loader in loaders:
         state.expired_attributes.discard(key)
         state.callables[key] = loader
+
+
+def identity_entries(session: Session) -> dict[Any, InstanceState[Any]]:
+    """The dictionary behind ``session.identity_map``, from identity key to state.
+
+    ``IdentityMap._dict``: an entry added here makes a load find the state under a second
+    key (an alias), where the public ``add()`` would re-key the state. Checked on
+    SQLAlchemy 2.1.9.
+    """
+    identity: Any = session.identity_map
+    entries: dict[Any, InstanceState[Any]] = identity._dict
+    return entries
+
+
+def populates_existing(orm_execute_state: ORMExecuteState) -> bool:
+    """Whether the load overwrites the objects it finds (``populate_existing``).
+
+    ``load_options._populate_existing``: the execution option is merged into the load
+    options, which keep no public flag. Checked on SQLAlchemy 2.1.9.
+    """
+    load: Any = orm_execute_state.load_options
+    return bool(load._populate_existing)
+
+
+def column_properties(mapper: Mapper[Any]) -> Mapping[Any, MapperProperty[Any]]:
+    """The property of ``mapper`` holding each of its table columns, by column.
+
+    ``Mapper._columntoproperty``, the mapping ``Mapper.get_property_by_column()`` reads;
+    that raises for a column the mapper does not map, where ``.get()`` on this answers
+    None without building an exception. Taken once per mapper by callers that look up
+    each column of a row. Checked on SQLAlchemy 2.1.9.
+    """
+    found: Mapping[Any, MapperProperty[Any]] = mapper._columntoproperty
+    return found
+
+
+def reverse_properties(relationship: Any) -> Iterable[Any]:
+    """The relationships the ORM pairs with ``relationship`` (its ``back_populates`` or
+    ``backref`` sides).
+
+    ``RelationshipProperty._reverse_property``: how the ORM itself pairs them; there is
+    no public listing. Checked on SQLAlchemy 2.0.x and 2.1.9.
+    """
+    found: Iterable[Any] = relationship._reverse_property
+    return found
+
+
+def listener_lists(collection: Any) -> list[Any]:
+    """The non-empty lists of listener functions of an event collection (the attribute
+    of a ``dispatch`` named after one event), which a dispatch calls in order.
+
+    An event collection keeps the target's own listeners in ``listeners`` and those
+    registered for every target of its class (on the Mapper class, say) in
+    ``parent_listeners``; an ``_EmptyListener`` has only the latter. There is no public
+    way to reach a registered function. Checked on SQLAlchemy 2.0.x and 2.1.9.
+    """
+    found = []
+    for listeners in (
+        getattr(collection, "listeners", None),
+        getattr(collection, "parent_listeners", None),
+    ):
+        if listeners:
+            found.append(listeners)
+    return found
+
+
+class _Silent:
+    """A class no session listener is registered for (see without_session_listeners)."""
+
+
+@contextlib.contextmanager
+def without_session_listeners(session: Session) -> Iterator[None]:
+    """Run ``session`` with no session event listeners, its class's nor its own.
+
+    A session's events are dispatched through the ``dispatch`` attribute SQLAlchemy
+    memoizes in the instance's ``__dict__``; one made (``_Dispatch._for_class``) for a
+    class that no listener targets has none, and only this session is affected, for this
+    block. There is no public way to run one session without the listeners of its class.
+    Checked on SQLAlchemy 2.1.9.
+    """
+    saved = session.__dict__.get("dispatch")
+    events: Any = Session.dispatch
+    session.__dict__["dispatch"] = events._for_class(_Silent)
+    try:
+        yield
+    finally:
+        if saved is None:
+            session.__dict__.pop("dispatch", None)
+        else:
+            session.__dict__["dispatch"] = saved
+
+
+def sqlite_driver_connection(raw: Any) -> Any:
+    """The driver connection that answers ``in_transaction`` for the DBAPI connection
+    ``raw`` of a SQLite engine.
+
+    SQLAlchemy's aiosqlite adapter keeps the aiosqlite connection, which answers for the
+    sqlite3 one, as ``_connection``; sqlite3's own connection answers itself. Checked on
+    SQLAlchemy 2.1.9, aiosqlite 0.20.
+    """
+    return raw if hasattr(raw, "in_transaction") else getattr(raw, "_connection", raw)
