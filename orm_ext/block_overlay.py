@@ -28,19 +28,6 @@ What cannot be laid over is refused: rows of ORM statements (their rows are only
 replay), rows whose objects are gone, values only the database sets, tables in another
 schema, and what the checks of :meth:`Overlay._refuse_unsupported` and
 :func:`_misused` name.
-
-Private SQLAlchemy API used here, each checked on SQLAlchemy 2.1.9 (there is no public
-way to do what each does):
-
-- ``session.identity_map._dict``: the stand-in aliases of new objects' states, added and
-  removed around one SELECT (the public ``add()`` would re-key the state);
-- ``ORMExecuteState.load_options._populate_existing``: whether the load overwrites;
-- ``Select._raw_columns``, ``_group_by_clauses``, ``_order_by_clauses``,
-  ``_for_update_arg`` and ``compiled.compile_state.statement``: the parts of a statement
-  the key checks walk, and the Core form the ORM compiles it to;
-- ``Mapper._columntoproperty``: the attribute that holds a table column's value;
-- ``FrozenResult._source_supports_scalars`` and ``BindParameter._with_value``: a result's
-  rows rebuilt with placeholders, a bound value replaced by its stand-in.
 """
 
 from __future__ import annotations
@@ -67,8 +54,6 @@ from sqlalchemy.sql.elements import (
     TextClause,
     Tuple,
     UnaryExpression,
-    _label_reference,
-    _textual_label_reference,
 )
 from sqlalchemy.sql.functions import FunctionElement
 from sqlalchemy.sql.schema import Table
@@ -78,6 +63,17 @@ from orm_ext.block_links import LinkRows
 from orm_ext.block_query import Unanswerable, binds_placeholder
 from orm_ext.object_history import REF
 from orm_ext.references import Placeholder
+from orm_ext.sa_private import column_properties, identity_entries, populates_existing
+from orm_ext.sa_private_sql import (
+    LABEL_REFERENCE,
+    TEXTUAL_LABEL_REFERENCE,
+    compiled_core_statement,
+    locks_rows,
+    requires_unique,
+    select_clauses,
+    source_supports_scalars,
+    with_value,
+)
 from orm_ext.server_values import FROM_DATABASE
 
 __all__ = ["Overlay", "without_strings"]
@@ -151,7 +147,7 @@ class Overlay:
         )
         self._refuse_misused_keys(bound, tables)
         self._refuse_keys_above_stand_ins(orm_execute_state, tables)
-        if self.stand_ins and orm_execute_state.load_options._populate_existing:
+        if self.stand_ins and populates_existing(orm_execute_state):
             # It would write the stand-ins into the block's new objects as their keys.
             raise Unanswerable("it populates existing objects (populate_existing)")
         overlaid = bound.add_cte(*ctes)
@@ -162,7 +158,7 @@ class Overlay:
         if not back:
             answer: Result[Any] = frozen()
             return answer
-        if frozen._source_supports_scalars:
+        if source_supports_scalars(frozen):
             # with_new_rows() takes one-element rows and keeps their element.
             rows = [(back.get(v, v) if _is_int(v) else v,) for v in frozen.data]
         else:
@@ -174,7 +170,7 @@ class Overlay:
         self, orm_execute_state: ORMExecuteState, statement: Select[Any], tables: list[Table]
     ) -> None:
         """Refuse what a same-named CTE cannot stand in for faithfully."""
-        if statement._for_update_arg is not None:
+        if locks_rows(statement):
             raise Unanswerable("it locks rows (FOR UPDATE), which a CTE does not have")
         names = {t.name.lower() for t in tables}
         for element in visitors.iterate(statement):
@@ -273,9 +269,10 @@ class Overlay:
             holder = next((m for m in mapper.self_and_descendants if table in m.tables), None)
             if holder is None:
                 continue
-            order = [holder._columntoproperty[c] for c in holder.primary_key]
+            properties = column_properties(holder)
+            order = [properties[c] for c in holder.primary_key]
             pk = list(table.primary_key.columns)
-            positions = [order.index(holder._columntoproperty[c]) for c in pk]
+            positions = [order.index(properties[c]) for c in pk]
             columns = [inner.c[c.name] for c in pk]
             keys.extend(tuple(key[i] for i in positions) for key in changed)
         if not keys:
@@ -312,10 +309,11 @@ class Overlay:
     def _row(self, table: Table, state: InstanceState[Any]) -> dict[str, Any]:
         """The values ``state``'s row in ``table`` has in the journal so far."""
         mapper = state.mapper
+        properties = column_properties(mapper)
         row: dict[str, Any] = {}
         name = str(table.fullname)
         for column in table.c:
-            prop = mapper._columntoproperty.get(column)
+            prop = properties.get(column)
             if prop is None:
                 row[column.name] = self._unmapped(state, column)
                 continue
@@ -398,8 +396,7 @@ class Overlay:
                 value = element.effective_value
                 replaced = self._stand_in_value(value)
                 if replaced is not value:
-                    bound: Any = element
-                    return bound._with_value(replaced, maintain_key=True)
+                    return with_value(element, replaced)
             return None
 
         traverse: Any = visitors.replacement_traverse
@@ -414,7 +411,7 @@ class Overlay:
         if not self.keyed and not self.stand_ins:
             return
         compiled: Any = statement.compile(dialect=self.dialect)
-        core = compiled.compile_state.statement if compiled.compile_state else statement
+        core = compiled_core_statement(compiled, statement)
         # Keys a direct run would not have assigned in the order the block created the
         # rows: a table whose rows refer to each other (the flush inserts parents first),
         # and on PostgreSQL one with keys the program gave (its sequence may be below them).
@@ -469,8 +466,7 @@ class Overlay:
     @contextmanager
     def _known_by_stand_ins(self) -> Iterator[None]:
         """Let the SELECT's rows of new objects load as the block's objects."""
-        identity: Any = self.session.identity_map
-        entries = identity._dict
+        entries = identity_entries(self.session)
         added = []
         for state in self.states:
             key = state.key
@@ -500,9 +496,7 @@ def _is_int(value: Any) -> bool:
 
 def _frozen(result: Result[Any]) -> Any:
     """All of ``result``, kept: the stand-ins must be gone before the program reads it."""
-    if getattr(result, "_unique_filter_state", None) is None and result._attributes.get(
-        "_requires_unique", False
-    ):
+    if requires_unique(result):
         result = result.unique()
     try:
         return result.freeze()
@@ -544,13 +538,14 @@ def _misused(
             stack.append((element.element, allowed))
             continue
         if isinstance(element, Select):
-            selected = {id(c) for c in element._raw_columns}
-            grouped = {id(c) for c in element._group_by_clauses}
-            ordering = {id(c) for c in element._order_by_clauses}
+            clauses = select_clauses(element)
+            selected = {id(c) for c in clauses.columns}
+            grouped = {id(c) for c in clauses.group_by}
+            ordering = {id(c) for c in clauses.order_by}
             for child in element.get_children():
                 if id(child) not in ordering:
                     stack.append((child, id(child) in selected or id(child) in grouped))
-            for clause in element._order_by_clauses:
+            for clause in clauses.order_by:
                 # Sorting by a stand-in sorts as by the key (see _FIRST_STAND_IN), unless
                 # only replay decides the order of those keys.
                 target = _sort_target(element, clause)
@@ -569,9 +564,9 @@ def _sort_target(select: Select[Any], clause: Any) -> Any:
     text, a literal column, a label name that matches no selected column)."""
     while isinstance(clause, UnaryExpression):
         clause = clause.element
-    if isinstance(clause, _label_reference):
+    if isinstance(clause, LABEL_REFERENCE):
         clause = clause.element
-    elif isinstance(clause, _textual_label_reference):
+    elif isinstance(clause, TEXTUAL_LABEL_REFERENCE):
         name = clause.element
         clause = next(
             (c for c in select.selected_columns if getattr(c, "name", None) == name), None

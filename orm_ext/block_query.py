@@ -18,17 +18,24 @@ from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.engine import IteratorResult, Result
 from sqlalchemy.engine.result import SimpleResultMetaData
 from sqlalchemy.orm import ColumnProperty, Mapper, ORMExecuteState
-
-# Private: what the evaluator returns for an attribute not loaded on an object (the ORM's
-# synchronize_session="evaluate" expires such objects). Checked on SQLAlchemy 2.0.x, 2.1.9.
-from sqlalchemy.orm.evaluator import _EXPIRED_OBJECT, UnevaluatableError
-from sqlalchemy.orm.util import LoaderCriteriaOption
+from sqlalchemy.orm.evaluator import UnevaluatableError
 from sqlalchemy.sql import operators, visitors
 from sqlalchemy.sql.elements import BinaryExpression, BindParameter, Label, UnaryExpression
 from sqlalchemy.sql.schema import Column
 from sqlalchemy.types import Concatenable, Integer, Numeric
 
 from orm_ext.references import Placeholder
+from orm_ext.sa_private_sql import (
+    EXPIRED_OBJECT,
+    EvaluatorCompiler,
+    annotated,
+    annotations_of,
+    cache_key,
+    loader_criteria,
+    result_of,
+    select_clauses,
+    with_value,
+)
 
 __all__ = ["Query", "Unanswerable", "binds_placeholder", "objects_result"]
 
@@ -79,14 +86,13 @@ class Query:
         entity = next(iter(entities))
         inspected = sa_inspect(entity)
         mapper: Mapper[Any] = inspected.mapper
-        # Private parts of Select: there is no public way to ask a statement for its joins,
-        # grouping or fetch clause. Checked on SQLAlchemy 2.0.x and 2.1.9.
+        clauses = select_clauses(statement)
         own = {*mapper.tables, inspected.selectable}
-        if statement._setup_joins or any(f not in own for f in statement._from_obj):
+        if clauses.joins or any(f not in own for f in clauses.froms):
             raise Unanswerable("it joins or selects from other tables")
-        if statement._group_by_clauses or statement._having_criteria:
+        if clauses.group_by or clauses.having:
             raise Unanswerable("it groups rows (GROUP BY / HAVING)")
-        if statement._fetch_clause is not None:
+        if clauses.fetch is not None:
             raise Unanswerable("it has a FETCH clause")
 
         # Subclasses whose columns the query may name: those it loads with the entity
@@ -108,7 +114,7 @@ class Query:
             except (UnevaluatableError, AttributeError) as err:
                 raise Unanswerable(f"its column {description['name']!r}: {err}") from None
         where = statement.whereclause
-        criteria = _loader_criteria(statement, mapper)
+        criteria = loader_criteria(statement, mapper)
         if criteria:
             where = and_(*criteria) if where is None else and_(where, *criteria)
         placeholder_key = False
@@ -122,16 +128,16 @@ class Query:
             except UnevaluatableError as err:
                 raise Unanswerable(f"its WHERE clause: {err}") from None
         order = []
-        for clause in statement._order_by_clauses:
+        for clause in clauses.order_by:
             order.append(_order_term(compiler, mapper, clause))
         return cls(
             mapper,
             columns,
             evaluate,
             order,
-            _as_int(statement._limit_clause, "LIMIT"),
-            _as_int(statement._offset_clause, "OFFSET"),
-            bool(statement._distinct),
+            _as_int(clauses.limit, "LIMIT"),
+            _as_int(clauses.offset, "OFFSET"),
+            clauses.distinct,
             placeholder_key,
         )
 
@@ -213,17 +219,18 @@ class Query:
 def objects_result(objects: Sequence[object]) -> Result[Any]:
     """A result of whole objects, as the ORM returns for a single-entity SELECT."""
     name = type(objects[0]).__name__ if objects else "entity"
-    result: IteratorResult[Any] = IteratorResult(
-        SimpleResultMetaData([name]), iter(objects), _source_supports_scalars=True
+    return result_of(
+        SimpleResultMetaData([name]),
+        iter(objects),
+        scalars=True,
+        # What legacy Query reads to return objects rather than rows (loading.instances).
+        added_attributes={"filtered": True, "is_single_entity": True},
     )
-    # What legacy Query reads to return objects rather than rows (loading.instances).
-    result._attributes = result._attributes.union({"filtered": True, "is_single_entity": True})
-    return result
 
 
 def _known(value: Any) -> Any:
     """``value``, unless the evaluator found an attribute not loaded on the object."""
-    if value is _EXPIRED_OBJECT:
+    if value is EXPIRED_OBJECT:
         raise Unanswerable(
             "it reads a column whose value is not loaded on an object: one the database "
             "sets when replay inserts the row (a server default, a sequence), or a "
@@ -313,27 +320,12 @@ def _requires_placeholder(where: Any) -> bool:
     return False
 
 
-def _loader_criteria(statement: Select[Any], mapper: Mapper[Any]) -> list[Any]:
-    """The criteria ``with_loader_criteria()`` options add for ``mapper``'s rows.
-
-    Private: LoaderCriteriaOption._all_mappers() and _resolve_where_criteria() are what
-    the ORM uses to add the criteria when it compiles the query; there is no public way
-    to ask an option for them. Checked on SQLAlchemy 2.1.9.
-    """
-    found = []
-    for option in statement._with_options:
-        if isinstance(option, LoaderCriteriaOption) and mapper in set(option._all_mappers()):
-            found.append(option._resolve_where_criteria(sa_inspect(mapper)))
-    return found
-
-
 def _with_values(clause: Any, parameters: Mapping[str, Any]) -> Any:
     """``clause`` with the values given at execution (a lazy load's) in its parameters."""
 
     def bind(element: Any) -> Any:
         if isinstance(element, BindParameter) and element.key in parameters:
-            bound: Any = element
-            return bound._with_value(parameters[element.key], maintain_key=True)
+            return with_value(element, parameters[element.key])
         return None
 
     traverse: Any = visitors.replacement_traverse
@@ -352,9 +344,9 @@ def _mapped_columns(clause: Any, mapper: Mapper[Any]) -> Any:
         if (
             isinstance(element, Column)
             and element.table in tables
-            and "parentmapper" not in element._annotations
+            and "parentmapper" not in annotations_of(element)
         ):
-            return element._annotate({"parentmapper": mapper})
+            return annotated(element, {"parentmapper": mapper})
         return None
 
     traverse: Any = visitors.replacement_traverse
@@ -368,7 +360,7 @@ def binds_placeholder(statement: Any, parameters: Any) -> bool:
         return True
     # The statement's cache key lists its bound parameters (computed once per statement
     # and kept: the execution needs it too); walking the statement would find the same.
-    key = statement._generate_cache_key()
+    key = cache_key(statement)
     binds = key.bindparams if key is not None else visitors.iterate(statement)
     return any(
         isinstance(node, BindParameter) and _holds_placeholder(node.effective_value)
@@ -383,19 +375,12 @@ def _holds_placeholder(value: Any) -> bool:
 
 
 def _evaluator_compiler(mapper: Mapper[Any], loaded: set[Mapper[Any]], dialect: str) -> Any:
-    # Private: _EvaluatorCompiler is what Query.update(synchronize_session="evaluate")
-    # uses to evaluate criteria on objects; SPEC §3.11 asks for exactly its semantics and
-    # there is no public equivalent. Checked on SQLAlchemy 2.0.x and 2.1.9.
-    from sqlalchemy.orm import evaluator
-
-    base: Any = evaluator._EvaluatorCompiler
-
-    class Compiler(base):  # type: ignore[misc]
+    class Compiler(EvaluatorCompiler):
         """The ORM's evaluator, plus LIKE as the dialect matches it, and the columns of
         subclasses the query loads (NULL for rows of other classes, as SQL gives)."""
 
         def visit_column(self, clause: Any) -> Any:
-            parent = clause._annotations.get("parentmapper")
+            parent = annotations_of(clause).get("parentmapper")
             if parent is None or parent is mapper or not parent.isa(mapper):
                 return _attribute(clause, parent) or super().visit_column(clause)
             if parent not in loaded:
@@ -403,7 +388,9 @@ def _evaluator_compiler(mapper: Mapper[Any], loaded: set[Mapper[Any]], dialect: 
                     f"{clause} belongs to {parent.class_.__name__}, which the query does "
                     "not load with its entity"
                 )
-            value = _attribute(clause, parent) or base(parent.class_).visit_column(clause)
+            value = _attribute(clause, parent) or EvaluatorCompiler(parent.class_).visit_column(
+                clause
+            )
             cls = parent.class_
             return lambda obj: value(obj) if isinstance(obj, cls) else None
 
@@ -432,7 +419,7 @@ def _evaluator_compiler(mapper: Mapper[Any], loaded: set[Mapper[Any]], dialect: 
                 return _like_regex(pattern, escape, fold).fullmatch(value) is not None
 
             compare = (lambda a, b: not matches(a, b)) if negate else matches
-            return self._straight_evaluate(compare, left, right, clause)
+            return self.straight_evaluate(compare, left, right, clause)
 
         def visit_like_op_binary_op(self, operator: Any, left: Any, right: Any, clause: Any) -> Any:
             # SQLite and MySQL/MariaDB (with their default collations) match LIKE without
@@ -469,7 +456,7 @@ def _attribute(clause: Any, parent: Mapper[Any] | None) -> Evaluator | None:
     """The value of the attribute an aliased entity's column stands for (with_polymorphic
     and aliased() select from anonymous aliases of the tables, which the mapper does not
     map itself), or None for a column the evaluator can take as it is."""
-    key = clause._annotations.get("proxy_key")
+    key = annotations_of(clause).get("proxy_key")
     if parent is None or key is None or clause.table in set(parent.tables):
         return None
     prop = parent.attrs.get(key)

@@ -39,6 +39,13 @@ from sqlalchemy.sql import sqltypes
 from journal import Batch
 from orm_ext.exc import DeferredOperationError, ReplayConflictError
 from orm_ext.mapper_plan import plan_for
+from orm_ext.sa_private_sql import (
+    bind_processor,
+    dialect_impl,
+    has_result_processor,
+    insertmanyvalues,
+    scalar_default,
+)
 
 
 class Replay(Protocol):
@@ -394,10 +401,9 @@ def _insert_unnest(
 def _plan_unnest(dialect: Dialect, statement: Insert, keys: tuple[str, ...]) -> _UnnestPlan | None:
     # SQLAlchemy's own compilation of the statement decides the columns, their casts, bind
     # processors and scalar defaults, and whether it would sort returned keys (an
-    # autoincrement "implicit sentinel"). These are private attributes of the compiler
-    # (checked on SQLAlchemy 2.1); anything unexpected falls back to the public path.
+    # autoincrement "implicit sentinel"); anything unexpected falls back to the public path.
     compiled: Any = statement.compile(dialect=dialect, column_keys=list(keys), for_executemany=True)
-    imv = compiled._insertmanyvalues
+    imv = insertmanyvalues(compiled)
     if imv is None or not (
         imv.sort_by_parameter_order and imv.implicit_sentinel and imv.num_sentinel_columns == 1
     ):
@@ -410,7 +416,7 @@ def _plan_unnest(dialect: Dialect, statement: Insert, keys: tuple[str, ...]) -> 
     for i, (column, _, _, binds) in enumerate(imv.insert_crud_params):
         if len(binds) != 1:
             return None
-        impl = column.type._unwrapped_dialect_impl(dialect)
+        impl = dialect_impl(column.type, dialect)
         accepts = next((ok for kind, ok in _ARRAY_TYPES if isinstance(impl, kind)), None)
         if accepts is None or isinstance(impl, sqltypes.Enum) or getattr(impl, "collation", None):
             return None
@@ -418,13 +424,13 @@ def _plan_unnest(dialect: Dialect, statement: Insert, keys: tuple[str, ...]) -> 
             key, default = column.key, None
             used.add(key)
         elif column in prefetch:
-            arg, is_scalar, _, _ = column._default_description_tuple
+            arg, is_scalar = scalar_default(column)
             if not is_scalar:
                 return None
             key, default = None, arg
         else:
             return None
-        process = compiled._bind_processors.get(next(iter(binds)))
+        process = bind_processor(compiled, next(iter(binds)))
         columns.append(_ArrayColumn(key, default, process, accepts))
         names.append(dialect.identifier_preparer.format_column(column))
         cast = compiled.render_bind_cast(column.type, impl, "")
@@ -438,7 +444,7 @@ def _plan_unnest(dialect: Dialect, statement: Insert, keys: tuple[str, ...]) -> 
     pk = dialect.identifier_preparer.format_column(sentinel)
     if "%" in "".join([table, pk, *names]):
         return None  # the driver would take it for a parameter
-    if sentinel.type._cached_result_processor(dialect, None) is not None:
+    if has_result_processor(sentinel.type, dialect):
         return None  # the driver's keys are what SQLAlchemy would return
     placeholders = ", ".join(f"p{i}" for i in range(len(columns)))
     sql = (

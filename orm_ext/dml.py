@@ -40,6 +40,19 @@ from sqlalchemy.sql.schema import Column
 
 from orm_ext.exc import DeferredOperationError
 from orm_ext.references import Placeholder, class_path
+from orm_ext.sa_private_sql import (
+    criteria_matcher,
+    dml_extra_clauses,
+    dml_returns,
+    dml_values,
+    evaluated_options,
+    is_bulk_by_primary_key,
+    subject_mapper,
+    synchronize_bulk_update,
+    synchronize_evaluated_delete,
+    synchronize_session_mode,
+    values_applier,
+)
 
 Refuse = Callable[[str], NoReturn]
 
@@ -114,20 +127,11 @@ def describe(state: ORMExecuteState, path: str | os.PathLike[str]) -> dict[str, 
 
     if mapper is None:
         refuse("it does not target a mapped class")
-    if getattr(statement, "_returning", ()):
+    if dml_returns(statement):
         refuse("RETURNING rows are only known at replay")
     # Dialect-specific clauses (ON CONFLICT, ON DUPLICATE KEY, prefixes such as OR IGNORE,
     # hints) would be lost in the recorded form, which keeps criteria and values only.
-    # Private attributes of ValuesBase/UpdateBase: there is no public way to ask a
-    # statement for its extra clauses. Checked on SQLAlchemy 2.0.x and 2.1.9.
-    extras: list[Any] = [
-        getattr(statement, "_post_values_clause", None),
-        getattr(statement, "_prefixes", None),
-        getattr(statement, "_hints", None),
-        getattr(statement, "_statement_hints", None),
-        *(statement.dialect_options[d]._non_defaults for d in statement.dialect_options),
-    ]
-    if any(extras):
+    if any(dml_extra_clauses(statement)):
         refuse("it carries dialect-specific clauses, prefixes or hints")
     operation: dict[str, Any] = {
         "class": class_path(mapper.class_),
@@ -165,13 +169,11 @@ def describe(state: ORMExecuteState, path: str | os.PathLike[str]) -> dict[str, 
 
 
 def _statement_values(statement: Any, mapper: Mapper[Any], refuse: Refuse) -> dict[str, Any]:
-    # Private: ValuesBase._values holds what .values() was given; there is no public
-    # accessor. Checked on SQLAlchemy 2.0.x and 2.1.9.
-    if getattr(statement, "_multi_values", ()):
+    multi, ordered, raw = dml_values(statement)
+    if multi:
         refuse("multi-row values() lists; pass a list of parameter dictionaries instead")
-    if getattr(statement, "_ordered_values", None):
+    if ordered:
         refuse("ordered_values()")
-    raw = getattr(statement, "_values", None) or {}
     return {_attribute_key(k, mapper, refuse): _value(v, refuse) for k, v in raw.items()}
 
 
@@ -299,30 +301,20 @@ def synchronize(state: ORMExecuteState) -> None:
     """
     if state.is_insert:
         return  # an ORM insert() without RETURNING leaves the session's objects alone
-    options: Any = state.update_delete_options
-    if options._synchronize_session not in ("auto", "evaluate", "fetch"):
+    if synchronize_session_mode(state) not in ("auto", "evaluate", "fetch"):
         return
-    # Private: the ORM's bulk UPDATE/DELETE compile state classes (_BulkORMUpdate,
-    # _BulkORMDelete) hold the synchronization steps; the execute state keeps the class
-    # chosen for this statement. Checked on SQLAlchemy 2.0.x and 2.1.9.
-    compile_state: Any = state._compile_state_cls
     session = state.session
     statement: Any = state.statement
-    if options._dml_strategy == "bulk":
+    if is_bulk_by_primary_key(state):
         if state.is_update:
-            rows: Any = state.parameters
-            compile_state._do_post_synchronize_bulk_evaluate(session, rows, None, options)
+            synchronize_bulk_update(state)
         return
-    options = compile_state._do_pre_synchronize_evaluate(
-        session, statement, state.parameters, state.execution_options, {}, options
-    )
+    options = evaluated_options(state)
     if state.is_delete:
-        compile_state._do_post_synchronize_evaluate(session, statement, None, options)
+        synchronize_evaluated_delete(state, options)
         return
-    matched = compile_state._get_matched_objects_on_criteria(
-        options, session.identity_map.all_states()
-    )
-    mapper = options._subject_mapper
+    matched = criteria_matcher(state, options)(session.identity_map.all_states())
+    mapper = subject_mapper(options)
     set_keys = _set_keys(state, mapper)
     set_columns = {c for key in set_keys for c in getattr(mapper.attrs[key], "columns", ())}
     later = [
@@ -330,11 +322,7 @@ def synchronize(state: ORMExecuteState) -> None:
         for c in statement.table.c
         if (c.onupdate is not None or c.server_onupdate is not None) and c not in set_columns
     ]
-    compile_state._apply_update_set_values_to_objects(
-        session,
-        options,
-        statement,
-        {},
+    values_applier(state, options)(
         [(obj, st, dict_) for obj, st, dict_, _ in matched],
         [],
         later,
@@ -355,36 +343,29 @@ def row_effect(state: ORMExecuteState) -> RowEffect:
     shows, once reloaded, the row as the statement left it: this applies the statement
     to it, with the same evaluation, so a reload inside the block shows that too.
     """
-    options: Any = state.update_delete_options
-    compile_state: Any = state._compile_state_cls  # see synchronize
-    statement: Any = state.statement
     mapper = state.bind_mapper
     assert mapper is not None  # describe() refused the statement otherwise
-    if options._dml_strategy == "bulk":
+    if is_bulk_by_primary_key(state):
         return _by_primary_key(mapper, state.parameters, deletes=state.is_delete)
     try:
-        options = compile_state._do_pre_synchronize_evaluate(
-            state.session, statement, state.parameters, state.execution_options, {}, options
-        )
+        options = evaluated_options(state)
     except InvalidRequestError:
         return lambda _: None  # criteria SQLAlchemy cannot evaluate in Python
-    subject = options._subject_mapper
+    subject = subject_mapper(options)
     set_keys = _set_keys(state, subject)
-    session = state.session
-    deletes = state.is_delete
+    match = criteria_matcher(state, options)
+    apply_values = None if state.is_delete else values_applier(state, options)
 
     def effect(loaded: InstanceState[Any]) -> bool | None:
-        matched = compile_state._get_matched_objects_on_criteria(options, [loaded])
+        matched = match([loaded])
         if not matched:
             return True
         obj, _, dict_, partly_expired = matched[0]
         if partly_expired:
             return None  # the criteria read an attribute the reload did not give
-        if deletes:
-            return False
-        compile_state._apply_update_set_values_to_objects(
-            session, options, statement, {}, [(obj, loaded, dict_)], [], []
-        )
+        if apply_values is None:
+            return False  # a delete()
+        apply_values([(obj, loaded, dict_)], [], [])
         return None if any(key not in dict_ for key in set_keys) else True
 
     return effect
