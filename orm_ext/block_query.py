@@ -25,15 +25,15 @@ from sqlalchemy.sql.schema import Column
 from sqlalchemy.types import Concatenable, Integer, Numeric
 
 from orm_ext.references import Placeholder
+from orm_ext.sa_private_result import result_of
 from orm_ext.sa_private_sql import (
     EXPIRED_OBJECT,
     EvaluatorCompiler,
     annotated,
     annotations_of,
-    cache_key,
     loader_criteria,
-    result_of,
     select_clauses,
+    statement_cache_key,
     with_value,
 )
 
@@ -360,7 +360,7 @@ def binds_placeholder(statement: Any, parameters: Any) -> bool:
         return True
     # The statement's cache key lists its bound parameters (computed once per statement
     # and kept: the execution needs it too); walking the statement would find the same.
-    key = cache_key(statement)
+    key = statement_cache_key(statement)
     binds = key.bindparams if key is not None else visitors.iterate(statement)
     return any(
         isinstance(node, BindParameter) and _holds_placeholder(node.effective_value)

@@ -40,13 +40,12 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from sqlalchemy import Table, event, exc, inspect
-from sqlalchemy.engine import IteratorResult, Result
-from sqlalchemy.engine.result import ResultMetaData, SimpleResultMetaData
+from sqlalchemy.engine import Result
+from sqlalchemy.engine.result import ResultMetaData
 from sqlalchemy.orm import ORMExecuteState, RelationshipDirection, Session, SessionTransaction
 from sqlalchemy.sql import visitors
 from sqlalchemy.sql.expression import (
     ColumnClause,
-    ColumnElement,
     Select,
     TableClause,
     TextClause,
@@ -55,6 +54,9 @@ from sqlalchemy.sql.expression import (
 
 from orm_ext import snapshot_rows
 from orm_ext.exc import SnapshotMissError
+from orm_ext.sa_private import autoflush_before_load, load_flags
+from orm_ext.sa_private_result import captured, keyed_for, result_of
+from orm_ext.sa_private_sql import locks_rows, result_columns, statement_cache_key
 from orm_ext.snapshot import QuerySnapshot
 from orm_ext.snapshot_key import Unkeyable, snapshot_key, structure_text
 
@@ -382,17 +384,20 @@ def _persistent_key(
 
     Relationship loads and refreshes are held (an offline process needs them as much as
     the statements that led to them); row locks, streamed results and executemany are
-    not. Uses the memo's internals as ``_memo_key`` does (checked on SQLAlchemy 2.1.9).
+    not.
     """
-    if bind is None or getattr(statement, "_for_update_arg", None) is not None:
+    if bind is None or locks_rows(statement):
         return None
-    cache_key = statement._generate_cache_key()
+    cache_key = statement_cache_key(statement)
     given: Any = orm_context.parameters
     if cache_key is None or isinstance(given, list):
         return None
     options = orm_context.execution_options
-    load: Any = orm_context.load_options
-    if options.get("stream_results") or options.get("yield_per") or load._yield_per:
+    if (
+        options.get("stream_results")
+        or options.get("yield_per")
+        or load_flags(orm_context).yield_per
+    ):
         return None
     named = shape.named
     if named is None:
@@ -422,14 +427,12 @@ def _through_snapshot(
 ) -> Result[Any] | None:
     """Answer a statement the memo passes through (a relationship load, a refresh) from
     the snapshot, or from the database while saving it there; None if it cannot be held."""
-    if getattr(statement, "_for_update_arg", None) is not None:
+    if locks_rows(statement):
         _log_query(orm_context)
         return None
-    load: Any = orm_context.load_options
-    if load._autoflush:
-        # Answered here, the statement never reaches the ORM's own autoflush.
-        orm_context.session._autoflush()
-    cache_key = statement._generate_cache_key()
+    # Answered here, the statement never reaches the ORM's own autoflush.
+    autoflush_before_load(orm_context)
+    cache_key = statement_cache_key(statement)
     shape = None if cache_key is None else _shapes.get(cache_key.key)
     if shape is None:
         shape = _Shape(passes=True)
@@ -458,7 +461,7 @@ def _answer(
     if entry is not None:
         columns, rows = entry.rows(store.path)
         compiled = _compiled(orm_context, shape)
-        if columns == [str(c.keyname) for c in compiled._result_columns]:
+        if columns == [str(c.keyname) for c in result_columns(compiled)]:
             memo.snapshot_hits += 1
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("Answering from query snapshot %s: %s", store.path, entry.sql)
@@ -550,13 +553,9 @@ def _serve(rows: _Rows, statement: Any) -> Result[Any]:
     """Return a new result over ``rows`` for ``statement``: what calling a ``FrozenResult``
     returns, keyed by ``statement``'s own column objects (see ``_keyed_for``).
 
-    Uses SQLAlchemy internals as ``_capture`` does: a result's attributes have no setter.
     """
-    metadata = _keyed_for(rows.metadata, statement)
-    result: IteratorResult[Any] = IteratorResult(
-        metadata, iter(rows.data), _source_supports_scalars=rows.scalars
-    )
-    result._attributes = rows.attributes  # type: ignore[assignment]
+    metadata = keyed_for(rows.metadata, statement)
+    result = result_of(metadata, iter(rows.data), scalars=rows.scalars, attributes=rows.attributes)
     # A joined eager load of a collection repeats parent rows and SQLAlchemy insists on
     # unique() for it, which freeze() forgets: such a result is served uniqued.
     return result.unique() if rows.unique else result
@@ -565,14 +564,11 @@ def _serve(rows: _Rows, statement: Any) -> Result[Any]:
 def _memo_key(orm_context: ORMExecuteState, statement: Any) -> _Key | None:
     """Autoflush, then return the memo key of a SELECT, or None if it must pass through.
 
-    One of the functions that use SQLAlchemy internals (checked on 2.1.9): nothing
-    public shows the legacy ``Query`` load flags or the cache key the compiled cache uses,
-    or runs the ORM's autoflush (which is skipped while a flush is running); it must run
-    here because ``do_orm_execute`` comes before SQLAlchemy's own. The cache key is
-    memoized on the statement, so the execution that follows a miss does not compute it
-    again.
+    The ORM's autoflush must run here because ``do_orm_execute`` comes before
+    SQLAlchemy's own. The cache key is memoized on the statement, so the execution that
+    follows a miss does not compute it again.
     """
-    cache_key = statement._generate_cache_key()
+    cache_key = statement_cache_key(statement)
     if cache_key is None:
         return None
     shape = _shape(cache_key.key, orm_context, statement)
@@ -583,11 +579,10 @@ def _memo_key(orm_context: ORMExecuteState, statement: Any) -> _Key | None:
     for name in _PASS_THROUGH_OPTIONS:
         if options.get(name):
             return None
-    load: Any = orm_context.load_options
-    if load._populate_existing or load._yield_per or load._lazy_loaded_from is not None:
+    load = load_flags(orm_context)
+    if load.populate_existing or load.yield_per or load.lazy_loaded_from is not None:
         return None
-    if load._autoflush:
-        orm_context.session._autoflush()
+    autoflush_before_load(orm_context)
     bind_arguments = orm_context.bind_arguments
     try:
         bind = orm_context.session.get_bind(**bind_arguments)
@@ -625,7 +620,7 @@ def _shape(structure: Hashable, orm_context: ORMExecuteState, statement: Any) ->
         # A row lock, the path of a relationship load and a refresh are all in the cache key.
         path = orm_context.loader_strategy_path
         passes = (
-            getattr(statement, "_for_update_arg", None) is not None
+            locks_rows(statement)
             or (path is not None and not path.is_root)
             or orm_context.is_column_load
         )
@@ -638,91 +633,13 @@ def _shape(structure: Hashable, orm_context: ORMExecuteState, statement: Any) ->
 def _capture(result: Result[Any], like: _Layout | None) -> _Rows:
     """Consume ``result`` into rows that can be served again, as ``Result.freeze()`` does.
 
-    With its helpers ``_same_layout``, ``_serve`` and ``_keyed_for``, the other place that
-    uses SQLAlchemy internals (checked on 2.1.9), those ``Result.freeze()`` uses.
-    ``freeze()`` copies the result's metadata without its row processors; an ORM result
-    has none, so its metadata is kept as it is, which spares building a copy on every
-    miss. ``like``'s is kept instead if it names the same keys with the very same entity
-    objects: an ORM result's entities come from the cached compiled statement, so other
-    executions of it share them, while a column object built anew with each statement
-    does not. The ORM marks results of joined eager loads of collections as requiring
-    ``unique()`` and shows it no other way.
+    ``like``'s metadata and attributes are kept instead of the result's own if they name
+    the same keys with the very same entity objects: other executions of a statement
+    variant share them (see :func:`~orm_ext.sa_private_result.captured`). The ORM marks
+    results of joined eager loads of collections as requiring ``unique()`` and shows it
+    no other way.
     """
-    source: Any = result
-    metadata: Any = source._metadata
-    attributes = source._attributes
-    finished = (
-        type(metadata) is SimpleResultMetaData
-        and metadata._processors is None
-        and metadata._tuplefilter is None
-        and metadata._translated_indexes is None
-    )
-    if not finished:
-        metadata = metadata._for_freeze()
-    elif like is not None and _same_layout(metadata, attributes, like):
-        metadata, attributes = like.metadata, like.attributes
-    scalars: bool = source._source_supports_scalars
-    # An ORM result's raw rows are its finished rows, read without the unique() check a
-    # joined eager load of a collection makes _allrows() raise (the rows are served
-    # uniqued). A Core result's raw rows are the driver's: _allrows() processes them, and,
-    # as freeze() does, consumes a result of the asyncio extension inside its greenlet.
-    data = list(source._raw_row_iterator()) if scalars or finished else source._allrows()
-    unique = source._unique_filter_state is not None
-    return _Rows(metadata, data, attributes, scalars, unique)
-
-
-def _keyed_for(metadata: ResultMetaData, statement: Any) -> ResultMetaData:
-    """Return ``metadata`` with the column objects of ``statement`` among its keys.
-
-    Rows captured from one statement object are served for another of the same structure
-    (a hit), or for a Core statement whose metadata ``_capture`` copied; a plain session
-    keys a result by the objects of the statement it executed (``row._mapping[label]``).
-    Objects the same in every statement (entities, mapped attributes, table columns) are
-    known already, so most results are served with their metadata as it is. As
-    SQLAlchemy does for each execution, the statement's column joins the record of its
-    position, so that ``freeze()`` and ``columns()`` keep it.
-
-    Reads ``Select._raw_columns``, one per result column when their numbers match (a
-    table or subquery selected whole makes them differ: such a result stays keyed by the
-    first statement's objects), and the fields of ``SimpleResultMetaData``: checked on
-    SQLAlchemy 2.1.9.
-    """
-    raw = getattr(statement, "_raw_columns", None)
-    source: Any = metadata
-    if raw is None or len(raw) != len(source._keys):
-        return metadata
-    keymap = source._keymap
-    added = [c if isinstance(c, ColumnElement) and c not in keymap else None for c in raw]
-    if not any(c is not None for c in added):
-        return metadata
-    # Every key of a column maps to the same record: (index, name, objects).
-    records = {record[0]: record for record in keymap.values()}
-    return SimpleResultMetaData(
-        source._keys,
-        extra=[records[i][2] + (() if c is None else (c,)) for i, c in enumerate(added)],
-        _create_unique_filters=source._create_unique_filters,
-        _ambiguous_keys=source._ambiguous_keys,
-    )
-
-
-def _same_layout(metadata: Any, attributes: Mapping[Any, Any], like: _Layout) -> bool:
-    """Say whether an ORM result is laid out as ``like``: the very same keys and entities.
-
-    Reads the metadata's internals for ``_capture`` (checked on 2.1.9).
-    """
-    other: Any = like.metadata
-    if type(other) is not SimpleResultMetaData or metadata._keys != other._keys:
-        return False
-    if attributes.keys() != like.attributes.keys():
-        return False
-    if any(value is not like.attributes[name] for name, value in attributes.items()):
-        return False
-    mine, theirs = metadata._keymap, other._keymap
-    for key in metadata._keys:
-        # Identity first: comparing two SQL expressions with == builds a third one.
-        if mine[key][2] is not theirs[key][2] or mine[key][:2] != theirs[key][:2]:
-            return False
-    return True
+    return _Rows(*captured(result, like))
 
 
 def _frozen_items(mapping: Mapping[str, Any], ignored: frozenset[str]) -> Hashable:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Connection
 from sqlalchemy.orm import Mapper, MapperProperty, ORMExecuteState, Session, registry
@@ -195,6 +195,39 @@ def populates_existing(orm_execute_state: ORMExecuteState) -> bool:
     """
     load: Any = orm_execute_state.load_options
     return bool(load._populate_existing)
+
+
+class LoadFlags(NamedTuple):
+    """The flags of an ORM load that legacy ``Query`` methods and loaders set."""
+
+    populate_existing: Any
+    yield_per: Any
+    lazy_loaded_from: Any
+
+
+def load_flags(orm_execute_state: ORMExecuteState) -> LoadFlags:
+    """Whether the load overwrites the objects it finds, its ``yield_per`` and the object
+    a lazy load starts from (None for any other load).
+
+    ``load_options._populate_existing``, ``_yield_per`` and ``_lazy_loaded_from``: legacy
+    ``Query`` and the loaders set these on the load options, not as execution options,
+    and nothing public shows them. Checked on SQLAlchemy 2.1.9.
+    """
+    load: Any = orm_execute_state.load_options
+    return LoadFlags(load._populate_existing, load._yield_per, load._lazy_loaded_from)
+
+
+def autoflush_before_load(orm_execute_state: ORMExecuteState) -> None:
+    """Autoflush the session as the ORM does before it runs the load, if the load asks.
+
+    ``load_options._autoflush`` and ``Session._autoflush()``: the ORM's autoflush, which
+    is skipped while a flush is running; it runs after ``do_orm_execute``, so a listener
+    answering the load itself must run it, and ``Session.flush()`` would not skip.
+    Checked on SQLAlchemy 2.1.9.
+    """
+    load: Any = orm_execute_state.load_options
+    if load._autoflush:
+        orm_execute_state.session._autoflush()
 
 
 def column_properties(mapper: Mapper[Any]) -> Mapping[Any, MapperProperty[Any]]:

@@ -11,12 +11,11 @@ its source (and by the test suite, which covers every use).
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final, NamedTuple
 
 from sqlalchemy import inspect as sa_inspect
-from sqlalchemy.engine import Dialect, IteratorResult, Result
-from sqlalchemy.engine.result import ResultMetaData
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Mapper, ORMExecuteState, evaluator
 from sqlalchemy.orm.state import InstanceState
 from sqlalchemy.orm.util import LoaderCriteriaOption
@@ -64,17 +63,6 @@ def select_clauses(statement: Any) -> SelectClauses:
         bool(statement._distinct),
         statement._with_options,
     )
-
-
-def raw_columns(statement: Any) -> Sequence[Any] | None:
-    """What the SELECT ``statement`` selects, one element per entity or column given to
-    ``select()``; None for a statement that is no SELECT.
-
-    ``Select._raw_columns`` (``selected_columns`` expands an entity into its columns).
-    Checked on SQLAlchemy 2.1.9.
-    """
-    found: Sequence[Any] | None = getattr(statement, "_raw_columns", None)
-    return found
 
 
 def locks_rows(statement: Any) -> bool:
@@ -131,7 +119,7 @@ def annotated(element: Any, values: Mapping[str, Any]) -> Any:
     return element._annotate(values)
 
 
-def cache_key(statement: Any) -> Any:
+def statement_cache_key(statement: Any) -> Any:
     """The cache key of ``statement`` (None if it cannot be cached).
 
     ``HasCacheKey._generate_cache_key()``: the key the compiled cache uses, memoized on
@@ -148,6 +136,17 @@ column's label. Checked on SQLAlchemy 2.1.9."""
 TEXTUAL_LABEL_REFERENCE: Final[type[Any]] = _textual_label_reference
 """``sqlalchemy.sql.elements._textual_label_reference``: an ORDER BY term given as a
 string, the label's name. Checked on SQLAlchemy 2.1.9."""
+
+
+def result_columns(compiled: Any) -> Sequence[Any]:
+    """The columns ``compiled`` returns, in order, each with its key name and the objects
+    that name it (``keyname``, ``objects``).
+
+    ``SQLCompiler._result_columns``: what a cursor result's metadata is built from; there
+    is no public accessor. Checked on SQLAlchemy 2.1.9.
+    """
+    found: Sequence[Any] = compiled._result_columns
+    return found
 
 
 def compiled_core_statement(compiled: Any, statement: Any) -> Any:
@@ -344,59 +343,6 @@ class EvaluatorCompiler(_EvaluatorBase):  # type: ignore[misc]
         operators it knows. Checked on SQLAlchemy 2.0.x and 2.1.9.
         """
         return self._straight_evaluate(operator, left, right, clause)
-
-
-# -- results ---------------------------------------------------------------------------------
-
-
-def result_of(
-    metadata: ResultMetaData,
-    rows: Iterator[Any],
-    *,
-    scalars: bool,
-    attributes: Mapping[Any, Any] | None = None,
-    added_attributes: Mapping[Any, Any] | None = None,
-) -> IteratorResult[Any]:
-    """A result over ``rows`` laid out by ``metadata``, as ``FrozenResult`` makes one.
-
-    ``_source_supports_scalars`` (rows of one element each, which ``scalars()`` takes
-    without a copy) and ``Result._attributes`` (what legacy ``Query`` and the ORM read
-    about the rows, such as ``is_single_entity``): ``FrozenResult`` sets them; a result
-    has no public setter. ``attributes`` replace the result's own, where given;
-    ``added_attributes`` are added to them. Checked on SQLAlchemy 2.1.9.
-    """
-    result: IteratorResult[Any] = IteratorResult(metadata, rows, _source_supports_scalars=scalars)
-    if attributes is not None:
-        result._attributes = attributes  # type: ignore[assignment]
-    if added_attributes is not None:
-        result._attributes = result._attributes.union(added_attributes)
-    return result
-
-
-def result_attributes(result: Result[Any]) -> Mapping[Any, Any]:
-    """What the ORM noted about ``result``'s rows (``Result._attributes``). Checked on
-    SQLAlchemy 2.1.9."""
-    found: Mapping[Any, Any] = result._attributes
-    return found
-
-
-def requires_unique(result: Result[Any]) -> bool:
-    """Whether ``result`` must be uniqued before it is frozen, and is not yet.
-
-    The ORM marks results of joined eager loads of collections as requiring ``unique()``
-    (``_attributes["_requires_unique"]``) and shows it no other way; one uniqued already
-    has a ``_unique_filter_state``. Checked on SQLAlchemy 2.1.9.
-    """
-    return getattr(result, "_unique_filter_state", None) is None and bool(
-        result._attributes.get("_requires_unique", False)
-    )
-
-
-def source_supports_scalars(frozen: Any) -> bool:
-    """Whether the rows of the ``FrozenResult`` ``frozen`` are single elements, kept
-    without their one-element tuples (``FrozenResult._source_supports_scalars``).
-    Checked on SQLAlchemy 2.1.9."""
-    return bool(frozen._source_supports_scalars)
 
 
 # -- the compiler's executemany INSERT ------------------------------------------------------
