@@ -55,7 +55,7 @@ from sqlalchemy.sql.expression import (
 from orm_ext import snapshot_rows
 from orm_ext.exc import SnapshotMissError
 from orm_ext.sa_private import autoflush_before_load, load_flags
-from orm_ext.sa_private_result import captured, keyed_for, result_of
+from orm_ext.sa_private_result import captured, compile_cached, keyed_for, loaded, result_of
 from orm_ext.sa_private_sql import locks_rows, result_columns, statement_cache_key
 from orm_ext.snapshot import QuerySnapshot
 from orm_ext.snapshot_key import Unkeyable, snapshot_key, structure_text
@@ -465,7 +465,7 @@ def _answer(
             memo.snapshot_hits += 1
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("Answering from query snapshot %s: %s", store.path, entry.sql)
-            result = snapshot_rows.marked(snapshot_rows.load(orm_context, compiled, rows))
+            result = snapshot_rows.marked(loaded(orm_context, compiled, rows))
             return result, entry.sql, True
         # The statement selects other columns now (a mapping option the schema
         # fingerprint does not cover): its rows would land in the wrong attributes.
@@ -489,7 +489,7 @@ def _answer(
     if shape.tables is None:
         shape.tables = _tables_in(orm_context.statement)
     store.put(skey, str(fetched.compiled), reads, fetched.columns, fetched.rows, shape.tables)
-    return snapshot_rows.load(orm_context, fetched.compiled, fetched.rows), sql, False
+    return loaded(orm_context, fetched.compiled, fetched.rows), sql, False
 
 
 def _compiled(orm_context: ORMExecuteState, shape: _Shape) -> Any:
@@ -500,7 +500,7 @@ def _compiled(orm_context: ORMExecuteState, shape: _Shape) -> Any:
     kept = shape.compiled
     if kept is not None and kept[0] is key_dialect:
         return kept[1]
-    compiled = snapshot_rows.compile_for(orm_context)
+    compiled = compile_cached(orm_context)
     if key_dialect is dialect:
         shape.compiled = (dialect, compiled)
     return compiled

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
 from sqlalchemy import Connection
 from sqlalchemy.orm import Mapper, MapperProperty, ORMExecuteState, Session, registry
@@ -215,6 +215,37 @@ def load_flags(orm_execute_state: ORMExecuteState) -> LoadFlags:
     """
     load: Any = orm_execute_state.load_options
     return LoadFlags(load._populate_existing, load._yield_per, load._lazy_loaded_from)
+
+
+ORM_EXECUTION_OPTIONS: Final = frozenset(
+    {
+        "_sa_orm_load_options",
+        "_sa_orm_update_options",
+        "_result_disable_adapt_to_context",
+        "sa_top_level_orm_context",
+    }
+)
+"""The execution options the ORM sets on a statement for itself: its load and
+update/delete options, and its bookkeeping of a nested execution. Named in no public
+documentation. Checked on SQLAlchemy 2.1.9."""
+
+
+def result_shaping_load_options(execution_options: Mapping[str, Any]) -> tuple[Any, ...]:
+    """The load options that change what the ORM returns for the same rows: whether it
+    returns tuples (legacy ``Query``), uniques them (legacy ``Query`` with joined eager
+    loads), and the identity token of its objects (None each where not set).
+
+    ``_only_return_tuples``, ``_legacy_uniquing`` and ``_identity_token`` of the load
+    options kept in the ``_sa_orm_load_options`` execution option: legacy ``Query`` and
+    the horizontal sharding extension set them there, and nothing public shows them. The
+    others (autoflush, populate_existing, the object a lazy load starts from) change only
+    how it gets them. Checked on SQLAlchemy 2.1.9.
+    """
+    load = execution_options.get("_sa_orm_load_options")
+    return tuple(
+        getattr(load, name, None)
+        for name in ("_only_return_tuples", "_legacy_uniquing", "_identity_token")
+    )
 
 
 def autoflush_before_load(orm_execute_state: ORMExecuteState) -> None:

@@ -1,8 +1,9 @@
 """The private SQLAlchemy API orm-journal uses on results.
 
 The result side of :mod:`orm_ext.sa_private` and :mod:`orm_ext.sa_private_sql`: a result
-built over rows already known, with what the ORM notes about them, and a result's rows
-taken and served again as ``Result.freeze()`` does, which shows none of it publicly.
+built over rows already known, with what the ORM notes about them; a result's rows taken
+and served again as ``Result.freeze()`` does; and stored rows of a statement fed to the
+ORM's own loading as a cursor's would be. SQLAlchemy shows none of it publicly.
 Each function says what it reaches into and the version it was checked on. A new
 SQLAlchemy release is checked by reading this module against its source (and by the
 test suite, which covers every use).
@@ -15,6 +16,8 @@ from typing import Any
 
 from sqlalchemy.engine import IteratorResult, Result
 from sqlalchemy.engine.result import ResultMetaData, SimpleResultMetaData
+from sqlalchemy.orm import ORMExecuteState, loading
+from sqlalchemy.orm.context import QueryContext
 from sqlalchemy.sql.expression import ColumnElement
 
 
@@ -162,3 +165,109 @@ def keyed_for(metadata: ResultMetaData, statement: Any) -> ResultMetaData:
         _create_unique_filters=source._create_unique_filters,
         _ambiguous_keys=source._ambiguous_keys,
     )
+
+
+def raw_rows(result: Result[Any]) -> list[tuple[Any, ...]]:
+    """All rows of the cursor ``result`` as tuples of processed values, as the ORM's
+    loading reads them (a ``Row`` where the result must make one, such as with row
+    logging, turned into a tuple).
+
+    ``CursorResult._raw_all_tuples()``: what ``loading.instances`` reads; there is no
+    public way to take rows without making ``Row`` objects. Checked on SQLAlchemy 2.1.9.
+    """
+    raw: Any = result
+    return [row if type(row) is tuple else tuple(row) for row in raw._raw_all_tuples()]
+
+
+def compile_cached(orm_execute_state: ORMExecuteState) -> Any:
+    """Compile the statement of ``orm_execute_state`` for the session's bind, without a
+    connection.
+
+    ``ClauseElement._compile_w_cache`` through the engine's ``_compiled_cache``, as an
+    execution compiles it: a statement of a known structure is not compiled again. There
+    is no public way to compile through the cache. Checked on SQLAlchemy 2.1.9.
+    """
+    bind: Any = orm_execute_state.session.get_bind(**orm_execute_state.bind_arguments)
+    options = orm_execute_state.execution_options
+    engine = getattr(bind, "engine", bind)
+    cache = options.get("compiled_cache", getattr(engine, "_compiled_cache", None))
+    statement: Any = orm_execute_state.statement
+    compiled, _, _, _ = statement._compile_w_cache(
+        bind.dialect,
+        compiled_cache=cache,
+        column_keys=[],
+        schema_translate_map=options.get("schema_translate_map"),
+    )
+    return compiled
+
+
+def loaded(
+    orm_execute_state: ORMExecuteState, compiled: Any, rows: list[tuple[Any, ...]]
+) -> Result[Any]:
+    """The result a plain execution of the statement gives for ``rows``.
+
+    ORM statements go through ``loading.instances`` as ``orm_setup_cursor_result`` sends
+    them (objects into the identity map, joined eager loads from the rows, selectin and
+    subquery loads as statements of their own); Core statements get their rows as they
+    are. ``compiled`` must be the compilation ``rows`` belong to: its result columns say
+    which value is which column.
+
+    Reads ``SQLCompiler._result_columns``, ``_propagate_attrs``,
+    ``compile_options._is_star`` and the ``_sa_orm_load_options`` execution option, and
+    builds the ``QueryContext`` and cursor stand-in ``loading.instances`` takes: nothing
+    public feeds stored rows to the ORM's loading. Checked on SQLAlchemy 2.1.9.
+    """
+    columns = compiled._result_columns
+    cursor = _StoredCursor(
+        SimpleResultMetaData([c.keyname for c in columns], extra=[c.objects for c in columns]),
+        rows,
+        compiled,
+    )
+    compile_state = getattr(compiled, "compile_state", None)
+    statement: Any = orm_execute_state.statement
+    if (
+        statement._propagate_attrs.get("compile_state_plugin") != "orm"
+        or compile_state is None
+        or compile_state.compile_options._is_star
+    ):
+        return cursor
+    options = orm_execute_state.execution_options
+    # A SELECT has one set of parameters (executemany never reaches here).
+    parameters: Any = orm_execute_state.parameters
+    context = QueryContext(
+        compile_state,
+        statement,
+        statement,
+        parameters,
+        orm_execute_state.session,
+        options.get("_sa_orm_load_options", QueryContext.default_load_options),
+        options,
+        orm_execute_state.bind_arguments,
+    )
+    return loading.instances(cursor, context)  # type: ignore[arg-type]
+
+
+class _StoredContext:
+    """What ``loading.instances`` and the eager loaders ask of a cursor's context."""
+
+    _is_server_side = False
+    requires_uniquing = False
+
+    def __init__(self, compiled: Any) -> None:
+        self.compiled = compiled
+
+
+class _StoredCursor(IteratorResult[Any]):
+    """A result over stored rows that the ORM's loading accepts as a cursor."""
+
+    def __init__(
+        self, metadata: SimpleResultMetaData, rows: list[tuple[Any, ...]], compiled: Any
+    ) -> None:
+        super().__init__(metadata, iter(rows))
+        self._stored = rows
+        self.context = _StoredContext(compiled)
+
+    def _raw_all_tuples(self) -> list[tuple[Any, ...]]:
+        # The ORM reads every row at once (no yield_per: such statements pass through).
+        self._soft_close()
+        return self._stored

@@ -21,27 +21,20 @@ import sqlalchemy
 from sqlalchemy.orm import Mapper, MapperProperty
 from sqlalchemy.sql.schema import Table
 
+from orm_ext.sa_private import ORM_EXECUTION_OPTIONS, result_shaping_load_options
+
 __all__ = ["Unkeyable", "snapshot_key", "structure_text"]
 
 # What a snapshot key means depends on how SQLAlchemy builds cache keys: a snapshot taken
 # with another release of it only misses.
 _RELEASE = ".".join(sqlalchemy.__version__.split(".")[:2])
-# Load options that change what the ORM returns for the same rows; the others (autoflush,
-# populate_existing, the object a lazy load starts from) change only how it gets them.
-_LOAD_OPTIONS = ("_only_return_tuples", "_legacy_uniquing", "_identity_token")
 # Execution options SQLAlchemy sets itself, or that change nothing a statement returns.
-_IGNORED_OPTIONS = frozenset(
-    {
-        "_sa_orm_load_options",
-        "_result_disable_adapt_to_context",
-        "compiled_cache",
-        "logging_token",
-        "sa_top_level_orm_context",
-        "_sa_orm_update_options",
-        "autoflush",
-        "populate_existing",
-    }
-)
+_IGNORED_OPTIONS = ORM_EXECUTION_OPTIONS | {
+    "compiled_cache",
+    "logging_token",
+    "autoflush",
+    "populate_existing",
+}
 _PLAIN = (str, int, float, bool, type(None), bytes)
 
 
@@ -68,8 +61,7 @@ def snapshot_key(structure: str, values: Hashable, options: Mapping[str, Any], d
     :param dialect: the name of the bind's dialect.
     :raises Unkeyable: something in it cannot be named across processes.
     """
-    load = options.get("_sa_orm_load_options")
-    loaded = tuple(getattr(load, name, None) for name in _LOAD_OPTIONS)
+    loaded = result_shaping_load_options(options)
     # Keys that are not strings are loaders' own bookkeeping (a subquery load keeps the
     # query it came from there, which its statement embeds already).
     chosen = sorted(
