@@ -63,7 +63,7 @@ from orm_ext.block_links import LinkRows
 from orm_ext.block_query import Unanswerable, binds_placeholder
 from orm_ext.object_history import REF
 from orm_ext.references import Placeholder
-from orm_ext.sa_private import column_properties, identity_entries, populates_existing
+from orm_ext.sa_private import column_properties, identity_entries, load_flags
 from orm_ext.sa_private_result import requires_unique, source_supports_scalars
 from orm_ext.sa_private_sql import (
     LABEL_REFERENCE,
@@ -146,7 +146,7 @@ class Overlay:
         )
         self._refuse_misused_keys(bound, tables)
         self._refuse_keys_above_stand_ins(orm_execute_state, tables)
-        if self.stand_ins and populates_existing(orm_execute_state):
+        if self.stand_ins and load_flags(orm_execute_state).populate_existing:
             # It would write the stand-ins into the block's new objects as their keys.
             raise Unanswerable("it populates existing objects (populate_existing)")
         overlaid = bound.add_cte(*ctes)

@@ -187,16 +187,6 @@ def identity_entries(session: Session) -> dict[Any, InstanceState[Any]]:
     return entries
 
 
-def populates_existing(orm_execute_state: ORMExecuteState) -> bool:
-    """Whether the load overwrites the objects it finds (``populate_existing``).
-
-    ``load_options._populate_existing``: the execution option is merged into the load
-    options, which keep no public flag. Checked on SQLAlchemy 2.1.9.
-    """
-    load: Any = orm_execute_state.load_options
-    return bool(load._populate_existing)
-
-
 class LoadFlags(NamedTuple):
     """The flags of an ORM load that legacy ``Query`` methods and loaders set."""
 
