@@ -34,6 +34,7 @@ from orm_ext.sa_private_sql import (
     loader_criteria,
     select_clauses,
     statement_cache_key,
+    type_affinity,
     with_value,
 )
 
@@ -409,7 +410,7 @@ def _evaluator_compiler(mapper: Mapper[Any], loaded: set[Mapper[Any]], dialect: 
         def _fold(self, evaluators: list[Any], clause: Any) -> Any:
             evaluate = evaluators[0]
             for right in evaluators[1:]:
-                evaluate = self._straight_evaluate(lambda a, b: a + b, evaluate, right, clause)
+                evaluate = self.straight_evaluate(lambda a, b: a + b, evaluate, right, clause)
             return evaluate
 
         def _like(self, clause: Any, left: Any, right: Any, *, fold: bool, negate: bool) -> Any:
@@ -448,7 +449,7 @@ def _evaluator_compiler(mapper: Mapper[Any], loaded: set[Mapper[Any]], dialect: 
 
 def _operands_of(clause: Any, accepted: Callable[[type], bool], what: str) -> None:
     for item in clause.clauses:
-        if not accepted(item.type._type_affinity):
+        if not accepted(type_affinity(item.type)):
             raise UnevaluatableError(f"Cannot {what} {item.type}")
 
 

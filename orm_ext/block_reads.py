@@ -51,7 +51,8 @@ from orm_ext.exc import DeferredOperationError
 from orm_ext.mapper_plan import plan_for
 from orm_ext.object_history import REF, STALE
 from orm_ext.references import Placeholder
-from orm_ext.sa_private import existing_info, mark_loaded
+from orm_ext.sa_private import existing_info, load_flags, mark_loaded
+from orm_ext.sa_private_sql import only_load_props, statement_cache_key, statement_options
 
 __all__ = ["KEPT_ROWS", "BlockReads"]
 
@@ -307,14 +308,15 @@ class BlockReads:
 
     def answer(self, orm_execute_state: ORMExecuteState) -> Result[Any] | None:
         """The result of an ORM SELECT as the block sees it, or None to let it run."""
-        if orm_execute_state.load_options._autoflush:
+        flags = load_flags(orm_execute_state)
+        if flags.autoflush:
             # The ORM autoflushes only after do_orm_execute listeners have run; what the
             # query must see includes what that flush records.
             self.autoflush()
         if not self.tables:
             return None
         self._bury()
-        refresh_state = orm_execute_state.load_options._refresh_state
+        refresh_state = flags.refresh_state
         if refresh_state is not None:
             answered = self._reload(orm_execute_state, refresh_state)
             if answered is not None:
@@ -494,7 +496,7 @@ class BlockReads:
         if not plan.expressions:
             return
         statement: Any = orm_execute_state.statement
-        wanted = statement._compile_options._only_load_props or ()
+        wanted = only_load_props(statement) or ()
         data = state.dict
         props = [
             p
@@ -549,7 +551,7 @@ class BlockReads:
         reading one, which would otherwise fail deep inside SQLAlchemy.
         """
         statement: Any = orm_execute_state.statement
-        wanted = statement._compile_options._only_load_props
+        wanted = only_load_props(statement)
         if not wanted:
             return
         left = sorted(k for k in wanted if k not in state.dict)
@@ -568,7 +570,7 @@ class BlockReads:
         the links involved (its answer is then the block's too); refuse otherwise."""
         table = str(rel.secondary.fullname)
         changed = self.link_rows.get(table, {})
-        lazy_from = orm_execute_state.load_options._lazy_loaded_from
+        lazy_from = load_flags(orm_execute_state).lazy_loaded_from
         if lazy_from is not None:
             parents = [lazy_from.key]
         else:
@@ -648,7 +650,7 @@ class BlockReads:
     def _names_read(self, statement: Any) -> frozenset[str]:
         """The tables ``statement`` may read, by name; the same for every statement of one
         shape, found by its cache key (which the execution computes and keeps anyway)."""
-        key = statement._generate_cache_key()
+        key = statement_cache_key(statement)
         if key is None:
             return frozenset(str(t.fullname) for t in _tables_read(statement))
         names = self._read_cache.get(key.key)
@@ -843,7 +845,7 @@ class BlockReads:
         table; a joinedload() option that does is refused (no option can replace it)."""
         written = self.tables
         joined = {rel.key for rel in mapper.relationships if rel.lazy == "joined"}
-        for option in statement._with_options:
+        for option in statement_options(statement):
             for element in getattr(option, "context", ()):
                 strategy = dict(getattr(element, "strategy", None) or ())
                 path = list(getattr(element, "path", ()))
@@ -886,7 +888,7 @@ _EAGER: Final = frozenset({"selectin", "joined", "subquery", "immediate"})
 def _load_eagerly(statement: Select[Any], mapper: Mapper[Any], objects: list[object]) -> None:
     """Load the relationships ``statement`` loads eagerly on ``objects`` (first level)."""
     keys = {rel.key for rel in mapper.relationships if rel.lazy in _EAGER}
-    for option in statement._with_options:
+    for option in statement_options(statement):
         for element in getattr(option, "context", ()):
             strategy = dict(getattr(element, "strategy", None) or ())
             path = list(getattr(element, "path", ()))

@@ -78,6 +78,7 @@ from orm_ext.sa_private import (
     new_orphans_outside_of_session,
     open_connections,
     pending_states,
+    register_flushed,
     session_is_clean,
     session_is_flushing,
 )
@@ -543,7 +544,7 @@ class Recorder:
         """Turn the pending unit of work into one journal batch and mark it flushed.
 
         Once the batch is on disk, the objects' ``state.dict`` is written directly (keys,
-        synchronised foreign keys, defaults): ``_mark_flushed`` commits every attribute
+        synchronised foreign keys, defaults): ``register_flushed`` commits every attribute
         of these states right after, which is all ``set_committed_value`` would add.
         """
         session = self.session
@@ -683,12 +684,12 @@ class Recorder:
         self._fire("after_update", dirty, of_dirty)
         self._fire("after_delete", deleted, of_deleted)
         if operations:
-            # Before _mark_flushed: once no change is pending, the identity map holds
+            # Before register_flushed: once no change is pending, the identity map holds
             # the objects weakly, and those the program no longer refers to are gone.
             self.reads.note_batch(self.writer.batches, (), (*new, *changed, *moved), deleted)
         else:
             self.reads.rewind(self.writer.batches)  # a flush with nothing to write
-        _mark_flushed(session, new, dirty, deleted)
+        register_flushed(session, {*new, *dirty}, deleted)
         _expire_expressions(new, dirty, of_new | of_dirty)
         for state, keys in by_database.items():
             # As a flush expires them (persistence._postfetch): only replay knows them.
@@ -1588,28 +1589,6 @@ def _sync_members(
             if member not in created:
                 moved.append(member)
     return moved
-
-
-def _mark_flushed(
-    session: Session,
-    new: Sequence[InstanceState[Any]],
-    dirty: Sequence[InstanceState[Any]],
-    deleted: Sequence[InstanceState[Any]],
-) -> None:
-    """Move states to where a successful flush leaves them, without any SQL.
-
-    Private API, deliberately confined to this function: Session._register_persistent
-    and Session._remove_newly_deleted are exactly what Session.flush() calls after it
-    has written the rows (UOWTransaction.finalize_flush_changes). Calling them makes the
-    rest of the session (identity map, transaction snapshot for rollback(), events such
-    as pending_to_persistent) behave as after a real flush. Checked on SQLAlchemy 2.0.x
-    and 2.1.9.
-    """
-    persistent = {*new, *dirty}
-    if persistent:
-        session._register_persistent(persistent)
-    if deleted:
-        session._remove_newly_deleted(deleted)
 
 
 def _mark_stale(session: Session, mapper: Mapper[Any], operation: dict[str, Any]) -> None:

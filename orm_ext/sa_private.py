@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Final, NamedTuple
 
 from sqlalchemy import Connection
@@ -193,18 +193,28 @@ class LoadFlags(NamedTuple):
     populate_existing: Any
     yield_per: Any
     lazy_loaded_from: Any
+    autoflush: Any
+    refresh_state: Any  # the state a refresh or a load of expired attributes is for
 
 
 def load_flags(orm_execute_state: ORMExecuteState) -> LoadFlags:
-    """Whether the load overwrites the objects it finds, its ``yield_per`` and the object
-    a lazy load starts from (None for any other load).
+    """Whether the load overwrites the objects it finds, its ``yield_per``, the object a
+    lazy load starts from (None for any other load), whether it autoflushes first, and
+    the object a refresh reloads (None for any other load).
 
-    ``load_options._populate_existing``, ``_yield_per`` and ``_lazy_loaded_from``: legacy
-    ``Query`` and the loaders set these on the load options, not as execution options,
-    and nothing public shows them. Checked on SQLAlchemy 2.1.9.
+    ``load_options._populate_existing``, ``_yield_per``, ``_lazy_loaded_from``,
+    ``_autoflush`` and ``_refresh_state``: legacy ``Query`` and the loaders set these on
+    the load options, not as execution options, and nothing public shows them. Checked on
+    SQLAlchemy 2.1.9.
     """
     load: Any = orm_execute_state.load_options
-    return LoadFlags(load._populate_existing, load._yield_per, load._lazy_loaded_from)
+    return LoadFlags(
+        load._populate_existing,
+        load._yield_per,
+        load._lazy_loaded_from,
+        load._autoflush,
+        load._refresh_state,
+    )
 
 
 ORM_EXECUTION_OPTIONS: Final = frozenset(
@@ -328,3 +338,20 @@ def sqlite_driver_connection(raw: Any) -> Any:
     SQLAlchemy 2.1.9, aiosqlite 0.20.
     """
     return raw if hasattr(raw, "in_transaction") else getattr(raw, "_connection", raw)
+
+
+def register_flushed(
+    session: Session, persistent: set[InstanceState[Any]], deleted: Sequence[InstanceState[Any]]
+) -> None:
+    """Move states to where a successful flush leaves them, without any SQL.
+
+    ``Session._register_persistent`` and ``Session._remove_newly_deleted`` are exactly
+    what ``Session.flush()`` calls once it has written the rows
+    (``UOWTransaction.finalize_flush_changes``): the identity map, the transaction's
+    record for ``rollback()`` and events such as ``pending_to_persistent`` then behave as
+    after a real flush. Checked on SQLAlchemy 2.0.x and 2.1.9.
+    """
+    if persistent:
+        session._register_persistent(persistent)
+    if deleted:
+        session._remove_newly_deleted(deleted)

@@ -392,3 +392,27 @@ def has_result_processor(type_: Any, dialect: Dialect) -> bool:
     ``TypeEngine._cached_result_processor``. Checked on SQLAlchemy 2.1.9.
     """
     return type_._cached_result_processor(dialect, None) is not None
+
+
+def only_load_props(statement: Any) -> Any:
+    """The attributes a load of expired or deferred attributes asks for (None: all).
+
+    ``compile_options._only_load_props``: what ``load_scalar_attributes`` sets on the
+    SELECT it runs; nothing public shows it to a ``do_orm_execute`` listener. Checked on
+    SQLAlchemy 2.1.9.
+    """
+    return statement._compile_options._only_load_props
+
+
+def statement_options(statement: Any) -> Sequence[Any]:
+    """The loader options given to ``statement`` (``Select._with_options``). Checked on
+    SQLAlchemy 2.0.x and 2.1.9."""
+    options: Sequence[Any] = statement._with_options
+    return options
+
+
+def type_affinity(type_: Any) -> Any:
+    """The generic type class ``type_`` behaves as (``TypeEngine._type_affinity``), the
+    check the ORM's evaluator makes before it applies an operator. Checked on SQLAlchemy
+    2.1.9."""
+    return type_._type_affinity
