@@ -67,6 +67,7 @@ from orm_ext.object_history import (
 )
 from orm_ext.references import Placeholder
 from orm_ext.sa_private import (
+    detach_committed_deletions,
     existing_info,
     expire_attributes,
     expire_states,
@@ -408,16 +409,22 @@ class Recorder:
     def checkpointed(self) -> None:
         """A commit in the block: expire the objects as a plain commit would.
 
-        The session commits with ``expire_on_commit`` off (SQLAlchemy's expiry would also
-        detach deleted objects and forget new ones, which the block keeps); this expires
-        them here instead. Loading an expired attribute of an object the block wrote
-        shows the journal's value (BlockReads.answer), so what the program reads is
-        what a plain session reloads, and assigning an attribute before reading it is a
-        change, as it is after a plain commit: the value it replaces is unknown.
+        The session commits with ``expire_on_commit`` off (SQLAlchemy's expiry does not
+        keep alive what the objects related to, see _expire_checkpointed); this expires
+        them here instead, and detaches the objects the transaction deleted, as that
+        commit would. Loading an expired attribute of an object the block wrote shows the
+        journal's value (BlockReads.answer), so what the program reads is what a plain
+        session reloads, and assigning an attribute before reading it is a change, as it
+        is after a plain commit: the value it replaces is unknown.
         """
         if self.expire_on_checkpoint:
             with paused_gc():  # a container per object, none cyclic: see gc_pause
                 self._expire_checkpointed()
+            for state in detach_committed_deletions(self.session):
+                # No rollback can bring it back past this commit: nor its pins.
+                info = existing_info(state)
+                if info is not None:
+                    info.pop(PINNED, None)
             self.stale_collections = False
             return
         if not self.stale_collections:

@@ -355,3 +355,20 @@ def register_flushed(
         session._register_persistent(persistent)
     if deleted:
         session._remove_newly_deleted(deleted)
+
+
+def detach_committed_deletions(session: Session) -> list[InstanceState[Any]]:
+    """Detach the objects the committing transaction deleted; return their states.
+
+    What ``SessionTransaction._remove_snapshot`` does with ``expire_on_commit``:
+    ``InstanceState._detach_states`` of the transaction's ``_deleted``, which it then
+    clears. For an ``after_commit`` listener, whose transaction is still
+    ``get_transaction()``. Checked on SQLAlchemy 2.1.9.
+    """
+    transaction: Any = session.get_transaction()
+    if transaction is None or not transaction._deleted:
+        return []
+    deleted = list(transaction._deleted)
+    InstanceState._detach_states(deleted, session)
+    transaction._deleted.clear()
+    return deleted

@@ -267,6 +267,29 @@ def test_delete_after_checkpoint_of_a_change(backend: Backend, tmp_path: Path) -
     assert_same_as_direct(backend, tmp_path, body)
 
 
+def test_objects_deleted_before_a_checkpoint_are_detached_by_it(
+    backend: Backend, tmp_path: Path
+) -> None:
+    """After commit(), a deleted object, of the database or created in the block, is
+    detached, as a plain commit leaves it (it stayed "deleted" in the session)."""
+
+    def body(run: Run) -> list[Any]:
+        session = run.session
+        account = one(session, Account, code="A-2")
+        task = Task(name="short-lived")
+        session.add(task)
+        session.flush()
+        session.delete(account)
+        session.delete(task)
+        session.flush()
+        seen = [(inspect(o).deleted, inspect(o).detached) for o in (account, task)]
+        session.commit()
+        seen += [(inspect(o).deleted, inspect(o).detached, o in session) for o in (account, task)]
+        return seen
+
+    assert assert_same_as_direct(backend, tmp_path, body)[2:] == [(False, True, False)] * 2
+
+
 def test_new_object_dropped_after_checkpoint_is_found_again(
     backend: Backend, tmp_path: Path
 ) -> None:
