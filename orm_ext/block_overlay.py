@@ -63,14 +63,17 @@ from orm_ext.block_links import LinkRows
 from orm_ext.block_query import Unanswerable, binds_placeholder
 from orm_ext.object_history import REF
 from orm_ext.references import Placeholder
-from orm_ext.sa_private import column_properties, identity_entries, load_flags
-from orm_ext.sa_private_result import requires_unique, source_supports_scalars
-from orm_ext.sa_private_sql import (
+from orm_ext.sa_private import (
     LABEL_REFERENCE,
     TEXTUAL_LABEL_REFERENCE,
+    column_properties,
     compiled_core_statement,
+    identity_entries,
+    load_flags,
     locks_rows,
+    requires_unique,
     select_clauses,
+    source_supports_scalars,
     with_value,
 )
 from orm_ext.server_values import FROM_DATABASE

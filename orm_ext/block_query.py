@@ -25,13 +25,13 @@ from sqlalchemy.sql.schema import Column
 from sqlalchemy.types import Concatenable, Integer, Numeric
 
 from orm_ext.references import Placeholder
-from orm_ext.sa_private_result import result_of
-from orm_ext.sa_private_sql import (
+from orm_ext.sa_private import (
     EXPIRED_OBJECT,
     EvaluatorCompiler,
     annotated,
     annotations_of,
     loader_criteria,
+    result_of,
     select_clauses,
     statement_cache_key,
     type_affinity,

@@ -51,8 +51,14 @@ from orm_ext.exc import DeferredOperationError
 from orm_ext.mapper_plan import plan_for
 from orm_ext.object_history import REF, STALE
 from orm_ext.references import Placeholder
-from orm_ext.sa_private import existing_info, load_flags, mark_loaded
-from orm_ext.sa_private_sql import only_load_props, statement_cache_key, statement_options
+from orm_ext.sa_private import (
+    existing_info,
+    load_flags,
+    mark_loaded,
+    only_load_props,
+    statement_cache_key,
+    statement_options,
+)
 
 __all__ = ["KEPT_ROWS", "BlockReads"]
 

@@ -39,7 +39,7 @@ from sqlalchemy.sql import sqltypes
 from journal import Batch
 from orm_ext.exc import DeferredOperationError, ReplayConflictError
 from orm_ext.mapper_plan import plan_for
-from orm_ext.sa_private_sql import (
+from orm_ext.sa_private import (
     bind_processor,
     dialect_impl,
     has_result_processor,

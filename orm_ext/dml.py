@@ -40,7 +40,7 @@ from sqlalchemy.sql.schema import Column
 
 from orm_ext.exc import DeferredOperationError
 from orm_ext.references import Placeholder, class_path
-from orm_ext.sa_private_sql import (
+from orm_ext.sa_private import (
     criteria_matcher,
     dml_extra_clauses,
     dml_returns,

@@ -54,9 +54,18 @@ from sqlalchemy.sql.expression import (
 
 from orm_ext import snapshot_rows
 from orm_ext.exc import SnapshotMissError
-from orm_ext.sa_private import autoflush_before_load, load_flags
-from orm_ext.sa_private_result import captured, compile_cached, keyed_for, loaded, result_of
-from orm_ext.sa_private_sql import locks_rows, result_columns, statement_cache_key
+from orm_ext.sa_private import (
+    autoflush_before_load,
+    captured,
+    compile_cached,
+    keyed_for,
+    load_flags,
+    loaded,
+    locks_rows,
+    result_columns,
+    result_of,
+    statement_cache_key,
+)
 from orm_ext.snapshot import QuerySnapshot
 from orm_ext.snapshot_key import Unkeyable, snapshot_key, structure_text
 
@@ -635,7 +644,7 @@ def _capture(result: Result[Any], like: _Layout | None) -> _Rows:
 
     ``like``'s metadata and attributes are kept instead of the result's own if they name
     the same keys with the very same entity objects: other executions of a statement
-    variant share them (see :func:`~orm_ext.sa_private_result.captured`). The ORM marks
+    variant share them (see :func:`~orm_ext.sa_private.result.captured`). The ORM marks
     results of joined eager loads of collections as requiring ``unique()`` and shows it
     no other way.
     """

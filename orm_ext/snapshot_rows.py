@@ -7,7 +7,7 @@ loads run as the statements they are. Reading them online goes through the same 
 so what a process sees online and what another sees offline come from one code path.
 
 What takes raw rows from a cursor and feeds them to the ORM's loading reaches into
-SQLAlchemy: it is in :mod:`orm_ext.sa_private_result`.
+SQLAlchemy: it is in :mod:`orm_ext.sa_private.result`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any, Final, NamedTuple
 from sqlalchemy.engine import Result
 from sqlalchemy.orm import ORMExecuteState, attributes
 
-from orm_ext.sa_private_result import raw_rows
+from orm_ext.sa_private import raw_rows
 
 __all__ = ["FROM_SNAPSHOT", "Fetched", "fetch", "marked"]
 

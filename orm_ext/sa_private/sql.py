@@ -1,7 +1,7 @@
 """The private SQLAlchemy API orm-journal uses on statements, compilers and results.
 
-The statement side of :mod:`orm_ext.sa_private` (which holds the session, state and
-mapper side): the parts of a statement SQLAlchemy keeps no public accessor for, the
+The statement side of :mod:`orm_ext.sa_private` (:mod:`.orm` holds the session, state
+and mapper side): the parts of a statement SQLAlchemy keeps no public accessor for, the
 ORM's own evaluation and synchronization of update() and delete(), and the compiler's
 plan for an executemany INSERT. Each function says what it reaches into and the version
 it was checked on. A new SQLAlchemy release is checked by reading this module against

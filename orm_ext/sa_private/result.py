@@ -1,6 +1,6 @@
 """The private SQLAlchemy API orm-journal uses on results.
 
-The result side of :mod:`orm_ext.sa_private` and :mod:`orm_ext.sa_private_sql`: a result
+The result side of :mod:`orm_ext.sa_private` (beside :mod:`.orm` and :mod:`.sql`): a result
 built over rows already known, with what the ORM notes about them; a result's rows taken
 and served again as ``Result.freeze()`` does; and stored rows of a statement fed to the
 ORM's own loading as a cursor's would be. SQLAlchemy shows none of it publicly.

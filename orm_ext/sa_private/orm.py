@@ -1,8 +1,8 @@
-"""The private SQLAlchemy API orm-journal uses, in one place.
+"""The private SQLAlchemy API orm-journal uses on sessions, instance states, mappers and
+events (see :mod:`orm_ext.sa_private`).
 
 SQLAlchemy gives no public way to do these; each function says what it reaches into and
-the version it was checked on. A new SQLAlchemy release is checked by reading this
-module against its source (and by the test suite, which covers every use).
+the version it was checked on.
 """
 
 from __future__ import annotations
