@@ -9,6 +9,7 @@ from the objects that match. What cannot be evaluated raises :class:`Unanswerabl
 from __future__ import annotations
 
 import functools
+import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -148,7 +149,7 @@ class Query:
         return bool(self.order) or any(e is not None for _, e in self.columns)
 
     def matches(self, obj: object) -> bool:
-        return self.where is None or _known(self.where(obj)) is True
+        return self.where is None or _evaluated(self.where, obj) is True
 
     def entity_statement(self, statement: Select[Any]) -> Select[Any]:
         """The statement to ask the database for its part: whole objects, no slicing."""
@@ -208,7 +209,8 @@ class Query:
             return objects_result(rows)
         values = [
             tuple(
-                obj if evaluate is None else _known(evaluate(obj)) for _, evaluate in self.columns
+                obj if evaluate is None else _evaluated(evaluate, obj)
+                for _, evaluate in self.columns
             )
             for obj in rows
         ]
@@ -227,6 +229,18 @@ def objects_result(objects: Sequence[object]) -> Result[Any]:
         # What legacy Query reads to return objects rather than rows (loading.instances).
         added_attributes={"filtered": True, "is_single_entity": True},
     )
+
+
+def _evaluated(evaluate: Evaluator, obj: object) -> Any:
+    """``evaluate(obj)``, or :class:`Unanswerable` where the database would give NULL or an
+    error that Python does not (a division by zero) or the value is not loaded."""
+    try:
+        value = evaluate(obj)
+    except ArithmeticError as err:
+        raise Unanswerable(
+            f"it computes what the database answers with NULL or an error ({err})"
+        ) from None
+    return _known(value)
 
 
 def _known(value: Any) -> Any:
@@ -251,7 +265,7 @@ def _unique(objects: list[object]) -> list[object]:
 
 
 def _sort_key(evaluate: Evaluator, null_rank: int, fold: bool, obj: object) -> tuple[int, int, Any]:
-    value = _known(evaluate(obj))
+    value = _evaluated(evaluate, obj)
     if fold and isinstance(value, str):
         value = value.casefold()
     if value is None:
@@ -413,6 +427,38 @@ def _evaluator_compiler(mapper: Mapper[Any], loaded: set[Mapper[Any]], dialect: 
                 evaluate = self.straight_evaluate(lambda a, b: a + b, evaluate, right, clause)
             return evaluate
 
+        def visit_mod_binary_op(self, operator: Any, left: Any, right: Any, clause: Any) -> Any:
+            # SQL's remainder takes the sign of the dividend, Python's that of the divisor.
+            _operands_of(clause, lambda t: t in (Integer, Numeric), "take the remainder of")
+            return self.straight_evaluate(_sql_remainder, left, right, clause)
+
+        def visit_startswith_op_binary_op(
+            self, operator: Any, left: Any, right: Any, clause: Any
+        ) -> Any:
+            return self._affix(clause, left, right, prefix=True)
+
+        def visit_endswith_op_binary_op(
+            self, operator: Any, left: Any, right: Any, clause: Any
+        ) -> Any:
+            return self._affix(clause, left, right, prefix=False)
+
+        def _affix(self, clause: Any, left: Any, right: Any, *, prefix: bool) -> Any:
+            # SQL renders startswith()/endswith() as LIKE: without regard to case where
+            # LIKE is (SQLite, MySQL/MariaDB), and with % and _ as wildcards unless
+            # autoescape escaped them.
+            fold = dialect != "postgresql"
+            escape = clause.modifiers.get("escape")
+            autoescape = clause.modifiers.get("autoescape")
+
+            def matches(value: str, affix: str) -> bool:
+                if autoescape:
+                    affix = re.sub(r"[%_/]", lambda m: "/" + m.group(0), affix)
+                pattern = f"{affix}%" if prefix else f"%{affix}"
+                found = _like_regex(pattern, "/" if autoescape else escape, fold)
+                return found.fullmatch(value) is not None
+
+            return self.straight_evaluate(matches, left, right, clause)
+
         def _like(self, clause: Any, left: Any, right: Any, *, fold: bool, negate: bool) -> Any:
             escape = clause.modifiers.get("escape")
 
@@ -447,8 +493,21 @@ def _evaluator_compiler(mapper: Mapper[Any], loaded: set[Mapper[Any]], dialect: 
     return Compiler(mapper.class_)
 
 
+def _sql_remainder(a: Any, b: Any) -> Any:
+    """``a % b`` as SQL computes it (truncating division); zero divisors raise."""
+    if b == 0:
+        raise ZeroDivisionError("a remainder by zero")
+    if isinstance(a, float) or isinstance(b, float):
+        return math.fmod(a, b)
+    if isinstance(a, int) and isinstance(b, int):
+        remainder = abs(a) % abs(b)
+        return -remainder if a < 0 else remainder
+    return a % b  # Decimal's remainder already truncates
+
+
 def _operands_of(clause: Any, accepted: Callable[[type], bool], what: str) -> None:
-    for item in clause.clauses:
+    items = clause.clauses if hasattr(clause, "clauses") else (clause.left, clause.right)
+    for item in items:
         if not accepted(type_affinity(item.type)):
             raise UnevaluatableError(f"Cannot {what} {item.type}")
 
@@ -500,7 +559,24 @@ def expression_evaluator(mapper: Mapper[Any], expression: Any, dialect: str) -> 
     except (UnevaluatableError, AttributeError) as err:
         raise Unanswerable(f"the ORM cannot evaluate it in Python ({err})") from None
 
+    try:
+        python_type = expression.type.python_type
+    except NotImplementedError:
+        python_type = None
+    if python_type not in (str, int, bool):
+        # A number the database returns through a Numeric or Float type (a division, a
+        # Decimal sum of its own scale), or a date it computes: not what Python gives.
+        raise Unanswerable(f"its value comes back through the type {expression.type}")
+
     def value(obj: object) -> Any:
-        return _known(evaluate(obj))
+        found = _evaluated(evaluate, obj)
+        if found is not None and not isinstance(found, python_type):
+            # The database's value comes back through the expression's type (a division
+            # as a Decimal of its scale): Python's own result is another value.
+            raise Unanswerable(
+                f"Python computes a {type(found).__name__} where the database gives a "
+                f"{python_type.__name__} ({expression.type})"
+            )
+        return found
 
     return value

@@ -495,8 +495,9 @@ class BlockReads:
     ) -> None:
         """Give a reloaded object its column_property() values, as a reload would.
 
-        Those not loaded and not deferred (or asked for), and with ``again`` (statements
-        changed the row after the database computed them) the loaded ones too.
+        Those the load asks for (all not deferred, for a whole reload) that are not
+        loaded, and with ``again`` (statements changed the row after the database
+        computed them) the loaded ones too.
         """
         plan = plan_for(state.mapper)
         if not plan.expressions:
@@ -508,7 +509,7 @@ class BlockReads:
             p
             for p in plan.expressions
             if (again and p.key in data)
-            or (p.key not in data and (not p.deferred or p.key in wanted))
+            or (p.key not in data and (p.key in wanted if wanted else not p.deferred))
         ]
         if not props:
             return
@@ -700,11 +701,12 @@ class BlockReads:
                 raise Unanswerable(
                     f"{mapper.class_.__name__}.{prop.key} is SQL over another table the block wrote"
                 )
-        rows = self._rows_of(mapper, orm_execute_state.session)
+        session = orm_execute_state.session
+        rows = self._rows_of(mapper, session)
         for obj in rows:
             state = sa_inspect(obj)
-            if state.modified:
-                # Changed since its last flush (under no_autoflush): the database would
+            if state.modified and not session.autoflush:
+                # Changed since its last flush, under no_autoflush: the database would
                 # match its flushed row, which the overlay lays over the table.
                 raise Unanswerable("an object it reads has changes not flushed yet")
             if state.expired_attributes or state.unloaded:

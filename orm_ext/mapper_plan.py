@@ -14,7 +14,9 @@ from typing import Any, Final
 
 import sqlalchemy
 from sqlalchemy.orm import ColumnProperty, Mapper
+from sqlalchemy.orm.exc import UnmappedColumnError
 from sqlalchemy.orm.interfaces import MANYTOONE, ONETOMANY
+from sqlalchemy.sql import visitors
 
 from orm_ext.references import class_path
 from orm_ext.sa_private import reverse_properties
@@ -62,13 +64,18 @@ class MapperPlan:
     # Columns the database sets when it updates a row (server_onupdate, or an onupdate
     # SQL expression), unless the update gives them a value.
     updated_by_database: frozenset[str] = field(default=frozenset())
-    # Whether any column of such an object can be known only at replay (one of the above).
+    # Whether a reload of such an object can leave attributes only replay knows: columns
+    # of the kinds above, or column_property() expressions (see expression_reads).
     unknowable: bool = False
     # column_property() SQL expressions: read-only attributes the database computes.
     expressions: tuple[ColumnProperty[Any], ...] = field(default=())
     # Those a flush expires on the objects it writes, as SQLAlchemy's flush does
     # (persistence._finalize_insert_update_commands): (key, expire_on_flush, deferred).
     expiring: tuple[tuple[str, bool, bool], ...] = field(default=())
+    # Each expression's key and the keys of the columns of this mapper it reads; None if
+    # it reads any other column (a subquery over another table): only the database can
+    # compute it.
+    expression_reads: tuple[tuple[str, frozenset[str] | None], ...] = field(default=())
 
 
 _plans: dict[Mapper[Any], MapperPlan] = {}
@@ -192,9 +199,25 @@ def _make_plan(mapper: Mapper[Any]) -> MapperPlan:
         written_tables=tuple(dict.fromkeys((*tables, *secondary, *member_tables))),
         expressions=tuple(expressions),
         updated_by_database=frozenset(updated_by_database),
-        unknowable=bool(database.from_database or computed or updated_by_database),
+        unknowable=bool(database.from_database or computed or updated_by_database or expressions),
+        expression_reads=tuple((p.key, _columns_read(mapper, p)) for p in expressions),
         expiring=tuple((p.key, p.expire_on_flush, p.deferred) for p in expressions),
     )
+
+
+def _columns_read(mapper: Mapper[Any], prop: ColumnProperty[Any]) -> frozenset[str] | None:
+    """The keys of ``mapper``'s columns ``prop``'s expression reads; None if it reads any
+    column ``mapper`` does not map."""
+    keys = set()
+    expression: Any = prop.expression
+    for column in visitors.iterate(expression):
+        if not isinstance(column, sqlalchemy.Column):
+            continue
+        try:
+            keys.add(mapper.get_property_by_column(column).key)
+        except UnmappedColumnError:
+            return None
+    return frozenset(keys)
 
 
 def new_row_values(plan: MapperPlan, data: dict[str, Any]) -> tuple[Any, ...]:

@@ -46,6 +46,7 @@ from journal import JournalWriter, Position
 from journal.codec import encode
 from orm_ext import dml
 from orm_ext.block_links import link_events
+from orm_ext.block_query import Unanswerable, expression_evaluator
 from orm_ext.block_reads import BlockReads
 from orm_ext.exc import DeferredOperationError
 from orm_ext.fingerprint import describe_table, read_alembic_revision
@@ -168,6 +169,8 @@ class Recorder:
         self.computed: dict[InstanceState[Any], dict[str, Any]] = {}
         # Attribute key -> the loader that refuses reading it where only replay knows it.
         self.unknown_loaders: dict[str, UnknownUntilReplay] = {}
+        # (mapper, column_property key) -> whether the ORM's evaluator can compute it.
+        self.evaluable: dict[tuple[Mapper[Any], str], bool] = {}
         # Whether a snapshot marks a column unknown after an unsynchronized update()
         # (see STALE): then objects of any class can hold such columns, not only those
         # whose plan is ``unknowable``.
@@ -335,6 +338,7 @@ class Recorder:
     def rolled_back(self, transaction: SessionTransaction) -> None:
         try:
             target = self.marks.get(transaction, self.origin)
+            _forget_stale(self.session, target.batches)
             self._rewind_journal(target)
             self.reads.rewind(target.batches)
             self._show_as_of(target)
@@ -366,6 +370,7 @@ class Recorder:
             mark_loaded(state, state.dict)
             if plan.unknowable or self.stale_unknowns:
                 self._hold(state, unknown_keys(kept[-1], plan))
+                self._hold_expressions(state, plan)
             collections.append((obj, state, plan, kept[-1][3]))
         # Only once every object has its values again: filling a collection can read its
         # members (a dict collection reads their key attribute).
@@ -467,6 +472,45 @@ class Recorder:
                 keys = unknown_keys(snapshot_history(history, plan)[-1], plan)
                 if keys:
                     self._hold(state, keys)
+                self._hold_expressions(state, plan)
+
+    def _hold_expressions(self, state: InstanceState[Any], plan: MapperPlan) -> None:
+        """Leave the unloaded column_property() expressions of an object the block wrote
+        that the block cannot compute with a loader that refuses reading them.
+
+        Those the ORM's evaluator cannot compute, that read another table, or that read
+        a column only replay knows (or one an unsynchronized statement may have changed).
+        Left expired, a reload of any other attribute would load them too, and have to
+        refuse it all.
+        """
+        if not plan.expression_reads:
+            return
+        data = state.dict
+        unknown = {k for k, v in state.callables.items() if isinstance(v, UnknownUntilReplay)}
+        info = existing_info(state)
+        if info is not None:
+            unknown.update(info.get(STALE, ()))
+        held = [
+            key
+            for key, reads in plan.expression_reads
+            if key not in data
+            and (reads is None or not reads.isdisjoint(unknown) or not self._evaluable(state, key))
+        ]
+        if held:
+            self._hold(state, held)
+
+    def _evaluable(self, state: InstanceState[Any], key: str) -> bool:
+        mapper = state.mapper
+        known = self.evaluable.get((mapper, key))
+        if known is None:
+            dialect = self.session.get_bind(mapper=mapper).dialect.name
+            try:
+                expression_evaluator(mapper, mapper.attrs[key].expression, dialect)
+                known = True
+            except Unanswerable:
+                known = False
+            self.evaluable[(mapper, key)] = known
+        return known
 
     def _hold(self, state: InstanceState[Any], keys: Iterable[str]) -> None:
         """Leave ``keys`` unloaded with a loader that refuses reading them.
@@ -702,6 +746,10 @@ class Recorder:
             # As a flush expires them (persistence._postfetch): only replay knows them.
             expire_attributes(state, keys)
             self._hold(state, keys)
+        if any(plan_for(m).expression_reads for m in of_new | of_dirty):
+            for state in (*new, *dirty):
+                if state.obj() is not None:
+                    self._hold_expressions(state, plan_for(state.mapper))
         for state, key, value in versions:
             obj = state.obj()
             if obj is not None:
@@ -1296,7 +1344,7 @@ class Recorder:
         self.handle.operations = self.writer.operations
         unsynchronized = orm_execute_state.execution_options.get("synchronize_session") is False
         if orm_execute_state.is_update and mapper is not None and unsynchronized:
-            _mark_stale(self.session, mapper, operation)
+            _mark_stale(self.session, mapper, operation, self.writer.batches)
         try:
             dml.synchronize(orm_execute_state)
         except TypeError as err:
@@ -1598,9 +1646,11 @@ def _sync_members(
     return moved
 
 
-def _mark_stale(session: Session, mapper: Mapper[Any], operation: dict[str, Any]) -> None:
+def _mark_stale(
+    session: Session, mapper: Mapper[Any], operation: dict[str, Any], batch: int
+) -> None:
     """Note, on the loaded objects of ``mapper``, the attributes an unsynchronized
-    update() statement may have changed (see STALE)."""
+    update() statement (recorded as ``batch``) may have changed (see STALE)."""
     keys = set(operation.get("values", ()))
     for row in operation.get("rows", ()):
         keys.update(row)
@@ -1609,7 +1659,21 @@ def _mark_stale(session: Session, mapper: Mapper[Any], operation: dict[str, Any]
             loaded = keys.intersection(state.dict)
             if loaded:
                 info = state.info
-                info[STALE] = loaded.union(info.get(STALE, ()))
+                info[STALE] = {**dict.fromkeys(loaded, batch), **info.get(STALE, {})}
+
+
+def _forget_stale(session: Session, batches: int) -> None:
+    """Forget what unsynchronized statements after batch ``batches`` may have changed: a
+    rollback discarded them."""
+    for state in session.identity_map.all_states():
+        info = existing_info(state)
+        stale = None if info is None else info.get(STALE)
+        if info is not None and stale:
+            kept = {k: b for k, b in stale.items() if b <= batches}
+            if kept:
+                info[STALE] = kept
+            else:
+                del info[STALE]
 
 
 def _expire_expressions(
