@@ -440,9 +440,6 @@ class BlockReads:
         """
         written = state in self.objects
         statements = self._statements_since(state, self.snapshot_batch(state) if written else 0)
-        info = existing_info(state)
-        if info is not None:
-            info.pop(STALE, None)  # reloaded: it shows the journal's values again
         if statements and any(c.key in state.dict for c in state.mapper.column_attrs):
             # Its loaded values may already show a statement (SQLAlchemy synchronized
             # them) or not (synchronize_session=False), and its criteria would be
@@ -488,6 +485,16 @@ class BlockReads:
         self._compute_expressions(orm_execute_state, state, again=bool(statements))
         if written:
             self._refuse_unknown(orm_execute_state, state, before)
+        info = existing_info(state)
+        stale = None if info is None else info.get(STALE)
+        if info is not None and stale:
+            # What was reloaded shows the journal's values again; what stayed loaded
+            # still shows the values from before the unsynchronized statement.
+            unreloaded = {key: batch for key, batch in stale.items() if key in before}
+            if unreloaded:
+                info[STALE] = unreloaded
+            else:
+                del info[STALE]
         return objects_result([state.obj()])
 
     def _compute_expressions(
