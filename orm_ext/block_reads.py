@@ -136,8 +136,8 @@ class BlockReads:
         self._pattern: re.Pattern[str] | None = None
         self._collation: str | None = None  # the PostgreSQL database's, once asked
         self._read_cache: dict[Any, frozenset[str]] = {}
-        # (mapper, column_property key, dialect) -> its evaluator (see _compute_expressions).
-        self._expressions: dict[tuple[Mapper[Any], str, str], Evaluator] = {}
+        # (mapper, column_property key, dialect) -> its evaluator, or why there is none.
+        self._expressions: dict[tuple[Mapper[Any], str, str], Evaluator | Unanswerable] = {}
         # Depth of this module's own database reads, which the SQL check lets through.
         self.reading = 0
 
@@ -524,7 +524,7 @@ class BlockReads:
         obj = state.obj()
         for prop in props:
             try:
-                value = self._expression(state.mapper, prop, dialect)(obj)
+                value = self.expression(state.mapper, prop, dialect)(obj)
             except Unanswerable as why:
                 raise self._refusal(
                     statement,
@@ -534,14 +534,20 @@ class BlockReads:
                 ) from None
             set_committed_value(obj, prop.key, value)
 
-    def _expression(self, mapper: Mapper[Any], prop: Any, dialect: str) -> Evaluator:
+    def expression(self, mapper: Mapper[Any], prop: Any, dialect: str) -> Evaluator:
+        """The evaluator of the column_property() ``prop`` of ``mapper``; raises
+        :class:`Unanswerable` for one the ORM's evaluator cannot compute (both kept)."""
         key = (mapper, prop.key, dialect)
-        evaluate = self._expressions.get(key)
-        if evaluate is None:
-            evaluate = self._expressions[key] = expression_evaluator(
-                mapper, prop.expression, dialect
-            )
-        return evaluate
+        found = self._expressions.get(key)
+        if found is None:
+            try:
+                found = expression_evaluator(mapper, prop.expression, dialect)
+            except Unanswerable as why:
+                found = why
+            self._expressions[key] = found
+        if isinstance(found, Unanswerable):
+            raise found
+        return found
 
     def _statements_since(
         self, state: InstanceState[Any], batch: int

@@ -69,9 +69,6 @@ class MapperPlan:
     unknowable: bool = False
     # column_property() SQL expressions: read-only attributes the database computes.
     expressions: tuple[ColumnProperty[Any], ...] = field(default=())
-    # Those a flush expires on the objects it writes, as SQLAlchemy's flush does
-    # (persistence._finalize_insert_update_commands): (key, expire_on_flush, deferred).
-    expiring: tuple[tuple[str, bool, bool], ...] = field(default=())
     # Each expression's key and the keys of the columns of this mapper it reads; None if
     # it reads any other column (a subquery over another table): only the database can
     # compute it.
@@ -201,7 +198,6 @@ def _make_plan(mapper: Mapper[Any]) -> MapperPlan:
         updated_by_database=frozenset(updated_by_database),
         unknowable=bool(database.from_database or computed or updated_by_database or expressions),
         expression_reads=tuple((p.key, _columns_read(mapper, p)) for p in expressions),
-        expiring=tuple((p.key, p.expire_on_flush, p.deferred) for p in expressions),
     )
 
 

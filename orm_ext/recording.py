@@ -46,7 +46,7 @@ from journal import JournalWriter, Position
 from journal.codec import encode
 from orm_ext import dml
 from orm_ext.block_links import link_events
-from orm_ext.block_query import Unanswerable, expression_evaluator
+from orm_ext.block_query import Unanswerable
 from orm_ext.block_reads import BlockReads
 from orm_ext.exc import DeferredOperationError
 from orm_ext.fingerprint import describe_table, read_alembic_revision
@@ -73,6 +73,7 @@ from orm_ext.sa_private import (
     expire_attributes,
     expire_states,
     expunge_states,
+    held_by,
     hold_unloaded,
     is_orphan,
     loaded_states,
@@ -169,8 +170,6 @@ class Recorder:
         self.computed: dict[InstanceState[Any], dict[str, Any]] = {}
         # Attribute key -> the loader that refuses reading it where only replay knows it.
         self.unknown_loaders: dict[str, UnknownUntilReplay] = {}
-        # (mapper, column_property key) -> whether the ORM's evaluator can compute it.
-        self.evaluable: dict[tuple[Mapper[Any], str], bool] = {}
         # Whether a snapshot marks a column unknown after an unsynchronized update()
         # (see STALE): then objects of any class can hold such columns, not only those
         # whose plan is ``unknowable``.
@@ -486,7 +485,7 @@ class Recorder:
         if not plan.expression_reads:
             return
         data = state.dict
-        unknown = {k for k, v in state.callables.items() if isinstance(v, UnknownUntilReplay)}
+        unknown = set(held_by(state, UnknownUntilReplay))
         info = existing_info(state)
         if info is not None:
             unknown.update(info.get(STALE, ()))
@@ -501,16 +500,12 @@ class Recorder:
 
     def _evaluable(self, state: InstanceState[Any], key: str) -> bool:
         mapper = state.mapper
-        known = self.evaluable.get((mapper, key))
-        if known is None:
-            dialect = self.session.get_bind(mapper=mapper).dialect.name
-            try:
-                expression_evaluator(mapper, mapper.attrs[key].expression, dialect)
-                known = True
-            except Unanswerable:
-                known = False
-            self.evaluable[(mapper, key)] = known
-        return known
+        dialect = self.session.get_bind(mapper=mapper).dialect.name
+        try:
+            self.reads.expression(mapper, mapper.attrs[key], dialect)
+        except Unanswerable:
+            return False
+        return True
 
     def _hold(self, state: InstanceState[Any], keys: Iterable[str]) -> None:
         """Leave ``keys`` unloaded with a loader that refuses reading them.
@@ -1685,18 +1680,18 @@ def _expire_expressions(
     SQLAlchemy's flush does (persistence._finalize_insert_update_commands, with its rule
     for expire_on_flush and deferred ones): loading one computes it again from what the
     journal holds (BlockReads.answer)."""
-    if not any(plan_for(m).expiring for m in mappers):
+    if not any(plan_for(m).expressions for m in mappers):
         return
     for state in (*new, *dirty):
-        expiring = plan_for(state.mapper).expiring
-        if not expiring or state.obj() is None:
+        expressions = plan_for(state.mapper).expressions
+        if not expressions or state.obj() is None:
             continue
         data = state.dict
         keys = state.unmodified_intersection(
-            key
-            for key, on_flush, deferred in expiring
-            if (on_flush and (not deferred or key in data))
-            or (not on_flush and not deferred and key not in data)
+            p.key
+            for p in expressions
+            if (p.expire_on_flush and (not p.deferred or p.key in data))
+            or (not p.expire_on_flush and not p.deferred and p.key not in data)
         )
         if keys:
             expire_attributes(state, keys)
